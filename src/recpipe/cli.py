@@ -1,0 +1,106 @@
+"""The ``recpipe`` command: one subcommand per DVC stage, plus compose and recommend.
+
+Entry points stay thin: parse arguments, load params.yaml, open the pipeline's MLflow run, call
+the stage's pure function. Errors a user can fix are printed without a traceback (exit 2).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import recpipe  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from recpipe.errors import RecpipeError
+
+STAGES: dict[str, str] = {
+    "ingest": "Read the configured source (data=...) into data/raw/*.parquet.",
+    "preprocess": "Validate, deduplicate and filter data/raw, build vocabularies and train/val/test "
+    "splits into data/processed/.",
+    "train": "Train the configured model (model=...) on data/processed; writes models/model/ and "
+    "models/train_summary.json.",
+    "evaluate": "Score the full catalog for every test user; writes reports/metrics.json, "
+    "reports/baselines.json and reports/plots/.",
+    "export": "Export a top-K serving SavedModel to models/export/ and register it in MLflow.",
+}
+
+EPILOG = """\
+Stages read only params.yaml. Change configuration with `recpipe compose [overrides]`
+(Hydra syntax, e.g. `recpipe compose model=ncf split=temporal`) and then `dvc repro`,
+or in one step with `dvc exp run -S model=ncf`.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recpipe",
+        description="Reproducible recommender-system pipeline: "
+        "ingest -> preprocess -> train -> evaluate -> export.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in STAGES.items():
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument(
+            "--params", default="params.yaml", type=Path,
+            help="composed configuration to read (default: params.yaml)",
+        )
+    p = sub.add_parser(
+        "compose",
+        help="Compose conf/ with Hydra overrides and write params.yaml.",
+        description="Compose conf/config.yaml with Hydra overrides and write the result to "
+        "params.yaml, the only configuration DVC stages read. Example: recpipe compose "
+        "data=synthetic split=leave_last model.embedding_dim=64",
+    )
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. split=temporal")
+    p.add_argument("--config-dir", default="conf", type=Path, help="default: conf")
+    p.add_argument("--output", default="params.yaml", type=Path, help="default: params.yaml")
+    p.add_argument(
+        "--check", action="store_true",
+        help="do not write; exit 1 if the output file differs from the composed config",
+    )
+    p = sub.add_parser(
+        "recommend",
+        help="Print top-k recommendations for a user from models/export.",
+        description="Load the exported SavedModel and print a user's top-k items with titles. "
+        "Users the model has never seen get the most popular items.",
+    )
+    p.add_argument("--user", required=True, help="user id as in the source data, e.g. 42")
+    p.add_argument("-k", type=int, default=10, help="number of items (default: 10)")
+    p.add_argument("--export-dir", default="models/export", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "compose":
+            from recpipe.config import compose_command
+
+            return compose_command(args.overrides, args.config_dir, args.output, check=args.check)
+        if args.command == "recommend":
+            from recpipe.serving import recommend_command
+
+            return recommend_command(args.user, args.k, args.export_dir)
+        return run_stage(args.command, args.params)
+    except RecpipeError as e:
+        print(f"recpipe {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run_stage(name: str, params: Path) -> int:
+    """Run stage ``name`` with the config in ``params`` inside the pipeline's MLflow run."""
+    from recpipe import tracking
+    from recpipe.config import load_params
+    from recpipe.paths import Paths
+
+    cfg = load_params(params)
+    stage = importlib.import_module(f"recpipe.stages.{name}")
+    with tracking.pipeline_run(cfg, name):
+        stage.run(cfg, Paths())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

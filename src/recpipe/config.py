@@ -1,0 +1,69 @@
+"""Configuration: Hydra composes conf/ into params.yaml, the only file DVC stages read.
+
+``dvc repro`` never runs Hydra, so ``recpipe compose`` writes params.yaml the same way
+``dvc exp run -S ...`` does (compose, resolve, dump as YAML), and a test keeps the committed
+params.yaml equal to the composed defaults.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from recpipe.errors import RecpipeError
+from recpipe.io import atomic_file
+
+
+def compose(overrides: Sequence[str] = (), config_dir: str | Path = "conf") -> DictConfig:
+    """Compose ``config_dir/config.yaml`` with Hydra ``overrides`` and resolve interpolations."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    config_dir = Path(config_dir).resolve()
+    if not (config_dir / "config.yaml").exists():
+        raise RecpipeError(f"{config_dir}/config.yaml not found; run from the repository root")
+    try:
+        with initialize_config_dir(str(config_dir), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise RecpipeError(f"cannot compose config with overrides {list(overrides)}: {e}") from e
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The params.yaml text for ``cfg``, byte-identical to what ``dvc exp run -S`` writes."""
+    return OmegaConf.to_yaml(cfg)
+
+
+def load_params(path: str | Path = "params.yaml") -> DictConfig:
+    """Load a composed params.yaml."""
+    path = Path(path)
+    if not path.exists():
+        raise RecpipeError(f"{path} not found; create it with `recpipe compose` from the repository root")
+    cfg = OmegaConf.load(path)
+    if not isinstance(cfg, DictConfig):
+        raise RecpipeError(f"{path}: expected a mapping at the top level")
+    return cfg
+
+
+def compose_command(
+    overrides: Sequence[str], config_dir: Path, output: Path, *, check: bool = False
+) -> int:
+    """``recpipe compose``: write (or with ``check``, compare) the composed config."""
+    text = to_yaml(compose(overrides, config_dir))
+    if check:
+        current = output.read_text() if output.exists() else ""
+        if current != text:
+            print(f"{output} differs from the composed config; run `recpipe compose`", file=sys.stderr)
+            return 1
+        print(f"{output} is up to date")
+        return 0
+    with atomic_file(output) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    print(f"wrote {output}" + (f" ({' '.join(overrides)})" if overrides else ""))
+    return 0

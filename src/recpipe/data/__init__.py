@@ -1,0 +1,1 @@
+"""Data stages: sources (ingest), validation, vocabularies and splits (preprocess)."""

@@ -1,0 +1,40 @@
+"""Errors a user can act on: printed by the CLI without a traceback, with a non-zero exit."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class RecpipeError(Exception):
+    """A problem with input, configuration or environment that the user can fix."""
+
+
+class DataError(RecpipeError):
+    """Bad input data: names the file, the column, how many rows, and one example row."""
+
+    def __init__(
+        self,
+        file: str,
+        problem: str,
+        *,
+        column: str | None = None,
+        n_rows: int | None = None,
+        row: int | None = None,
+        example: Mapping[str, Any] | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.file, self.problem, self.column = str(file), problem, column
+        self.n_rows, self.row, self.example = n_rows, row, dict(example) if example else None
+        parts = [f"{self.file}"]
+        if column is not None:
+            parts.append(f"column '{column}'")
+        msg = ", ".join(parts) + f": {problem}"
+        if n_rows is not None:
+            msg += f" ({n_rows} row{'s' if n_rows != 1 else ''})"
+        if row is not None:
+            msg += f"; first at row {row}"
+        if self.example:
+            msg += ": " + ", ".join(f"{k}={v!r}" for k, v in self.example.items())
+        if hint:
+            msg += f". {hint}"
+        super().__init__(msg)
