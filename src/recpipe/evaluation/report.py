@@ -1,0 +1,210 @@
+"""The evaluation report: a Markdown table of the model against its baselines, and PNG plots.
+
+Plots use matplotlib's object API (``Figure`` renders with the Agg canvas), so no pyplot state or
+display is involved. Every file is written atomically.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from recpipe.errors import RecpipeError
+from recpipe.evaluation.bootstrap import higher_is_better
+from recpipe.evaluation.metrics import BEYOND_ACCURACY_K, RANKING_METRICS, metric_key
+from recpipe.io import atomic_file
+
+MAIN_METRICS = tuple(metric_key(m, 10) for m in RANKING_METRICS) + ("rmse", "mae")
+BEYOND_METRICS = tuple(
+    metric_key(m, BEYOND_ACCURACY_K) for m in ("coverage", "diversity", "novelty", "popularity")
+)
+
+
+def _fmt(value: float, sign: bool = False) -> str:
+    """Four decimals for values below 10 (two above); '—' for NaN."""
+    if math.isnan(value):
+        return "—"
+    decimals = 4 if abs(value) < 10 else 2
+    return f"{value:{'+' if sign else ''}.{decimals}f}"
+
+
+def _best(metric: str, systems: Mapping[str, Mapping[str, float]]) -> set[str]:
+    """Names of the systems with the best value of ``metric`` (empty without a better direction)."""
+    direction = higher_is_better(metric)
+    values = {s: v[metric] for s, v in systems.items() if metric in v and not math.isnan(v[metric])}
+    if direction is None or not values:
+        return set()
+    target = (max if direction else min)(values.values())
+    return {s for s, v in values.items() if v == target}
+
+
+def _cell(metric: str, system: str, systems: Mapping[str, Mapping[str, float]], ci: Mapping, bold: bool) -> str:
+    value = systems[system].get(metric, float("nan"))
+    text = _fmt(value)
+    if bold:
+        text = f"**{text}**"
+    bounds = ci.get(system, {}).get(metric)
+    if bounds is not None and not math.isnan(value):
+        text += f" [{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
+    return text
+
+
+def _comparison(
+    metric: str, model_name: str, systems: Mapping[str, Mapping[str, float]], vs_best: Mapping
+) -> tuple[str, str]:
+    """(difference to the best baseline, significance) cells for one metric row."""
+    direction = higher_is_better(metric)
+    if metric in vs_best:
+        c = vs_best[metric]
+        diff = f"{_fmt(c['diff'], True)} [{_fmt(c['low'], True)}, {_fmt(c['high'], True)}] vs {c['baseline']}"
+        if not c["significant"]:
+            return diff, "no"
+        better = (c["diff"] > 0) == bool(direction)
+        return diff, f"**yes** ({'better' if better else 'worse'})"
+    baselines = {s: v for s, v in systems.items() if s != model_name}
+    best = sorted(_best(metric, baselines))
+    if not best or metric not in systems[model_name]:
+        return "—", "—"
+    d = systems[model_name][metric] - baselines[best[0]][metric]
+    return f"{_fmt(d, True)} vs {best[0]}", "— (no per-user values)"
+
+
+def _table(
+    rows: list[str],
+    model_name: str,
+    systems: Mapping[str, Mapping[str, float]],
+    intervals: Mapping[str, Any],
+    compare: bool,
+) -> list[str]:
+    names = list(systems)
+    header = ["metric", *(f"{n} (model)" if n == model_name else n for n in names)]
+    if compare:
+        header += ["Δ vs best baseline", "significant"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    ci = intervals.get("ci", {})
+    for metric in rows:
+        best = _best(metric, systems)
+        cells = [metric, *(_cell(metric, s, systems, ci, s in best) for s in names)]
+        if compare:
+            cells += _comparison(metric, model_name, systems, intervals.get("vs_best_baseline", {}))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(
+    model_name: str,
+    metrics: Mapping[str, float],
+    baselines: Mapping[str, Mapping[str, float]],
+    intervals: Mapping[str, Any],
+) -> str:
+    """Markdown report of ``model_name`` vs ``baselines`` at K=10 (and rmse/mae when present).
+
+    ``metrics`` / ``baselines`` are metrics.json / baselines.json (null = undefined); ``intervals``
+    is ``bootstrap.compare_to_baselines(...)`` output (``{}`` renders the means alone).
+    """
+    systems = {
+        name: {k: math.nan if v is None else float(v) for k, v in values.items()}
+        for name, values in {model_name: metrics, **baselines}.items()
+    }
+    main = [m for m in MAIN_METRICS if m in metrics]
+    beyond = [m for m in BEYOND_METRICS if m in metrics]
+    out = [f"# Evaluation report: {model_name}", ""]
+    if intervals.get("ci"):
+        out.append(
+            f"Means over {intervals['n_users']} test users; brackets: {intervals['level']:.0%} percentile "
+            f"bootstrap intervals ({intervals['n_resamples']} resamples of users). "
+            "Δ vs best baseline: model minus the best baseline on that metric, with a paired "
+            "bootstrap interval; significant when that interval excludes 0."
+        )
+    else:
+        out.append("Means over the test users (no bootstrap intervals were computed).")
+    out += ["Best value per row in bold.", ""]
+    if main:
+        out += ["## Accuracy", "", *_table(main, model_name, systems, intervals, compare=True), ""]
+    if beyond:
+        out += [
+            f"## Beyond accuracy (top {BEYOND_ACCURACY_K})",
+            "",
+            *_table(beyond, model_name, systems, intervals, compare=False),
+            "",
+        ]
+    return "\n".join(out)
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> None:
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def plot_metric_vs_k(all_metrics: Mapping[str, Mapping[str, float]], metric: str, path: str | os.PathLike) -> None:
+    """Line plot of ``<metric>_at_K`` against K for every system (model and baselines) to a PNG."""
+    pattern = re.compile(rf"{re.escape(metric)}_at_(\d+)")
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    all_ks: set[int] = set()
+    for name, values in all_metrics.items():
+        ks = sorted(int(m.group(1)) for key in values if (m := pattern.fullmatch(key)))
+        if ks:
+            ax.plot(ks, [values[metric_key(metric, k)] for k in ks], marker="o", label=name)
+            all_ks.update(ks)
+    if not all_ks:
+        raise RecpipeError(f"no {metric}_at_K values to plot (systems: {', '.join(all_metrics)})")
+    ticks = sorted(all_ks)
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [str(k) for k in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("K (list length)")
+    ax.set_ylabel(f"{metric}@K")
+    ax.set_title(f"{metric}@K on the test users")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _save(fig, path)
+
+
+def recommended_popularity(topk_items: np.ndarray, item_popularity: np.ndarray, k: int = BEYOND_ACCURACY_K) -> np.ndarray:
+    """Train popularity of every item in the top ``k`` lists (empty slots, item -1, left out)."""
+    top = np.asarray(topk_items)[:, :k]
+    return np.asarray(item_popularity)[top[top >= 0]]
+
+
+def plot_popularity(
+    rec_popularity: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    catalog: np.ndarray | None = None,
+) -> None:
+    """Histogram (log bins) of the popularity of recommended items per system, vs the catalog's.
+
+    ``rec_popularity`` maps a system to the popularity of each item it recommended
+    (``recommended_popularity``); ``catalog`` is every item's train popularity.
+    """
+    series = {n: np.asarray(v, dtype=np.float64) for n, v in rec_popularity.items() if len(v)}
+    if not series:
+        raise RecpipeError("no recommended items to plot")
+    everything = np.concatenate([*series.values(), *([] if catalog is None else [catalog])])
+    # Log-spaced integer edges: popularity is a count, so every bin holds at least one value.
+    bins = np.unique(np.floor(np.logspace(0, np.log10(everything.max() + 2), 31)))
+    fig = Figure(figsize=(7.2, 4.2))
+    ax = fig.subplots()
+    if catalog is not None:
+        catalog = np.asarray(catalog, dtype=np.float64)
+        ax.hist(
+            catalog + 1, bins, weights=np.full(len(catalog), 1 / len(catalog)), color="0.82",
+            label=f"catalog ({len(catalog)} items, median {np.median(catalog):g})",
+        )
+    for name, pop in series.items():
+        ax.hist(
+            pop + 1, bins, weights=np.full(len(pop), 1 / len(pop)), histtype="step", linewidth=2,
+            label=f"{name} (median {np.median(pop):g})",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("item popularity: train interactions + 1 (log scale)")
+    ax.set_ylabel("share of items")
+    ax.set_title("Popularity of recommended items vs the catalog")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    _save(fig, path)
