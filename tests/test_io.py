@@ -56,3 +56,13 @@ def test_write_parquet_round_trip(tmp_path):
     df = pd.DataFrame({"user_id": ["1", "2"], "rating": [1.0, 2.5]})
     write_parquet(df, tmp_path / "x" / "df.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "x" / "df.parquet"), df, check_dtype=False)
+
+
+def test_outputs_get_umask_permissions(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    write_json(tmp_path / "f.json", {})
+    with atomic_dir(tmp_path / "d"):
+        pass
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask

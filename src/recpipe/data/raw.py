@@ -1,0 +1,224 @@
+"""The ingest stage's output, data/raw/, and the conversions every source uses to reach it.
+
+Every source returns a :class:`RawData` whose frames already have the contract columns
+(../shared/CONTRACTS.md): interactions ``user_id``, ``item_id`` (strings), ``rating`` (float32,
+null for implicit data), ``timestamp`` (int64 seconds, nullable); items ``item_id``, ``title``,
+``year`` (int32, nullable), ``genres`` (list of strings); users ``user_id`` plus what the source has.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from recpipe.errors import DataError
+from recpipe.io import atomic_dir, write_json
+
+INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
+ITEM_COLUMNS = ("item_id", "title", "year", "genres")
+# Genre tokens that mean "no genre" (ML-100K's "unknown" flag, the CSV releases' placeholder).
+NO_GENRE = frozenset({"", "unknown", "(no genres listed)"})
+# A title ending in its year, "Toy Story (1995)" or "Fawlty Towers (1975-1979)".
+_TITLE_YEAR = r"^(?P<title>.*?)\s*\((?P<year>\d{4})(?:[-–]\d{0,4})?\)\s*$"
+_ARROW_TYPES = {
+    "user_id": pa.string(),
+    "item_id": pa.string(),
+    "timestamp": pa.int64(),
+    "title": pa.string(),
+    "year": pa.int32(),
+    "genres": pa.list_(pa.string()),
+}
+
+
+@dataclass(frozen=True)
+class RawData:
+    """One source's data in contract form, plus ``source``: provenance for data/raw/source.json."""
+
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    users: pd.DataFrame | None
+    source: dict[str, Any]
+
+    def summary(self) -> dict[str, int]:
+        """Interaction rows and distinct users and items among them; rows of the item/user tables."""
+        out = {
+            "interactions": len(self.interactions),
+            "users": int(self.interactions["user_id"].nunique()),
+            "items": int(self.interactions["item_id"].nunique()),
+            "item_rows": len(self.items),
+        }
+        if self.users is not None:
+            out["user_rows"] = len(self.users)
+        return out
+
+
+def write_raw(raw: RawData, path: str | os.PathLike) -> dict[str, int]:
+    """Write ``raw`` as the directory ``path`` (interactions/items/users.parquet, source.json), atomically.
+
+    Returns ``raw.summary()``, which source.json also records under ``rows``.
+    """
+    missing = [c for c in INTERACTION_COLUMNS if c not in raw.interactions] + [
+        c for c in ITEM_COLUMNS if c not in raw.items
+    ]
+    if missing or (raw.users is not None and "user_id" not in raw.users):
+        source = raw.source.get("source")
+        raise ValueError(f"source {source!r} broke the raw contract: missing {missing or ['user_id']}")
+    with atomic_dir(path) as tmp:
+        _write_table(raw.interactions[list(INTERACTION_COLUMNS)], tmp / "interactions.parquet")
+        _write_table(raw.items[list(ITEM_COLUMNS)], tmp / "items.parquet")
+        if raw.users is not None:
+            users = raw.users[["user_id", *(c for c in raw.users.columns if c != "user_id")]]
+            _write_table(users, tmp / "users.parquet")
+        summary = raw.summary()
+        write_json(tmp / "source.json", {**raw.source, "rows": summary})
+    return summary
+
+
+def _write_table(df: pd.DataFrame, path: Path) -> None:
+    """Parquet with the contract's Arrow types (e.g. an all-empty genres column stays list<string>)."""
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    for i, field in enumerate(table.schema):
+        target = _ARROW_TYPES.get(field.name)
+        if field.name == "rating" and (pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
+                                       or pa.types.is_null(field.type)):
+            target = pa.float32()
+        if target is not None and field.type != target:
+            table = table.set_column(i, pa.field(field.name, target), table.column(i).cast(target))
+    pq.write_table(table, path)
+
+
+def id_strings(values: pd.Series | np.ndarray | Iterable[Any]) -> pd.Series:
+    """Ids as strings, nulls kept: integers and integral floats print without a decimal point (42 -> "42")."""
+    s = values if isinstance(values, pd.Series) else pd.Series(values)
+    if pd.api.types.is_float_dtype(s.dtype):
+        present = s.dropna()
+        if (present == np.floor(present)).all():
+            s = s.astype("Int64")
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        arr = pc.cast(pa.array(s, from_pandas=True), pa.string())
+        return pd.Series(arr, index=s.index, dtype="str")
+    if pd.api.types.is_string_dtype(s.dtype) and s.dtype != object:
+        return s
+    return s.map(_id_string, na_action="ignore").astype("str")
+
+
+def _id_string(v: Any) -> str:
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def ids_from_index(index: np.ndarray, n: int) -> pd.Series:
+    """Ids "1".."n" for 0-based integer ``index`` values, built once per id and gathered (fast for 10^7 rows)."""
+    names = pc.cast(pa.array(np.arange(1, n + 1, dtype=np.int64)), pa.string())
+    return pd.Series(names.take(pa.array(index)), dtype="str")
+
+
+def ratings(values: pd.Series | None, n: int) -> pd.Series:
+    """Numeric ratings as float32 (null for implicit data, ``values`` None); any text keeps every value as read.
+
+    Text is not coerced to NaN: the preprocess stage validates ratings and reports the offending row.
+    """
+    if values is None:
+        return pd.Series(np.full(n, np.nan, dtype=np.float32))
+    try:
+        return pd.to_numeric(values).astype(np.float32)
+    except (ValueError, TypeError):
+        return values.astype("str")
+
+
+def timestamps(values: pd.Series | None, n: int, *, file: str = "") -> pd.Series:
+    """Seconds since the epoch (nullable Int64) from numbers, datetimes or date strings.
+
+    Values that are none of these raise a DataError naming ``file`` and the column (``values.name``).
+    """
+    if values is None:
+        return pd.Series(pd.array([pd.NA] * n, dtype="Int64"))
+    if pd.api.types.is_integer_dtype(values.dtype):
+        return values.astype("Int64")
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return values.round().astype("Int64")
+    if not pd.api.types.is_datetime64_any_dtype(values.dtype):
+        try:
+            return pd.to_numeric(values).round().astype("Int64")
+        except (ValueError, TypeError):
+            pass
+    parsed = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+    bad = parsed.isna() & values.notna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        column = str(values.name or "timestamp")
+        raise DataError(
+            file, "timestamps that are neither numbers (seconds) nor dates", column=column,
+            n_rows=int(bad.sum()), row=row, example={column: values.iloc[row]},
+        )
+    seconds = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    return seconds.astype("Int64")
+
+
+def int32_or_null(values: pd.Series) -> pd.Series:
+    """Nullable int32 (years, ages); anything that is not a number becomes null."""
+    return pd.to_numeric(values, errors="coerce").round().astype("Int32")
+
+
+def split_title_year(titles: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Split "Toy Story (1995)" into the title "Toy Story" and the year 1995 (null when there is none)."""
+    titles = titles.astype("str")
+    parts = titles.str.extract(_TITLE_YEAR)
+    return parts["title"].fillna(titles.str.strip()), int32_or_null(parts["year"])
+
+
+def split_genres(values: pd.Series, sep: str | None) -> pd.Series:
+    """Genre lists from strings joined by ``sep`` (None: whitespace); nulls and placeholders give []."""
+    def split(v: Any) -> list[str]:
+        return [g for g in (t.strip() for t in v.split(sep)) if g not in NO_GENRE] if isinstance(v, str) else []
+
+    return values.map(split).astype(object)
+
+
+def interactions_frame(
+    user: pd.Series, item: pd.Series, rating: pd.Series | None, timestamp: pd.Series | None, *, file: str = ""
+) -> pd.DataFrame:
+    """The interactions table in contract form (``rating``/``timestamp`` None when the source has none)."""
+    n = len(user)
+    return pd.DataFrame({
+        "user_id": id_strings(user).array,
+        "item_id": id_strings(item).array,
+        "rating": ratings(rating, n).array,
+        "timestamp": timestamps(timestamp, n, file=file).array,
+    })
+
+
+def items_frame(item_id: pd.Series, title: pd.Series, year: pd.Series, genres: pd.Series) -> pd.DataFrame:
+    """The items table in contract form (``genres``: lists of strings)."""
+    return pd.DataFrame({
+        "item_id": id_strings(item_id).array,
+        "title": title.astype("str").array,
+        "year": int32_or_null(year).array,
+        "genres": pd.Series(list(genres), dtype=object).array,
+    })
+
+
+def items_from_interactions(item_ids: pd.Series) -> pd.DataFrame:
+    """A minimal items table for a source without one: each item once, titled by its id, no year or genres."""
+    ids = pd.Series(item_ids.dropna().unique(), dtype="str")
+    no_year = pd.Series([None] * len(ids), dtype=object)
+    return items_frame(ids, ids, no_year, pd.Series([[] for _ in ids], dtype=object))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

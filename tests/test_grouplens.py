@@ -1,0 +1,212 @@
+"""GroupLens releases (data=grouplens): the three file layouts, local zips and folders, verified downloads.
+
+The releases are tiny zips built here in each GroupLens layout; downloads go to an HTTP server on
+127.0.0.1 that the tests start.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from omegaconf import OmegaConf
+
+from recpipe.data.movielens import load_grouplens
+from recpipe.data.raw import write_raw
+from recpipe.errors import RecpipeError
+
+# Three users, three movies; the same content in every layout.
+RATINGS = [("1", "10", "4", "881250949"), ("1", "20", "3", "881250950"), ("2", "10", "5", "881250951"),
+           ("3", "30", "1", "881250952")]
+ML100K_FILES = {
+    "u.data": "".join("\t".join(r) + "\n" for r in RATINGS),
+    # id | title | release date | video date | url | 19 genre flags (unknown, Action, Adventure, Animation, ...)
+    "u.item": "10|Café Society (1995)|01-Jan-1995||http://x|0|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
+              "20|Heat (1995)|01-Jan-1995||http://x|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|1|0|0\n"
+              "30|unknown||||1|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0\n",
+    "u.user": "1|24|M|technician|85711\n2|53|F|other|94043\n3|23|M|writer|32067\n",
+}
+ML1M_FILES = {
+    "ratings.dat": "".join("::".join(r) + "\n" for r in RATINGS),
+    "movies.dat": "10::Café Society (1995)::Action|Adventure\n20::Heat (1995)::Thriller\n30::Mystery Movie::\n",
+    "users.dat": "1::M::25::17::85711\n2::F::50::0::94043\n3::M::18::20::32067\n",
+}
+CSV_FILES = {
+    "ratings.csv": "userId,movieId,rating,timestamp\n" + "".join(",".join(r) + "\n" for r in RATINGS),
+    "movies.csv": 'movieId,title,genres\n10,"Café Society, The (1995)",Action|Adventure\n'
+                  "20,Heat (1995),Thriller\n30,Mystery Movie,(no genres listed)\n",
+    "links.csv": "movieId,imdbId,tmdbId\n10,1,2\n",
+}
+LAYOUTS = {"ml-100k": ML100K_FILES, "ml-1m": ML1M_FILES, "ml-latest-small": CSV_FILES}
+# ML-100K and ML-1M are latin-1 files; the CSV releases are UTF-8.
+ENCODING = {"u.item": "latin-1", "movies.dat": "latin-1"}
+
+
+def make_zip(path: Path, name: str) -> Path:
+    """A release zip as GroupLens publishes it: every file under a folder named like the release."""
+    with zipfile.ZipFile(path, "w") as z:
+        for file, text in LAYOUTS[name].items():
+            z.writestr(f"{name}/{file}", text.encode(ENCODING.get(file, "utf-8")))
+    return path
+
+
+def grouplens_cfg(name: str, **kw) -> OmegaConf:
+    base = {"source": "grouplens", "name": name, "path": None, "url": None, "sha256": None, "cache_dir": None}
+    return OmegaConf.create({**base, **kw})
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_local_zip_in_each_layout(tmp_path, name):
+    raw = load_grouplens(grouplens_cfg(name, path=str(make_zip(tmp_path / f"{name}.zip", name))))
+    inter = raw.interactions
+    assert inter["user_id"].tolist() == ["1", "1", "2", "3"]
+    assert inter["item_id"].tolist() == ["10", "20", "10", "30"]
+    assert inter["rating"].tolist() == [4.0, 3.0, 5.0, 1.0]
+    assert inter["timestamp"].tolist() == [881250949, 881250950, 881250951, 881250952]
+    items = raw.items.set_index("item_id")
+    assert items.loc["10", "title"] in ("Café Society", "Café Society, The")  # decoded, year split off
+    assert items.loc["10", "year"] == 1995
+    assert list(items.loc["10", "genres"]) == ["Action", "Adventure"]
+    assert list(items.loc["30", "genres"]) == []  # "unknown" / "(no genres listed)" / nothing
+    assert items["year"].isna().tolist() == [False, False, True]
+    assert raw.source["name"] == name and raw.source["path"].endswith(f"{name}.zip")
+    assert raw.source["sha256"] == {f"{name}.zip": sha256(tmp_path / f"{name}.zip")}
+    if name == "ml-latest-small":
+        assert raw.users is None
+    else:
+        assert raw.users["user_id"].tolist() == ["1", "2", "3"]
+        assert raw.users["zip"].tolist() == ["85711", "94043", "32067"]
+    if name == "ml-1m":
+        assert raw.users["occupation"].tolist() == ["technician/engineer", "other", "writer"]
+        assert raw.users["age"].tolist() == [25, 50, 18]
+
+
+def test_extracted_folder_reads_like_the_zip_and_records_file_checksums(tmp_path):
+    with zipfile.ZipFile(make_zip(tmp_path / "ml-1m.zip", "ml-1m")) as z:
+        z.extractall(tmp_path / "extracted")
+    from_zip = load_grouplens(grouplens_cfg("ml-1m", path=str(tmp_path / "ml-1m.zip")))
+    from_dir = load_grouplens(grouplens_cfg("ml-1m", path=str(tmp_path / "extracted")))
+    assert from_dir.interactions.equals(from_zip.interactions)
+    assert from_dir.items.equals(from_zip.items)
+    assert sorted(from_dir.source["sha256"]) == ["ml-1m/movies.dat", "ml-1m/ratings.dat", "ml-1m/users.dat"]
+
+
+def test_local_zip_checked_against_configured_sha256(tmp_path):
+    path = make_zip(tmp_path / "ml-100k.zip", "ml-100k")
+    load_grouplens(grouplens_cfg("ml-100k", path=str(path), sha256=sha256(path).upper()))
+    with pytest.raises(RecpipeError, match="does not match"):
+        load_grouplens(grouplens_cfg("ml-100k", path=str(path), sha256="0" * 64))
+
+
+def test_wrong_release_name_or_layout_is_explained(tmp_path):
+    path = make_zip(tmp_path / "ml-100k.zip", "ml-100k")
+    with pytest.raises(RecpipeError, match="ml-1m, ml-latest-small"):
+        load_grouplens(grouplens_cfg("ml-5m", path=str(path)))
+    with pytest.raises(RecpipeError, match=r"no ratings\.dat .*data\.name"):
+        load_grouplens(grouplens_cfg("ml-1m", path=str(path)))
+    with pytest.raises(RecpipeError, match="not found"):
+        load_grouplens(grouplens_cfg("ml-1m", path=str(tmp_path / "nope.zip")))
+
+
+# --- downloads ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def server(tmp_path, monkeypatch) -> Iterator[SimpleNamespace]:
+    """An HTTP server on 127.0.0.1 serving tmp_path/www, recording the paths requested."""
+    root = tmp_path / "www"
+    root.mkdir()
+    requested: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self):
+            requested.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{httpd.server_port}", root=root, requested=requested)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def publish(server: SimpleNamespace, name: str, md5: str | None = None) -> Path:
+    """Put release ``name`` on the server, with a GroupLens-style .md5 beside it when ``md5`` is given."""
+    path = make_zip(server.root / f"{name}.zip", name)
+    if md5 is not None:
+        (server.root / f"{name}.zip.md5").write_text(f"MD5 ({name}.zip) = {md5}\n")
+    return path
+
+
+def test_download_with_sha256_is_cached_and_not_fetched_again(tmp_path, server):
+    zip_path = publish(server, "ml-latest-small")
+    cache = tmp_path / "cache"
+    cfg = grouplens_cfg("ml-latest-small", url=f"{server.url}/ml-latest-small.zip", sha256=sha256(zip_path),
+                        cache_dir=str(cache))
+    raw = load_grouplens(cfg)
+    assert len(raw.interactions) == 4
+    assert raw.source["url"] == cfg.url
+    assert (cache / "ml-latest-small.zip").read_bytes() == zip_path.read_bytes()
+    assert server.requested == ["/ml-latest-small.zip"]
+    load_grouplens(cfg)
+    assert server.requested == ["/ml-latest-small.zip"]  # the verified cached copy was used
+
+
+def test_download_with_bad_sha256_fails_and_leaves_no_file(tmp_path, server):
+    publish(server, "ml-1m")
+    cache = tmp_path / "cache"
+    cfg = grouplens_cfg("ml-1m", url=f"{server.url}/ml-1m.zip", sha256="ab" * 32, cache_dir=str(cache))
+    with pytest.raises(RecpipeError, match=r"sha256 mismatch: got [0-9a-f]{64}, expected (ab){32}.*discarded"):
+        load_grouplens(cfg)
+    assert list(cache.iterdir()) == []
+
+
+def test_download_verified_by_published_md5(tmp_path, server):
+    zip_path = make_zip(tmp_path / "ml-100k.zip", "ml-100k")
+    publish(server, "ml-100k", md5=hashlib.md5(zip_path.read_bytes()).hexdigest())
+    cache = tmp_path / "cache"
+    cfg = grouplens_cfg("ml-100k", url=f"{server.url}/ml-100k.zip", cache_dir=str(cache))
+    raw = load_grouplens(cfg)
+    assert raw.users is not None and len(raw.items) == 3
+    assert server.requested == ["/ml-100k.zip.md5", "/ml-100k.zip"]
+    assert (cache / "ml-100k.zip.sha256").read_text().strip() == sha256(zip_path)
+    write_raw(raw, tmp_path / "raw")
+    load_grouplens(cfg)  # offline from here on: the recorded sha256 checks the cached zip
+    assert server.requested == ["/ml-100k.zip.md5", "/ml-100k.zip"]
+
+
+def test_download_with_wrong_published_md5_fails_and_leaves_no_file(tmp_path, server):
+    publish(server, "ml-100k", md5="0" * 32)
+    cache = tmp_path / "cache"
+    with pytest.raises(RecpipeError, match="md5 mismatch"):
+        load_grouplens(grouplens_cfg("ml-100k", url=f"{server.url}/ml-100k.zip", cache_dir=str(cache)))
+    assert list(cache.iterdir()) == []
+
+
+def test_download_without_any_checksum_says_to_set_sha256(tmp_path, server):
+    publish(server, "ml-100k")
+    cache = tmp_path / "cache"
+    with pytest.raises(RecpipeError, match=r"set data\.sha256"):
+        load_grouplens(grouplens_cfg("ml-100k", url=f"{server.url}/ml-100k.zip", cache_dir=str(cache)))
+    assert server.requested == ["/ml-100k.zip.md5"]  # the zip itself was never fetched
+    assert not cache.exists() or list(cache.iterdir()) == []
