@@ -1,0 +1,233 @@
+"""Read and validate data/raw before preprocessing.
+
+Every problem a user can fix raises :class:`recpipe.errors.DataError` naming the file, the column,
+how many rows are affected and the first such row (row numbers count from 0, as in
+``pd.read_parquet(file).iloc[row]``). When ingest recorded the original source file in
+data/raw/source.json (``{"path": ...}``), the message mentions it too.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recpipe.errors import DataError, RecpipeError
+
+INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
+ITEM_COLUMNS = ("item_id", "title")
+USER_COLUMNS = ("user_id",)
+RESERVED_COLUMN = "index"  # the vocabulary index that preprocess adds to the item and user tables
+
+
+@dataclass(frozen=True)
+class RawTables:
+    """Validated raw tables.
+
+    ``interactions`` has the contract columns with dtypes ``user_id``/``item_id`` categorical of str, ``rating``
+    float32 (all NaN for implicit data), ``timestamp`` Int64 (nullable); its index is the row number
+    in the file. ``items``/``users`` are the tables as read (Arrow, so feature types survive), with
+    string ids that are unique and non-null. ``files`` maps "interactions", "items", "users" to the
+    paths shown in messages.
+    """
+
+    interactions: pd.DataFrame
+    items: pa.Table
+    users: pa.Table | None
+    files: dict[str, str]
+
+
+def source_path(raw_dir: str | Path) -> str | None:
+    """The original source file ingest recorded in ``raw_dir/source.json`` (key ``path``), if any."""
+    try:
+        info = json.loads((Path(raw_dir) / "source.json").read_text())
+    except (OSError, ValueError):
+        return None
+    path = info.get("path") if isinstance(info, dict) else None
+    return str(path) if path else None
+
+
+def read_raw(
+    raw_dir: str | Path,
+    *,
+    rating_scale: Sequence[float] | None = None,
+    require_timestamps: str | None = None,
+) -> RawTables:
+    """Read and validate ``raw_dir``'s interactions.parquet, items.parquet and optional users.parquet.
+
+    ``require_timestamps`` (e.g. "split=temporal") makes a null timestamp an error, naming the reason.
+    """
+    raw_dir = Path(raw_dir)
+    source = source_path(raw_dir)
+    files = {name: str(raw_dir / f"{name}.parquet") for name in ("interactions", "items", "users")}
+    interactions = validate_interactions(
+        _read_table(files["interactions"], source, dictionary=("user_id", "item_id")).to_pandas(),
+        files["interactions"],
+        rating_scale=rating_scale,
+        require_timestamps=require_timestamps,
+        source=source,
+    )
+    items = validate_table(_read_table(files["items"], source), files["items"], ITEM_COLUMNS, source=source)
+    users = None
+    if Path(files["users"]).exists():
+        users = validate_table(_read_table(files["users"], source), files["users"], USER_COLUMNS, source=source)
+    return RawTables(interactions=interactions, items=items, users=users, files=files)
+
+
+def validate_interactions(
+    df: pd.DataFrame,
+    file: str,
+    *,
+    rating_scale: Sequence[float] | None = None,
+    require_timestamps: str | None = None,
+    source: str | None = None,
+) -> pd.DataFrame:
+    """Check the interactions table and return its contract columns with normalised dtypes.
+
+    Errors: no rows, missing columns, null or empty ids, non-numeric, partly missing, non-finite or
+    out-of-``rating_scale`` ratings, non-integer or negative timestamps, and null timestamps when
+    ``require_timestamps`` names a reason. The input frame is not modified.
+    """
+    hint = _source_hint(source)
+    if len(df) == 0:
+        raise DataError(file, "no interactions", n_rows=0, hint=hint)
+    _require_columns(list(df.columns), INTERACTION_COLUMNS, file, hint)
+    df = df.reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "user_id": _check_ids(df["user_id"], df, file, "user_id", hint),
+            "item_id": _check_ids(df["item_id"], df, file, "item_id", hint),
+            "rating": _check_ratings(df, file, rating_scale, hint),
+            "timestamp": _check_timestamps(df, file, require_timestamps, hint),
+        }
+    )
+
+
+def validate_table(
+    table: pa.Table, file: str, required: Sequence[str], *, source: str | None = None
+) -> pa.Table:
+    """Check an item or user table (id column ``required[0]``) and return it with string ids.
+
+    Errors: missing columns, a column named ``index`` (reserved), null/empty or repeated ids.
+    """
+    hint = _source_hint(source)
+    _require_columns(table.column_names, required, file, hint)
+    if RESERVED_COLUMN in table.column_names:
+        raise DataError(
+            file, f"the column name '{RESERVED_COLUMN}' is reserved for the vocabulary index",
+            column=RESERVED_COLUMN, hint="rename the column in the source",
+        )
+    id_col = required[0]
+    frame = table.to_pandas()
+    ids = _check_ids(frame[id_col], frame, file, id_col, hint)
+    _check(frame, ids.duplicated(keep="first").to_numpy(), file, id_col, "repeated id", hint)
+    return table.set_column(table.column_names.index(id_col), id_col, pa.array(ids.to_numpy(object), pa.string()))
+
+
+def _read_table(file: str, source: str | None, dictionary: Sequence[str] = ()) -> pa.Table:
+    """Read a Parquet file; string columns in ``dictionary`` come as dictionaries (pandas categoricals)."""
+    if not Path(file).exists():
+        raise RecpipeError(f"{file}: not found; run `recpipe ingest` (or `dvc repro`) first")
+    try:
+        return pq.read_table(file, read_dictionary=list(dictionary))
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(file, f"not a readable Parquet file ({e})", hint=_source_hint(source)) from e
+
+
+def _source_hint(source: str | None) -> str | None:
+    return f"Ingested from {source}" if source else None
+
+
+def _require_columns(present: Sequence[str], required: Sequence[str], file: str, hint: str | None) -> None:
+    missing = [c for c in required if c not in present]
+    if missing:
+        raise DataError(
+            file, f"missing column{'s' if len(missing) > 1 else ''} (has: {', '.join(map(str, present))})",
+            column=", ".join(missing), hint=hint,
+        )
+
+
+def _check(df: pd.DataFrame, bad: np.ndarray, file: str, column: str, problem: str, hint: str | None) -> None:
+    """Raise a DataError if ``bad`` flags any row of ``df``, showing the first one."""
+    if not bad.any():
+        return
+    row = int(np.flatnonzero(bad)[0])
+    raise DataError(
+        file, problem, column=column, n_rows=int(bad.sum()), row=row, example=example_row(df, row), hint=hint
+    )
+
+
+def example_row(df: pd.DataFrame, position: int) -> dict[str, Any]:
+    """Row ``position`` of ``df`` as plain Python values, for error messages."""
+    return {str(k): _scalar(v) for k, v in df.iloc[position].items()}
+
+
+def _scalar(v: Any) -> Any:
+    """A plain Python value for messages (numpy scalars unwrapped, missing values as None)."""
+    if isinstance(v, (list, np.ndarray)):
+        return list(v)
+    if pd.isna(v):
+        return None
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _check_ids(ids: pd.Series, df: pd.DataFrame, file: str, column: str, hint: str | None) -> pd.Series:
+    """Ids as a categorical of strings (cheap to group and count); null or blank ids are an error."""
+    if not (isinstance(ids.dtype, pd.CategoricalDtype) and pd.api.types.is_string_dtype(ids.cat.categories)):
+        ids = ids.astype("str").astype("category")
+    codes = ids.cat.codes.to_numpy()
+    blank = np.append(ids.cat.categories.str.strip() == "", False)  # code -1 (null) picks the False
+    _check(df, (codes < 0) | blank[codes], file, column, "missing id (null or empty)", hint)
+    return ids
+
+
+def _check_ratings(
+    df: pd.DataFrame, file: str, rating_scale: Sequence[float] | None, hint: str | None
+) -> pd.Series:
+    """Ratings as float32: all present (explicit feedback) or all null (implicit), within the scale."""
+    raw = df["rating"]
+    values = pd.to_numeric(raw, errors="coerce").astype("float64")
+    given = raw.notna().to_numpy()
+    null = values.isna().to_numpy()
+    _check(df, given & null, file, "rating", "not a number", hint)
+    _check(df, null & (not null.all()), file, "rating", "missing rating (ratings must be all "
+           "present or, for implicit feedback, all null)", hint)
+    v = values.to_numpy()
+    _check(df, ~null & ~np.isfinite(v), file, "rating", "not a finite number", hint)
+    if rating_scale is not None:
+        lo, hi = (float(x) for x in rating_scale)
+        _check(df, ~null & ((v < lo) | (v > hi)), file, "rating", f"rating outside data.rating_scale "
+               f"[{lo:g}, {hi:g}]", _join("Fix the data, or the scale (e.g. `recpipe compose "
+                                          "data.rating_scale=[0,10]`)", hint))
+    return values.astype("float32")
+
+
+def _check_timestamps(
+    df: pd.DataFrame, file: str, require_timestamps: str | None, hint: str | None
+) -> pd.Series:
+    """Timestamps as Int64 seconds: integers >= 0, null allowed unless ``require_timestamps``."""
+    raw = df["timestamp"]
+    values = pd.to_numeric(raw, errors="coerce")
+    given = raw.notna().to_numpy()
+    null = values.isna().to_numpy()
+    problem = "not an integer number of seconds"
+    _check(df, given & null, file, "timestamp", problem, hint)
+    v = values.to_numpy(dtype="float64", na_value=np.nan)
+    if values.dtype.kind == "f":
+        _check(df, ~null & (v != np.floor(v)), file, "timestamp", problem, hint)
+    _check(df, ~null & (v < 0), file, "timestamp", "negative timestamp", hint)
+    if require_timestamps:
+        _check(df, null, file, "timestamp", "missing timestamp",
+               _join(f"{require_timestamps} orders interactions by time; supply timestamps or use "
+                     "split=random", hint))
+    return values.astype("Int64")
+
+
+def _join(*hints: str | None) -> str | None:
+    return ". ".join(h for h in hints if h) or None

@@ -1,0 +1,25 @@
+"""``recpipe preprocess``: validate data/raw, then write data/processed (splits, vocabularies, stats)."""
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from recpipe.data.preprocess import preprocess, summary, write_processed
+from recpipe.data.splits import NEEDS_TIMESTAMPS
+from recpipe.data.validate import read_raw
+from recpipe.paths import Paths
+from recpipe.tracking import flatten, log_metrics
+
+
+def run(cfg: DictConfig, paths: Paths) -> None:
+    """Read and validate the raw tables, preprocess them, and replace data/processed atomically."""
+    split = cfg.split.name
+    raw = read_raw(
+        paths.raw,
+        rating_scale=OmegaConf.select(cfg, "data.rating_scale"),
+        require_timestamps=f"split={split}" if split in NEEDS_TIMESTAMPS else None,
+    )
+    result = preprocess(raw, cfg.preprocess, cfg.split, progress=True)
+    write_processed(result, paths.processed)
+    log_metrics({f"data.{k}": v for k, v in flatten(result.stats).items() if v is not None})
+    print(summary(result.stats))
+    print(f"split={split}: wrote {paths.processed}")
