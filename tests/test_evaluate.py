@@ -14,7 +14,10 @@ from omegaconf import OmegaConf
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.evaluation import baselines, metrics
+from recpipe.evaluation.bootstrap import compare_to_baselines
+from recpipe.evaluation.cold import cold_items_of, cold_metrics
 from recpipe.evaluation.ranking import EvalSet, rank_metrics
+from recpipe.evaluation.segments import user_segments
 from recpipe.paths import Paths
 from recpipe.stages import evaluate
 
@@ -72,14 +75,19 @@ def test_ranking_only_model_has_no_rating_metrics(data, evalset):
     assert "rmse" not in result.metrics and "mae" not in result.metrics
 
 
+def evaluate_baselines(names, data, evalset, seed, params=None):
+    fitted = evaluate.fit_baselines(names, data, seed, params)
+    return {n: evaluate.evaluate_model(m, data, evalset, KS, 32, [1, 5]) for n, (m, _) in fitted.items()}
+
+
 def test_baselines_scored_like_the_model(data, evalset):
-    out = evaluate.evaluate_baselines(["popularity", "random"], data, evalset, KS, 32, seed=1)
+    out = evaluate_baselines(["popularity", "random"], data, evalset, seed=1)
     pop = data.item_popularity()
     direct = rank_metrics(lambda u: np.tile(pop, (len(u), 1)), data.matrix("train", "val"), data.matrix("test"), KS)
     assert {k: out["popularity"].metrics[k] for k in direct} == pytest.approx(direct)
-    again = evaluate.evaluate_baselines(["random"], data, evalset, KS, 7, seed=1)
+    again = evaluate_baselines(["random"], data, evalset, seed=1)
     assert again["random"].metrics == pytest.approx(out["random"].metrics)
-    other = evaluate.evaluate_baselines(["random"], data, evalset, KS, 32, seed=2)
+    other = evaluate_baselines(["random"], data, evalset, seed=2)
     assert not np.array_equal(other["random"].topk, out["random"].topk)
     # popularity recommends (nearly) the same few items to everyone
     assert out["popularity"].metrics["coverage_at_10"] < out["random"].metrics["coverage_at_10"]
@@ -87,35 +95,115 @@ def test_baselines_scored_like_the_model(data, evalset):
         baselines.build("oracle", data, 0)
 
 
-def test_cf_baselines_beat_random(data, evalset):
-    out = evaluate.evaluate_baselines(["item_knn", "user_knn", "ease", "random"], data, evalset, KS, 32, seed=0)
+def test_cf_baselines_beat_random_and_take_their_params(data, evalset):
+    params = {"item_knn": {"k": 20}, "user_knn": {"k": 10, "shrink": 1.0}, "ease": {"lam": 50}}
+    fitted = evaluate.fit_baselines(["item_knn", "user_knn", "ease"], data, 0, params)
+    assert {n: used for n, (_, used) in fitted.items()} == {
+        "item_knn": {"k": 20, "shrink": 0.0}, "user_knn": {"k": 10, "shrink": 1.0}, "ease": {"lam": 50.0}}
+    out = evaluate_baselines(["item_knn", "user_knn", "ease", "random"], data, evalset, 0, params)
     for name in ("item_knn", "user_knn", "ease"):
         assert out[name].metrics["ndcg_at_10"] > out["random"].metrics["ndcg_at_10"], name
 
 
-def test_write_reports(tmp_path):
-    model = {"ndcg_at_5": 0.3, "ndcg_at_10": 0.4, "coverage_at_10": 0.5, "diversity_at_10": float("nan"), "rmse": 0.9}
+def with_cold_items(data: Processed, n_cold: int = 6) -> Processed:
+    """``data`` with every interaction of its ``n_cold`` most popular items moved to test."""
+    cold = np.argsort(-data.item_popularity(), kind="stable")[:n_cold]
+    splits = {}
+    moved = []
+    for name in ("train", "val"):
+        frame = data.split(name)
+        is_cold = frame["item_idx"].isin(cold)
+        splits[name] = frame[~is_cold]
+        moved.append(frame[is_cold])
+    test = pd.concat([data.test, *moved], ignore_index=True)
+    return Processed(data.users, data.items, splits["train"], splits["val"], test)
+
+
+def test_segment_and_cold_metrics(data):
+    cold_data = with_cold_items(data)
+    evalset = EvalSet.from_processed(cold_data, "test")
+    model = TinyRatingMF(data.n_users, data.n_items)
+    counts = np.bincount(cold_data.train["user_idx"], minlength=data.n_users)
+    threshold = int(np.median(counts))
+    segments = user_segments(counts, threshold)
+    cold = cold_items_of(cold_data)
+    assert len(cold) == 6
+    result = evaluate.evaluate_model(model, cold_data, evalset, KS, 16, [1, 5], segments, cold)
+    m = result.metrics
+    # the segment means weight back to the overall mean
+    light = segments["light_users"][result.users]
+    assert light.any() and not light.all()
+    assert (light.mean() * m["light_users.ndcg_at_10"] + (1 - light.mean()) * m["heavy_users.ndcg_at_10"]
+            == pytest.approx(m["ndcg_at_10"]))
+    # rating errors per segment: over the test rows of that segment's users
+    rows = cold_data.test[segments["heavy_users"][cold_data.test["user_idx"]]]
+    assert m["heavy_users.rmse"] == pytest.approx(evaluate.rating_metrics(model, rows, [1, 5])["rmse"])
+    assert {"light_users.coverage_at_10", "heavy_users.mae"} <= set(m)
+    scorer = evaluate.model_scorer(model)
+    assert {k: v for k, v in m.items() if k.startswith("cold_")} == pytest.approx(
+        cold_metrics(scorer, evalset.truth, cold, KS))
+    assert {f"cold_{k}_at_{n}" for k in metrics.RANKING_METRICS for n in KS} <= set(m)
+    # without cold items there are no cold keys
+    plain = evaluate.evaluate_model(model, data, EvalSet.from_processed(data), KS, 16, [1, 5], segments, cold[:0])
+    assert not any(k.startswith("cold_") for k in plain.metrics)
+
+
+def make_report(name: str = "mf") -> evaluate.Report:
+    rng = np.random.default_rng(0)
+    model = {"ndcg_at_5": 0.3, "ndcg_at_10": 0.4, "coverage_at_10": 0.5, "diversity_at_10": float("nan"),
+             "rmse": 0.9, "light_users.ndcg_at_10": 0.2, "cold_ndcg_at_10": 0.05}
     base = {"popularity": {"ndcg_at_5": 0.1, "ndcg_at_10": 0.2}, "random": {"ndcg_at_5": 0.0, "ndcg_at_10": 0.01}}
+    per_user = {s: {"ndcg_at_10": rng.random(50)} for s in (name, "popularity", "random")}
+    intervals = compare_to_baselines(name, per_user[name], {b: per_user[b] for b in base}, n_resamples=50)
+    summary = {"segments": {"light_users": {"train_interactions": "< 20", "users": 7}},
+               "cold_items": {"items": 3, "users": 2}, "baseline_params": {"popularity": {}, "random": {"seed": 0}}}
+    recommended = {s: rng.integers(0, 30, 40).astype(float) for s in (name, "popularity", "random")}
+    return evaluate.Report(name, model, base, intervals, summary, recommended, rng.integers(0, 30, 20).astype(float))
+
+
+def test_write_reports(tmp_path):
+    report = make_report()
     curve = tmp_path / "training_curve.csv"
     curve.write_text("epoch,loss\n1,0.5\n")
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "stale.json").write_text("{}")
-    evaluate.write_reports(tmp_path / "reports", "mf", model, base, curve)
+    evaluate.write_reports(tmp_path / "reports", report, curve)
 
     reports = tmp_path / "reports"
     assert sorted(p.relative_to(reports).as_posix() for p in reports.rglob("*")) == [
-        "baselines.json", "metrics.json", "plots", "plots/metrics_at_k.csv", "plots/training_curve.csv"]
-    assert json.loads((reports / "metrics.json").read_text()) == {**model, "diversity_at_10": None}
-    assert json.loads((reports / "baselines.json").read_text()) == base
+        "baselines.json", "evaluation.json", "evaluation.md", "intervals.json", "metrics.json", "plots",
+        "plots/metric_vs_k.png", "plots/metrics_at_k.csv", "plots/popularity.png", "plots/training_curve.csv"]
+    assert json.loads((reports / "metrics.json").read_text()) == {**report.metrics, "diversity_at_10": None}
+    assert json.loads((reports / "baselines.json").read_text()) == report.baselines
+    assert json.loads((reports / "intervals.json").read_text()) == report.intervals
+    assert json.loads((reports / "evaluation.json").read_text()) == report.summary
+    md = (reports / "evaluation.md").read_text()
+    assert "| ndcg_at_10 | **0.4000** [" in md and "| light_users.ndcg_at_10 | **0.2000** | — | — |" in md
+    assert "| cold_ndcg_at_10 | **0.0500** |" in md and "- random: seed=0" in md
     table = pd.read_csv(reports / "plots" / "metrics_at_k.csv")
     assert list(table.columns) == ["model", "k", "metric", "value"]
-    assert len(table) == 4 + 2 + 2  # every _at_K value of each system; rmse is not one
+    assert len(table) == 4 + 2 + 2 + 2  # every _at_K value of each system (cold and segment ones too)
     row = table[(table.model == "popularity") & (table.k == 10)]
     assert row[["metric", "value"]].values.tolist() == [["ndcg", 0.2]]
     assert (reports / "plots" / "training_curve.csv").read_text() == curve.read_text()
 
-    evaluate.write_reports(reports, "mf", model, base, tmp_path / "no_curve.csv")
+    evaluate.write_reports(reports, report, tmp_path / "no_curve.csv")
     assert not (reports / "plots" / "training_curve.csv").exists()
+
+
+def test_mlflow_metric_names():
+    report = make_report()
+    flat = evaluate.mlflow_metrics(report, 1.5)
+    low, high = report.intervals["ci"]["mf"]["ndcg_at_10"]
+    assert flat["ndcg_at_10_ci_low"] == low and flat["ndcg_at_10_ci_high"] == high
+    assert flat["baseline.popularity.ndcg_at_10"] == 0.2
+    assert "baseline.random.ndcg_at_10_ci_low" in flat
+    diff = report.intervals["vs_best_baseline"]["ndcg_at_10"]
+    assert flat["ndcg_at_10_vs_best_baseline"] == diff["diff"]
+    assert flat["ndcg_at_10_vs_best_baseline_ci_low"] == diff["low"]
+    assert "diversity_at_10" not in flat and flat["time_evaluate_s"] == 1.5  # NaN is not logged
+    assert evaluate.system_name("ease", ["popularity", "ease"]) == "ease_model"
+    assert evaluate.system_name("mf", ["popularity", "ease"]) == "mf"
 
 
 def test_format_table():
@@ -133,19 +221,31 @@ def test_stage_writes_reports_and_logs_to_mlflow(tmp_path, capsys):
     (paths.root / "models" / "training_curve.csv").write_text("epoch,loss\n1,0.5\n")
     cfg = OmegaConf.create({
         "seed": 0, "model": {"name": "tiny"}, "data": {"rating_scale": [1, 5]},
-        "evaluate": {"ks": list(KS), "batch_size": 32, "baselines": ["popularity", "random"]},
+        "evaluate": {
+            "ks": list(KS), "batch_size": 32, "baselines": ["popularity", "random", "ease"],
+            "baseline_params": {"ease": {"lam": "auto", "grid": [10, 100]}},
+            "light_user_threshold": 15,
+            "bootstrap": {"metrics": ["ndcg_at_10", "recall_at_10"], "n_resamples": 100, "level": 0.9},
+        },
     })
     experiment = mlflow.create_experiment("evaluate-test", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
         evaluate.run(cfg, paths)
     saved = json.loads((paths.reports / "metrics.json").read_text())
-    assert {"rmse", "mae", "ndcg_at_5", "diversity_at_10"} <= set(saved)  # MF predicts ratings
+    assert {"rmse", "mae", "ndcg_at_5", "diversity_at_10", "light_users.ndcg_at_10", "heavy_users.rmse"} <= set(saved)
     assert (paths.plots / "training_curve.csv").exists()
-    logged = mlflow.get_run(run.info.run_id).data.metrics
-    assert logged["ndcg_at_10"] == pytest.approx(saved["ndcg_at_10"])
-    assert "baseline.popularity.ndcg_at_10" in logged and "time_evaluate_s" in logged
+    intervals = json.loads((paths.reports / "intervals.json").read_text())
+    assert intervals["n_resamples"] == 100 and intervals["level"] == 0.9
+    assert set(intervals["ci"]) == {"tiny", "popularity", "random", "ease"}
+    summary = json.loads((paths.reports / "evaluation.json").read_text())
+    assert summary["baseline_params"]["ease"]["lam"] in (10.0, 100.0)
+    assert summary["segments"]["light_users"]["train_interactions"] == "< 15"
+    logged = mlflow.get_run(run.info.run_id)
+    assert logged.data.metrics["ndcg_at_10"] == pytest.approx(saved["ndcg_at_10"])
+    assert {"baseline.popularity.ndcg_at_10", "time_evaluate_s", "ndcg_at_10_ci_low",
+            "recall_at_10_vs_best_baseline"} <= set(logged.data.metrics)
+    assert logged.data.params["baseline.ease.lam"] == str(summary["baseline_params"]["ease"]["lam"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "reports")}
-    assert {"reports/metrics.json", "reports/baselines.json", "reports/plots"} <= artifacts
+    assert {"reports/metrics.json", "reports/baselines.json", "reports/evaluation.md", "reports/plots"} <= artifacts
     out = capsys.readouterr().out
     assert "tiny" in out and "popularity" in out and "ndcg_at_10" in out
-

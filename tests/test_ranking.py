@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import tensorflow as tf
 
 from recpipe.errors import RecpipeError
-from recpipe.evaluation import baselines, metrics
+from recpipe.evaluation import metrics
 from recpipe.evaluation.ranking import (
     EvalSet,
     evaluate_ranking,
@@ -113,18 +113,6 @@ def test_genre_matrix():
     assert g.sum(axis=1).tolist() == [2, 0, 1]
     assert g[0] @ g[2] == 1
     assert genre_matrix(items.drop(columns="genres")) is None
-
-
-def test_random_baseline_is_seeded_and_batch_independent():
-    users = np.arange(10, dtype=np.int32)
-    a = baselines.hash_uniform(1, users, 50)
-    assert a.shape == (10, 50) and a.dtype == np.float32
-    assert np.all((a >= 0) & (a < 1))
-    assert np.array_equal(a[3:5], baselines.hash_uniform(1, users[3:5], 50))
-    assert not np.array_equal(a, baselines.hash_uniform(2, users, 50))
-    # roughly uniform
-    big = baselines.hash_uniform(0, np.arange(200, dtype=np.int32), 500)
-    assert abs(big.mean() - 0.5) < 0.01
 
 
 def test_evaluate_ranking_adds_beyond_accuracy(case):

@@ -116,6 +116,10 @@ def test_plot_metric_vs_k_writes_png(tmp_path):
     path = tmp_path / "plots" / "ndcg_at_k.png"
     plot_metric_vs_k(systems, "ndcg", path)
     assert_png(path)
+    # one panel per metric that has values (recall has none here)
+    panels = tmp_path / "panels" / "metric_vs_k.png"
+    plot_metric_vs_k(systems | {"random": {"hit_rate_at_10": 0.1}}, ["ndcg", "recall", "hit_rate"], panels)
+    assert_png(panels)
     with pytest.raises(RecpipeError, match="no recall_at_K"):
         plot_metric_vs_k(systems, "recall", tmp_path / "recall.png")
 
@@ -134,3 +138,26 @@ def test_plot_popularity_writes_png(tmp_path):
     assert_png(path)
     with pytest.raises(RecpipeError, match="no recommended items"):
         plot_popularity({"model": np.array([])}, tmp_path / "empty.png")
+
+
+def test_summary_sections_segments_cold_items_and_baseline_params():
+    metrics = {"ndcg_at_10": 0.3, "light_users.ndcg_at_10": 0.2, "heavy_users.ndcg_at_10": 0.35,
+               "light_users.rmse": 1.1, "cold_ndcg_at_10": 0.05}
+    baselines = {"ease": {"ndcg_at_10": 0.33, "light_users.ndcg_at_10": 0.25, "heavy_users.ndcg_at_10": 0.3,
+                          "cold_ndcg_at_10": 0.01}}
+    summary = {
+        "segments": {"light_users": {"train_interactions": "< 20", "users": 11},
+                     "heavy_users": {"train_interactions": ">= 20", "users": 80}},
+        "cold_items": {"items": 13, "users": 10},
+        "baseline_params": {"ease": {"lam": 400.0, "val_ndcg_at_10": [[100.0, 0.25], [400.0, 0.2653]]}},
+    }
+    md = render_markdown("mf", metrics, baselines, {}, summary)
+    assert "light_users: 11 users with < 20 train interactions; heavy_users: 80 users" in md
+    assert row(md, "light_users.ndcg_at_10") == ["light_users.ndcg_at_10", "0.2000", "**0.2500**"]
+    assert row(md, "heavy_users.ndcg_at_10") == ["heavy_users.ndcg_at_10", "**0.3500**", "0.3000"]
+    assert row(md, "light_users.rmse") == ["light_users.rmse", "**1.1000**", "—"]  # lower is better, alone
+    assert "13 test items have no train or val interaction; the 10 users" in md
+    assert row(md, "cold_ndcg_at_10") == ["cold_ndcg_at_10", "**0.0500**", "0.0100"]
+    assert "- ease: lam=400; val_ndcg_at_10: 100 → 0.2500, 400 → 0.2653" in md
+    # without a summary: no such sections
+    assert "## By user segment" not in render_markdown("mf", metrics, baselines, {})

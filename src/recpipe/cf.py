@@ -3,7 +3,8 @@
 Each recommender is ``fit(X)`` on a scipy CSR matrix (users x items, nonzero = interaction) and
 ``score(user_idx) -> float32 [b, n_items]`` (higher is better). ``score`` does not mask the
 user's own items; the caller excludes seen items (``recpipe.evaluation.ranking.top_k_items``),
-so ``model.score`` is directly a ranking ``score_fn``.
+so ``model.score`` is directly a ranking ``score_fn``. ``recpipe.models.classic`` wraps the fitted
+matrices as TensorFlow models (``model=item_knn|user_knn|ease`` and the evaluate stage's baselines).
 """
 from __future__ import annotations
 
@@ -70,6 +71,28 @@ def topk_cosine(X: sp.spmatrix, k: int, shrink: float = 0.0, desc: str = "simila
     )
 
 
+def check_dense_catalog(n_items: int, max_items: int = 40_000) -> None:
+    """Refuse a dense n_items x n_items item-item model (EASE) beyond ``max_items`` items."""
+    if n_items > max_items:
+        raise RecpipeError(
+            f"EASE needs a dense {n_items} x {n_items} matrix ({n_items * n_items * 8 / 2**30:.1f} GiB); "
+            f"the limit is {max_items} items: use item_knn or filter rare items"
+        )
+
+
+def spd_inverse(A: np.ndarray) -> np.ndarray:
+    """Inverse of a symmetric positive definite float64 matrix via Cholesky (LAPACK potrf/potri).
+
+    About half the work of a general inverse; ``A`` is overwritten.
+    """
+    factor, info = scipy.linalg.lapack.dpotrf(A, lower=True, overwrite_a=True, clean=False)
+    if info == 0:
+        inv, info = scipy.linalg.lapack.dpotri(factor, lower=True, overwrite_c=True)
+    if info != 0:
+        raise RecpipeError(f"matrix is not positive definite (LAPACK info {info})")
+    return np.tril(inv) + np.tril(inv, -1).T
+
+
 class _Recommender:
     """Keeps the binary train matrix and checks ``score`` is called after ``fit``."""
 
@@ -130,21 +153,17 @@ class EASE(_Recommender):
     """
 
     def __init__(self, lam: float = 500.0, max_items: int = 40_000) -> None:
-        if lam <= 0:
-            raise RecpipeError(f"EASE lam must be > 0, got {lam}")
-        self.lam, self.max_items = lam, max_items
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam <= 0:
+            raise RecpipeError(f"EASE lam must be a number > 0, got {lam!r}")
+        self.lam, self.max_items = float(lam), max_items
 
     def fit(self, X: sp.spmatrix) -> EASE:
         X = _as_binary_csr(X)
         n = X.shape[1]
-        if n > self.max_items:
-            raise RecpipeError(
-                f"EASE needs a dense {n} x {n} matrix ({n * n * 8 / 2**30:.1f} GiB); "
-                f"the limit is {self.max_items} items: use ItemKNN or filter rare items"
-            )
+        check_dense_catalog(n, self.max_items)
         G = (X.T @ X).toarray().astype(np.float64)
         G[np.diag_indices(n)] += self.lam
-        P = scipy.linalg.inv(G, overwrite_a=True, check_finite=False)
+        P = spd_inverse(G)
         B = P / -np.diag(P)[None, :]
         B[np.diag_indices(n)] = 0.0
         self.X, self.B = X, B.astype(np.float32)
@@ -153,5 +172,3 @@ class EASE(_Recommender):
     def score(self, user_idx: np.ndarray) -> np.ndarray:
         return np.asarray(self._train()[np.asarray(user_idx)] @ self.B, dtype=np.float32)
 
-
-CF_MODELS: dict[str, type[_Recommender]] = {"itemknn": ItemKNN, "userknn": UserKNN, "ease": EASE}

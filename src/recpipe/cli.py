@@ -19,8 +19,9 @@ STAGES: dict[str, str] = {
     "splits into data/processed/.",
     "train": "Train the configured model (model=...) on data/processed; writes models/model/ and "
     "models/train_summary.json.",
-    "evaluate": "Score the full catalog for every test user; writes reports/metrics.json, "
-    "reports/baselines.json and reports/plots/.",
+    "evaluate": "Score the full catalog for every test user, for the model and the baselines; writes "
+    "reports/metrics.json, baselines.json, intervals.json (bootstrap), evaluation.md and plots/ "
+    "(with per-segment and cold-item metrics).",
     "export": "Export a top-K serving SavedModel to models/export/ and register it in MLflow.",
 }
 
@@ -69,16 +70,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", required=True, help="user id as in the source data, e.g. 42")
     p.add_argument("-k", type=int, default=10, help="number of items (default: 10)")
     p.add_argument("--export-dir", default="models/export", type=Path)
+    p = sub.add_parser(
+        "similar",
+        help="Print the catalog items most like a new item given only by its features (hybrid/content export).",
+        description="Score a new item's feature-only vector (model=hybrid or model=content) against the "
+        "catalog in models/export and print the k most similar items. Example: recpipe similar "
+        '--title "The Matrix" --genres "Action|Sci-Fi" --year 1999 -k 10',
+    )
+    p.add_argument("--title", required=True, help="the new item's title")
+    p.add_argument("--genres", default="", help='"|"-separated genres, e.g. "Action|Sci-Fi"')
+    p.add_argument("--year", type=int, default=None, help="release year (optional)")
+    p.add_argument("-k", type=int, default=10, help="number of items (default: 10)")
+    p.add_argument("--export-dir", default="models/export", type=Path)
+    sub.add_parser(
+        "run",
+        add_help=False,
+        help="Run preprocess -> train -> evaluate as Hydra jobs (outputs/hydra/), each an MLflow "
+        "run: `recpipe run -m model=mf,ncf,two_tower`, `recpipe run hparams_search=mf` (Optuna). "
+        "Takes Hydra's arguments; see `recpipe run --help`.",
+    )
+    p = sub.add_parser(
+        "report",
+        help="Print a markdown table of each model's latest evaluated MLflow run.",
+        description="Markdown table of the latest finished run of each model in the MLflow "
+        "experiment (metrics with intervals when logged, train time). --update-readme rewrites "
+        "the block between <!-- results:start --> and <!-- results:end --> in README.md.",
+    )
+    p.add_argument("--experiment", default="recpipe", help="MLflow experiment (default: recpipe)")
+    p.add_argument("--metrics", nargs="+", metavar="NAME", help="columns (default: the @10 metrics, rmse, mae)")
+    p.add_argument("--sweep", metavar="PARENT_RUN_ID", help="only the runs of this sweep")
+    p.add_argument(
+        "--update-readme", nargs="?", const=Path("README.md"), type=Path, metavar="PATH",
+        help="write the table into PATH (default: README.md) instead of printing it",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:  # Hydra parses its own arguments (overrides, -m, --help, ...)
+        from recpipe.sweep import main as run_main
+
+        try:
+            return run_main(argv[1:])
+        except RecpipeError as e:
+            print(f"recpipe run: error: {e}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "report":
+            from recpipe.report import report_command
+
+            return report_command(args.experiment, args.metrics, args.sweep, args.update_readme)
         if args.command == "compose":
             from recpipe.config import compose_command
 
             return compose_command(args.overrides, args.config_dir, args.output, check=args.check)
+        if args.command == "similar":
+            from recpipe.similar import similar_command
+
+            return similar_command(args.title, args.genres, args.year, args.k, args.export_dir)
         if args.command == "recommend":
             from recpipe.serving import recommend_command
 

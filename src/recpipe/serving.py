@@ -5,7 +5,8 @@ titles, train popularity, each user's seen items) in one ``tf.Module`` whose ``s
 signature is ``(user_id: string [None], k: int32 scalar) -> {item_ids, scores, titles}`` [batch, k],
 best first, never an item the user saw in train or val. Unknown users get the popularity ranking.
 k is capped at ``min(max_k, n_items)``; when fewer than k items are left for a user the last slots
-hold item id "" and score -inf.
+hold item id "" and score -inf. Models that can place a new item from its features (hybrid,
+content) also get a ``similar_items`` signature (``recpipe.similar``).
 
 Loading needs only TensorFlow (plus ``import tensorflow_recommenders`` or ``import scann`` for a
 ScaNN export, which registers ScaNN's ops): ``tf.saved_model.load(path).signatures["serving_default"]``.
@@ -28,6 +29,8 @@ from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.io import atomic_dir
 from recpipe.models.base import RecModel
+from recpipe.similar import SIGNATURE as SIMILAR_SIGNATURE
+from recpipe.similar import SimilarItems, supports_similar
 
 SIGNATURE = "serving_default"
 INFO_FILE = "recpipe_export.json"
@@ -196,13 +199,15 @@ def build_server(model: RecModel, data: Processed, export_cfg: Any) -> TopKServe
         retriever = ExactRetriever(model)
     server = TopKServer(
         user_ids=data.users["user_id"].astype(str).to_numpy(dtype=object),
-        item_ids=data.items["item_id"].astype(str).to_numpy(dtype=object),
+        item_ids=server_item_ids(data),
         titles=item_titles(data.items),
         popularity=data.item_popularity(),
         seen=seen_items(data),
         retriever=retriever,
         max_k=int(export_cfg.max_k),
     )
+    if supports_similar(model):  # model=hybrid / content: similar items for a new item's features too
+        server.similar = SimilarItems(model, server_item_ids(data), item_titles(data.items), int(export_cfg.max_k))
     try:  # trace now: a model whose score_all needs a known batch size fails here, not mid-save
         server.top_k.get_concrete_function()
     except (TypeError, ValueError, NotImplementedError) as e:
@@ -226,6 +231,19 @@ def _quiet_keras_save() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def server_item_ids(data: Processed) -> np.ndarray:
+    """Item ids by item index, as served."""
+    return data.items["item_id"].astype(str).to_numpy(dtype=object)
+
+
+def signatures(server: TopKServer) -> dict[str, Any]:
+    """The export's signatures: ``serving_default``, and ``similar_items`` when the model has it."""
+    out = {SIGNATURE: server.top_k.get_concrete_function()}
+    if hasattr(server, "similar"):
+        out[SIMILAR_SIGNATURE] = server.similar.top_k.get_concrete_function()
+    return out
+
+
 def save_options(index: str) -> tf.saved_model.SaveOptions:
     """SavedModel options; a ScaNN index needs its op namespace allowed."""
     return tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if index == "scann" else None)
@@ -236,8 +254,7 @@ def save_server(server: TopKServer, path: str | Path, index: str) -> None:
     info = {"index": index, "n_users": server.n_users, "n_items": server.n_items, "max_k": server.k_cap}
     with atomic_dir(path) as tmp, _quiet_keras_save():
         tf.saved_model.save(
-            server, str(tmp), signatures={SIGNATURE: server.top_k.get_concrete_function()},
-            options=save_options(index),
+            server, str(tmp), signatures=signatures(server), options=save_options(index),
         )
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
@@ -274,7 +291,7 @@ def register_server(server: TopKServer, export_cfg: Any, example_user: str) -> s
             registered_model_name=export_cfg.registered_model_name,
             pip_requirements=[f"{p}=={version(p)}" for p in requirements],
             saved_model_kwargs={
-                "signatures": {SIGNATURE: server.top_k.get_concrete_function()},
+                "signatures": signatures(server),
                 "options": save_options(export_cfg.index),
             },
         )

@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,23 @@ STATE_FILE = Path(".recpipe") / "mlflow_run.json"
 ARTIFACT_DIR = "mlartifacts"
 
 
+def project_root() -> Path:
+    """The repository root: ``DVC_ROOT`` (set by DVC for stage commands) or the working directory.
+
+    Queued DVC experiments run in a temporary copy under ``<repo>/.dvc/tmp/exps/``; their root is
+    the repository the copy was made from, so their runs land in the same ``mlflow.db``.
+    """
+    root = Path(os.environ.get("DVC_ROOT") or ".").resolve()
+    parts = root.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
+
+
 def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else ``mlflow.db`` (sqlite) in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+    """``MLFLOW_TRACKING_URI`` if set, else ``mlflow.db`` (sqlite) at the ``project_root()``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -85,22 +99,34 @@ def _read_state() -> dict[str, Any]:
         return {}
 
 
+def ensure_experiment(name: str) -> str:
+    """Point MLflow at ``tracking_uri()`` and return the id of experiment ``name``, creating it
+    (artifacts in ``mlartifacts/`` beside a sqlite database) when missing.
+
+    With sqlite, a file lock beside the database serialises this first access, in which MLflow
+    creates or migrates the tables: parallel processes (sweep workers, ``dvc queue start -j 2``)
+    doing that at once on a new database fail.
+    """
+    import mlflow
+    from filelock import FileLock
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    with FileLock(f"{db}.lock") if db else nullcontext():
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        artifacts = (db.parent / ARTIFACT_DIR).as_uri() if db else None
+        return mlflow.create_experiment(name, artifact_location=artifacts)
+
+
 @contextmanager
 def pipeline_run(cfg: DictConfig, stage: str) -> Iterator[Any]:
     """Open (or continue) the pipeline's MLflow run for ``stage``; yields the active run."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    name = cfg.mlflow.experiment
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is None:
-        artifacts = None
-        if tracking_uri().startswith("sqlite:"):
-            artifacts = (Path(tracking_uri().removeprefix("sqlite:///")).parent / ARTIFACT_DIR).as_uri()
-        experiment_id = mlflow.create_experiment(name, artifact_location=artifacts)
-    else:
-        experiment_id = experiment.experiment_id
-
+    experiment_id = ensure_experiment(cfg.mlflow.experiment)
     key = config_hash(cfg)
     state = _read_state()
     run_id = None

@@ -2,6 +2,10 @@
 
 Each ``split_<name>(df, ...)`` is pure: it returns ``(train, val, test)``, three disjoint frames that
 together hold every row of ``df`` once, each in ``df``'s row order with ``df``'s index.
+
+Every split can also hold items out for cold-start evaluation (``split.cold_items``, a share of
+the distinct items, drawn with ``split.cold_seed``): all interactions of those items go to test,
+the splitter divides the rest.
 """
 from __future__ import annotations
 
@@ -91,10 +95,31 @@ SPLITTERS: dict[str, Callable[..., Splits]] = {
 }
 
 
+def cold_item_rows(df: pd.DataFrame, share: float, seed: int = 42) -> np.ndarray:
+    """Bool mask of the rows whose item is among ``round(share * n_items)`` items drawn with ``seed``.
+
+    Items are drawn uniformly from ``df``'s distinct ``item_id`` values (sorted, so the draw does
+    not depend on row order).
+    """
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+        raise RecpipeError(f"split.cold_items must be a share of the items in [0, 1), got {share!r}")
+    ids = np.sort(pd.unique(df["item_id"].astype(str)))
+    n_cold = _rounded(share * len(ids))
+    if n_cold == 0:
+        return np.zeros(len(df), dtype=bool)
+    cold = np.random.default_rng(seed).choice(ids, size=n_cold, replace=False)
+    return df["item_id"].astype(str).isin(cold).to_numpy()
+
+
 def make_splits(df: pd.DataFrame, split_cfg: DictConfig | Mapping[str, Any]) -> Splits:
-    """Split ``df`` as configured: ``split_cfg.name`` picks the splitter, other keys are its arguments."""
+    """Split ``df`` as configured: ``split_cfg.name`` picks the splitter, other keys are its arguments.
+
+    ``cold_items`` (default 0) and ``cold_seed`` (default 42) hold items out: every interaction of a
+    held-out item goes to test, never to train or val; the splitter divides the other rows.
+    """
     options = OmegaConf.to_container(split_cfg, resolve=True) if isinstance(split_cfg, DictConfig) else dict(split_cfg)
     name = options.pop("name", None)
+    cold = cold_item_rows(df, options.pop("cold_items", 0.0), int(options.pop("cold_seed", 42)))
     if name not in SPLITTERS:
         raise RecpipeError(f"unknown split {name!r}; available: {', '.join(sorted(SPLITTERS))}")
     splitter = SPLITTERS[name]
@@ -102,7 +127,12 @@ def make_splits(df: pd.DataFrame, split_cfg: DictConfig | Mapping[str, Any]) -> 
         inspect.signature(splitter).bind(df, **options)
     except TypeError as e:
         raise RecpipeError(f"split={name}: {e}") from e
-    return splitter(df, **options)
+    if not cold.any():
+        return splitter(df, **options)
+    positions = df.reset_index(drop=True)  # index = row position, whatever index df has
+    train, val, test = splitter(positions[~cold], **options)
+    test_rows = np.sort(np.concatenate([test.index.to_numpy(), np.flatnonzero(cold)]))
+    return df.iloc[train.index.to_numpy()], df.iloc[val.index.to_numpy()], df.iloc[test_rows]
 
 
 def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:

@@ -23,8 +23,16 @@ LOWER_IS_BETTER = ("rmse", "mae")
 _EMPTY = "bootstrap over an empty set of users (no test user has a test item?)"
 
 
+def base_metric(key: str) -> str:
+    """The contract metric behind a segment or cold-item key: ``light_users.ndcg_at_10`` and
+    ``cold_ndcg_at_10`` -> ``ndcg_at_10``."""
+    return key.rpartition(".")[2].removeprefix("cold_")
+
+
 def higher_is_better(metric: str) -> bool | None:
-    """True for ranking metrics, False for rating errors, None when there is no better direction."""
+    """True for ranking metrics, False for rating errors, None when there is no better direction
+    (also for segment and cold-item variants of each, see ``base_metric``)."""
+    metric = base_metric(metric)
     if metric in LOWER_IS_BETTER:
         return False
     if metric.rpartition("_at_")[0] in RANKING_METRICS:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -101,11 +101,14 @@ def render_markdown(
     metrics: Mapping[str, float],
     baselines: Mapping[str, Mapping[str, float]],
     intervals: Mapping[str, Any],
+    summary: Mapping[str, Any] | None = None,
 ) -> str:
     """Markdown report of ``model_name`` vs ``baselines`` at K=10 (and rmse/mae when present).
 
     ``metrics`` / ``baselines`` are metrics.json / baselines.json (null = undefined); ``intervals``
-    is ``bootstrap.compare_to_baselines(...)`` output (``{}`` renders the means alone).
+    is ``bootstrap.compare_to_baselines(...)`` output (``{}`` renders the means alone). Sections on
+    user segments (``<segment>.<metric>`` keys), cold items (``cold_<metric>`` keys) and the
+    baselines' hyperparameters come from ``summary`` (evaluation.json) when given.
     """
     systems = {
         name: {k: math.nan if v is None else float(v) for k, v in values.items()}
@@ -133,7 +136,57 @@ def render_markdown(
             *_table(beyond, model_name, systems, intervals, compare=False),
             "",
         ]
+    if summary:
+        out += _summary_sections(model_name, systems, summary)
     return "\n".join(out)
+
+
+def _summary_sections(
+    model_name: str, systems: Mapping[str, Mapping[str, float]], summary: Mapping[str, Any]
+) -> list[str]:
+    """The segment, cold-item and baseline-hyperparameter sections of ``render_markdown``."""
+    model = systems[model_name]
+    out: list[str] = []
+    segments = summary.get("segments", {})
+    rows = [f"{seg}.{m}" for seg in segments for m in (*MAIN_METRICS, *BEYOND_METRICS) if f"{seg}.{m}" in model]
+    if rows:
+        described = "; ".join(
+            f"{seg}: {info['users']} users with {info['train_interactions']} train interactions"
+            for seg, info in segments.items()
+        )
+        out += ["## By user segment", "", f"{described}.", "", *_table(rows, model_name, systems, {}, False), ""]
+    cold = summary.get("cold_items", {})
+    rows = [f"cold_{metric_key(m, 10)}" for m in RANKING_METRICS if f"cold_{metric_key(m, 10)}" in model]
+    if rows:
+        out += [
+            "## Cold items",
+            "",
+            f"{cold.get('items')} test items have no train or val interaction; the {cold.get('users')} "
+            "users with one of them in test rank the cold items only.",
+            "",
+            *_table(rows, model_name, systems, {}, False),
+            "",
+        ]
+    params = summary.get("baseline_params", {})
+    if params:
+        out += ["## Baseline hyperparameters", ""]
+        out += [f"- {name}: {_params_text(used)}" for name, used in params.items()]
+        out.append("")
+    return out
+
+
+def _params_text(params: Mapping[str, Any]) -> str:
+    """``k=100; shrink=0``; a list of (value, score) pairs (EASE's validation ndcg per lambda) as
+    ``key: a → score, ...``."""
+    if not params:
+        return "none"
+    parts = []
+    for key, value in params.items():
+        if isinstance(value, list):
+            parts.append(f"{key}: " + ", ".join(f"{a:g} → {_fmt(float(v))}" for a, v in value))
+        else:
+            parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
+    return "; ".join(parts)
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> None:
@@ -141,28 +194,44 @@ def _save(fig: Figure, path: str | os.PathLike) -> None:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
 
 
-def plot_metric_vs_k(all_metrics: Mapping[str, Mapping[str, float]], metric: str, path: str | os.PathLike) -> None:
-    """Line plot of ``<metric>_at_K`` against K for every system (model and baselines) to a PNG."""
-    pattern = re.compile(rf"{re.escape(metric)}_at_(\d+)")
-    fig = Figure(figsize=(6.4, 4.2))
-    ax = fig.subplots()
-    all_ks: set[int] = set()
-    for name, values in all_metrics.items():
-        ks = sorted(int(m.group(1)) for key in values if (m := pattern.fullmatch(key)))
-        if ks:
-            ax.plot(ks, [values[metric_key(metric, k)] for k in ks], marker="o", label=name)
-            all_ks.update(ks)
-    if not all_ks:
-        raise RecpipeError(f"no {metric}_at_K values to plot (systems: {', '.join(all_metrics)})")
-    ticks = sorted(all_ks)
-    ax.set_xscale("log")
-    ax.set_xticks(ticks, [str(k) for k in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("K (list length)")
-    ax.set_ylabel(f"{metric}@K")
-    ax.set_title(f"{metric}@K on the test users")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+def plot_metric_vs_k(
+    all_metrics: Mapping[str, Mapping[str, float]], metrics: str | Sequence[str], path: str | os.PathLike
+) -> None:
+    """``<metric>_at_K`` against K for every system (model and baselines), one panel per metric
+    (those any system has), to one PNG."""
+    wanted = [metrics] if isinstance(metrics, str) else list(metrics)
+    series: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+    for metric in wanted:
+        pattern = re.compile(rf"{re.escape(metric)}_at_(\d+)")
+        for name, values in all_metrics.items():
+            ks = sorted(int(m.group(1)) for key in values if (m := pattern.fullmatch(key)))
+            if ks:
+                series.setdefault(metric, {})[name] = (ks, [values[metric_key(metric, k)] for k in ks])
+    if not series:
+        raise RecpipeError(
+            f"no {' / '.join(f'{m}_at_K' for m in wanted)} values to plot (systems: {', '.join(all_metrics)})"
+        )
+    cols = min(3, len(series))
+    rows = -(-len(series) // cols)
+    fig = Figure(figsize=(4.2 * cols + 1.6, 3.4 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+    colors = {name: f"C{i % 10}" for i, name in enumerate(all_metrics)}  # one colour per system everywhere
+    for ax, (metric, lines) in zip(axes, series.items()):
+        for name, (ks, values) in lines.items():
+            ax.plot(ks, values, marker="o", markersize=4, label=name, color=colors[name])
+        ticks = sorted({k for ks, _ in lines.values() for k in ks})
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [str(k) for k in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("K (list length)")
+        ax.set_title(f"{metric}@K")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(series):]:
+        ax.set_visible(False)
+    legend = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(list(legend.values()), list(legend), loc="upper left", bbox_to_anchor=(1.0, 0.95))
+    fig.suptitle("Ranking metrics at K on the test users")
+    fig.tight_layout()
     _save(fig, path)
 
 

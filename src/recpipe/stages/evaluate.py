@@ -1,8 +1,11 @@
 """``recpipe evaluate``: the trained model and the baselines on the test split, over the full catalog.
 
-Writes reports/metrics.json (flat metric keys), reports/baselines.json ({baseline: {same keys}}),
-reports/plots/metrics_at_k.csv (long format: model, k, metric, value) and, when train wrote one,
-reports/plots/training_curve.csv; logs all of it to the active MLflow run.
+Every system (the model, then each of ``evaluate.baselines``) is scored by the same code: ranking
+metrics at each K, beyond-accuracy metrics at 10, rmse/mae for rating models, all of them also per
+user segment (``light_users.<metric>`` / ``heavy_users.<metric>``) and, when test has cold items,
+``cold_<metric>``. Paired bootstrap intervals over users compare the model with the best baseline.
+
+Writes the reports directory as a whole (see ``write_reports``) and logs it to the active MLflow run.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import re
 import shutil
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,16 @@ from recpipe import tracking
 from recpipe.data.processed import Processed, load_processed
 from recpipe.evaluation import baselines as baseline_registry
 from recpipe.evaluation import metrics as M
+from recpipe.evaluation.bootstrap import ci_metrics, compare_to_baselines
+from recpipe.evaluation.cold import cold_items_of, cold_metrics, cold_users
 from recpipe.evaluation.ranking import EvalSet, RankingEval, ScoreFn, evaluate_ranking
+from recpipe.evaluation.report import (
+    plot_metric_vs_k,
+    plot_popularity,
+    recommended_popularity,
+    render_markdown,
+)
+from recpipe.evaluation.segments import describe_segments, segment_key, segment_metrics, user_segments
 from recpipe.io import atomic_dir, write_json
 from recpipe.models.base import RecModel
 from recpipe.paths import Paths
@@ -61,25 +74,39 @@ def evaluate_model(
     ks: Sequence[int],
     batch_size: int,
     rating_scale: Sequence[float] | None,
+    segments: Mapping[str, np.ndarray] | None = None,
+    cold: np.ndarray | None = None,
 ) -> RankingEval:
-    """Ranking (and, for rating models on rated data, rmse/mae) metrics of ``model`` on test."""
+    """All test metrics of ``model``: ranking and beyond-accuracy, rmse/mae for rating models on
+    rated data, per user segment (``segments``: name -> bool mask over user indices) and over the
+    ``cold`` items (``recpipe.evaluation.cold``)."""
     vectors = model.candidate_vectors()
-    result = evaluate_ranking(
-        model_scorer(model), evalset, ks, batch_size, None if vectors is None else np.asarray(vectors)
-    )
-    if model.predicts_ratings and len(data.test) and data.test["rating"].notna().all():
+    score = model_scorer(model)
+    result = evaluate_ranking(score, evalset, ks, batch_size, None if vectors is None else np.asarray(vectors))
+    rated = model.predicts_ratings and len(data.test) and data.test["rating"].notna().all()
+    if rated:
         result.metrics.update(rating_metrics(model, data.test, rating_scale))
+    for name, mask in (segments or {}).items():
+        result.metrics.update(segment_metrics(result, {name: mask}, data.n_items))
+        rows = data.test[np.asarray(mask)[data.test["user_idx"].to_numpy()]]
+        if rated and len(rows):
+            result.metrics.update({segment_key(name, k): v for k, v in rating_metrics(model, rows, rating_scale).items()})
+    if cold is not None and len(cold):
+        result.metrics.update(cold_metrics(score, evalset.truth, cold, ks, batch_size))
     return result
 
 
-def evaluate_baselines(
-    names: Sequence[str], data: Processed, evalset: EvalSet, ks: Sequence[int], batch_size: int, seed: int
-) -> dict[str, RankingEval]:
-    """Each named baseline (``recpipe.evaluation.baselines``) scored exactly like the model."""
-    return {
-        name: evaluate_ranking(baseline_registry.build(name, data, seed), evalset, ks, batch_size)
-        for name in names
-    }
+def fit_baselines(
+    names: Sequence[str], data: Processed, seed: int, params: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, tuple[RecModel, dict[str, Any]]]:
+    """Each named baseline fit on train with ``params[name]``: name -> (model, hyperparameters used)."""
+    params = params or {}
+    fitted = {}
+    for name in names:
+        start = time.perf_counter()
+        fitted[name] = baseline_registry.build(name, data, seed, params.get(name))
+        print(f"fit baseline {name} in {time.perf_counter() - start:.1f} s", flush=True)
+    return fitted
 
 
 def metrics_at_k_table(systems: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
@@ -115,37 +142,88 @@ def _json_ready(values: Mapping[str, float]) -> dict[str, float | None]:
     return {k: None if math.isnan(v) else float(v) for k, v in sorted(values.items())}
 
 
-def write_reports(
-    dest: Path,
-    model_name: str,
-    model_metrics: Mapping[str, float],
-    baseline_metrics: Mapping[str, Mapping[str, float]],
-    training_curve: Path | None = None,
-) -> None:
-    """Write the reports directory ``dest`` as a whole (atomically)."""
+@dataclass(frozen=True)
+class Report:
+    """Everything the reports directory holds for one evaluation.
+
+    ``summary`` is evaluation.json (users, segments, cold items, baseline hyperparameters);
+    ``intervals`` is ``bootstrap.compare_to_baselines`` output; ``recommended`` maps each system
+    to the train popularity of every item in its top-10 lists (``report.recommended_popularity``).
+    """
+
+    model_name: str
+    metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]]
+    intervals: dict[str, Any]
+    summary: dict[str, Any]
+    recommended: dict[str, np.ndarray]
+    item_popularity: np.ndarray
+
+    @property
+    def systems(self) -> dict[str, dict[str, float]]:
+        return {self.model_name: self.metrics, **self.baselines}
+
+
+def write_reports(dest: Path, report: Report, training_curve: Path | None = None) -> None:
+    """Write the reports directory ``dest`` as a whole (atomically): metrics.json, baselines.json,
+    intervals.json, evaluation.json, evaluation.md and plots/ (metrics_at_k.csv, metric_vs_k.png with a
+    panel per ranking metric, popularity.png, training_curve.csv when train wrote one)."""
     with atomic_dir(dest) as tmp:
-        write_json(tmp / "metrics.json", _json_ready(model_metrics))
-        write_json(tmp / "baselines.json", {b: _json_ready(v) for b, v in baseline_metrics.items()})
-        (tmp / "plots").mkdir()
-        table = metrics_at_k_table({model_name: model_metrics, **baseline_metrics})
-        table.to_csv(tmp / "plots" / "metrics_at_k.csv", index=False)
+        write_json(tmp / "metrics.json", _json_ready(report.metrics))
+        write_json(tmp / "baselines.json", {b: _json_ready(v) for b, v in report.baselines.items()})
+        write_json(tmp / "intervals.json", report.intervals)
+        write_json(tmp / "evaluation.json", report.summary)
+        markdown = render_markdown(
+            report.model_name, _json_ready(report.metrics),
+            {b: _json_ready(v) for b, v in report.baselines.items()}, report.intervals, report.summary,
+        )
+        (tmp / "evaluation.md").write_text(markdown + "\n", encoding="utf-8")
+        plots = tmp / "plots"
+        plots.mkdir()
+        table = metrics_at_k_table(report.systems)
+        table.to_csv(plots / "metrics_at_k.csv", index=False)
+        if table["metric"].isin(M.RANKING_METRICS).any():
+            plot_metric_vs_k(report.systems, M.RANKING_METRICS, plots / "metric_vs_k.png")
+        if any(len(v) for v in report.recommended.values()):
+            plot_popularity(report.recommended, plots / "popularity.png", report.item_popularity)
         if training_curve is not None and training_curve.exists():
-            shutil.copyfile(training_curve, tmp / "plots" / "training_curve.csv")
+            shutil.copyfile(training_curve, plots / "training_curve.csv")
 
 
-def log_to_mlflow(
-    model_metrics: Mapping[str, float], baseline_metrics: Mapping[str, Mapping[str, float]], reports: Path, seconds: float
-) -> None:
-    """Model metrics under their own names, baselines as ``baseline.<name>.<metric>``, reports as artifacts."""
+def mlflow_metrics(report: Report, seconds: float) -> dict[str, float]:
+    """The flat MLflow metrics of ``report``: the model's under their own names, each baseline's as
+    ``baseline.<name>.<metric>``, intervals as ``<metric>_ci_low`` / ``_ci_high``, the difference
+    to the best baseline as ``<metric>_vs_best_baseline`` (+ ``_ci_low`` / ``_ci_high``)."""
+    flat = dict(report.metrics) | ci_metrics(report.intervals, report.model_name)
+    for name, values in report.baselines.items():
+        for key, value in (dict(values) | ci_metrics(report.intervals, name)).items():
+            flat[f"baseline.{name}.{key}"] = value
+    for metric, c in report.intervals.get("vs_best_baseline", {}).items():
+        flat[f"{metric}_vs_best_baseline"] = c["diff"]
+        flat[f"{metric}_vs_best_baseline_ci_low"], flat[f"{metric}_vs_best_baseline_ci_high"] = c["low"], c["high"]
+    return {k: v for k, v in flat.items() if math.isfinite(v)} | {"time_evaluate_s": seconds}
+
+
+def log_to_mlflow(report: Report, reports: Path, seconds: float) -> None:
+    """Metrics (``mlflow_metrics``), the baselines' scalar hyperparameters as ``baseline.<name>.<param>``
+    params, and the reports directory as artifacts."""
     import mlflow
 
     if mlflow.active_run() is None:
         return
-    flat = dict(model_metrics)
-    for name, values in baseline_metrics.items():
-        flat.update({f"baseline.{name}.{k}": v for k, v in values.items()})
-    tracking.log_metrics({k: v for k, v in flat.items() if math.isfinite(v)} | {"time_evaluate_s": seconds})
+    tracking.log_metrics(mlflow_metrics(report, seconds))
+    mlflow.log_params({
+        f"baseline.{name}.{key}": value
+        for name, used in report.summary["baseline_params"].items()
+        for key, value in used.items()
+        if isinstance(value, (int, float, str))
+    })
     mlflow.log_artifacts(str(reports), artifact_path="reports")
+
+
+def system_name(model_name: str, baselines: Sequence[str]) -> str:
+    """The model's column name: its config name, or ``<name>_model`` when a baseline has that name."""
+    return f"{model_name}_model" if model_name in baselines else model_name
 
 
 def run(cfg: DictConfig, paths: Paths) -> None:
@@ -155,19 +233,56 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     start = time.perf_counter()
     ev: Any = cfg.evaluate
     ks = [int(k) for k in ev.ks]
+    batch_size = int(ev.batch_size)
     data = load_processed(paths.processed)
     model = load_model(paths.model)
     evalset = EvalSet.from_processed(data, "test")
     rating_scale = OmegaConf.select(cfg, "data.rating_scale")
-    model_name = OmegaConf.select(cfg, "model.name") or "model"
+    names = list(ev.baselines)
+    model_name = system_name(OmegaConf.select(cfg, "model.name") or "model", names)
+    light_below = int(ev.light_user_threshold)
+    train_counts = np.bincount(data.train["user_idx"].to_numpy(), minlength=data.n_users)
+    segments = user_segments(train_counts, light_below)
+    cold = cold_items_of(data)
 
-    result = evaluate_model(model, data, evalset, ks, int(ev.batch_size), rating_scale)
-    base = evaluate_baselines(list(ev.baselines), data, evalset, ks, int(ev.batch_size), int(cfg.seed))
-    base_metrics = {name: r.metrics for name, r in base.items()}
-    write_reports(
-        paths.reports, model_name, result.metrics, base_metrics, paths.root / "models" / "training_curve.csv"
+    fitted = fit_baselines(names, data, int(cfg.seed), ev.baseline_params)
+    results: dict[str, RankingEval] = {}
+    for name, system in [(model_name, model), *((b, m) for b, (m, _) in fitted.items())]:
+        t = time.perf_counter()
+        results[name] = evaluate_model(system, data, evalset, ks, batch_size, rating_scale, segments, cold)
+        print(f"evaluated {name} in {time.perf_counter() - t:.1f} s", flush=True)
+
+    boot = ev.bootstrap
+    intervals = compare_to_baselines(
+        model_name,
+        results[model_name].per_user,
+        {b: results[b].per_user for b in names},
+        metrics=list(boot.metrics),
+        n_resamples=int(boot.n_resamples),
+        seed=int(cfg.seed),
+        level=float(boot.level),
     )
+    users = results[model_name].users
+    summary = {
+        "model": model_name,
+        "test_users": len(users),
+        "items": data.n_items,
+        "segments": describe_segments(segments, users, light_below),
+        "cold_items": {"items": len(cold), "users": len(cold_users(evalset.truth, cold))},
+        "baseline_params": {b: used for b, (_, used) in fitted.items()},
+    }
+    popularity = data.item_popularity()
+    report = Report(
+        model_name=model_name,
+        metrics=results[model_name].metrics,
+        baselines={b: results[b].metrics for b in names},
+        intervals=intervals,
+        summary=summary,
+        recommended={n: recommended_popularity(r.topk, popularity) for n, r in results.items()},
+        item_popularity=popularity,
+    )
+    write_reports(paths.reports, report, paths.root / "models" / "training_curve.csv")
     seconds = time.perf_counter() - start
-    log_to_mlflow(result.metrics, base_metrics, paths.reports, seconds)
-    print(f"{len(result.users)} test users, {data.n_items} items, {seconds:.1f} s")
-    print(format_table({model_name: result.metrics, **base_metrics}))
+    log_to_mlflow(report, paths.reports, seconds)
+    print(f"{len(users)} test users, {data.n_items} items, {len(cold)} cold items, {seconds:.1f} s")
+    print(format_table(report.systems))

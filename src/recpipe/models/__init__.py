@@ -1,0 +1,10 @@
+"""Recommender models, found by name: ``build(cfg.model, n_users, n_items, **context)``.
+
+Importing this package registers every model: ``mf``, ``ncf``, ``two_tower`` (trained by
+gradient steps), the classic ones (``popularity``, ``random``, ``item_knn``, ``user_knn``,
+``ease``), ``content`` and ``hybrid``.
+"""
+from recpipe.models import classic, content, hybrid, mf, ncf, two_tower  # noqa: F401  (registration)
+from recpipe.models.base import RecModel, available, build, get, register
+
+__all__ = ["RecModel", "available", "build", "get", "register"]

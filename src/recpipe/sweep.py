@@ -1,0 +1,223 @@
+"""``recpipe run``: the pipeline as Hydra jobs, for sweeps (``-m``) and Optuna searches.
+
+Each job runs preprocess -> train -> evaluate (ingest too when its raw data is missing) with its
+composed config. Raw and preprocessed data are shared between jobs through
+``outputs/cache/{raw,processed}/<hash of the sections they depend on>/``, built under a file lock
+so parallel workers build each one once. Models and reports go to the job's Hydra output folder,
+never to the DVC outputs data/, models/, reports/.
+
+Tracking: a sweep is one MLflow parent run (made by ``MlflowSweepCallback`` before any job starts,
+its id left in the sweep folder) and each job one child run with the flattened config, the stages'
+metrics. The job returns its objective (a value from the job's
+models/train_summary.json), which the Optuna sweeper optimises.
+"""
+from __future__ import annotations
+
+import atexit
+import importlib
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from recpipe import tracking
+from recpipe.errors import RecpipeError
+from recpipe.io import read_json, write_json
+from recpipe.paths import Paths
+
+CACHE_DIR = Path("outputs") / "cache"
+# The config sections each data stage reads (as in dvc.yaml's params); a cache entry is keyed by them.
+RAW_SECTIONS = ("data",)
+PROCESSED_SECTIONS = ("data", "preprocess", "split")
+PARENT_RUN_FILE = "mlflow_parent_run.json"
+STAGE_METRICS_SUFFIX = ".metrics.json"
+JOB_STAGES = ("train", "evaluate")
+
+
+def main(args: Sequence[str], config_dir: str | Path = "conf") -> int:
+    """``recpipe run [hydra args...]``: run the Hydra app with primary config ``conf/run.yaml``."""
+    import hydra
+
+    config_dir = Path(config_dir).resolve()
+    if not (config_dir / "run.yaml").exists():
+        raise RecpipeError(f"{config_dir}/run.yaml not found; run from the repository root")
+    sys.argv = ["recpipe run", *args]
+    hydra.main(version_base="1.3", config_path=str(config_dir), config_name="run")(run_job)()
+    return 0
+
+
+def run_job(cfg: DictConfig) -> float:
+    """Hydra task: one pipeline job in the job's output folder, tracked as one MLflow run.
+
+    Returns the job's objective (see ``objective``), which the Optuna sweeper optimises.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    parent = None
+    if hc.mode == RunMode.MULTIRUN:
+        parent = read_json(Path(hc.sweep.dir) / PARENT_RUN_FILE)
+    job_num = hc.job.get("num", 0)
+    tags = {
+        "recpipe.job_dir": str(out),
+        "recpipe.job_num": str(job_num),
+        "recpipe.overrides": " ".join(hc.overrides.task),
+    }
+    with job_run(cfg, parent=parent, run_name=f"{cfg.model.name}-{job_num}", tags=tags):
+        data_root = prepare_data(cfg)
+        link = out / "data"
+        if not link.exists():
+            link.symlink_to((data_root / "data").resolve(), target_is_directory=True)
+        run_stages(cfg, Paths(root=out), JOB_STAGES)
+        value = objective(read_json(Paths(root=out).train_summary), cfg.sweep.objective)
+        tracking.log_metrics({"objective": value})
+    return value
+
+
+def run_stages(cfg: DictConfig, paths: Paths, stages: Sequence[str]) -> None:
+    """Run the stage modules ``stages`` in order on ``paths`` (they log to the active run)."""
+    for name in stages:
+        importlib.import_module(f"recpipe.stages.{name}").run(cfg, paths)
+
+
+def objective(summary: dict[str, Any], key: str | None) -> float:
+    """The value a job returns from its train summary: the best validation value when ``key`` is
+    None or names the train stage's validation metric, else ``summary[key]`` (dotted keys reach
+    into nested entries)."""
+    if key is None or summary.get("metric") == key:
+        return float(summary["best_value"])
+    value = OmegaConf.select(OmegaConf.create(summary), key)
+    if value is None:
+        raise RecpipeError(
+            f"sweep.objective={key!r} is not in models/train_summary.json (keys: {', '.join(summary)})"
+        )
+    return float(value)
+
+
+def section_hash(cfg: DictConfig, sections: Sequence[str]) -> str:
+    """Hash of the config ``sections`` plus the size and mtime of local files they name."""
+    part = OmegaConf.masked_copy(cfg, list(sections))
+    files = {
+        str(v): [(st := Path(v).stat()).st_size, st.st_mtime_ns]
+        for v in tracking.flatten(OmegaConf.to_container(part, resolve=True)).values()
+        if isinstance(v, str) and v and Path(v).is_file()
+    }
+    return tracking.config_hash(OmegaConf.create({"config": part, "files": files}))
+
+
+def prepare_data(cfg: DictConfig, cache: Path = CACHE_DIR) -> Path:
+    """Ingest and preprocess into the cache unless already there; return the root (a ``Paths``
+    root) whose data/processed holds the preprocessed data for ``cfg``."""
+    raw_root = cache / "raw" / section_hash(cfg, RAW_SECTIONS)
+    root = cache / "processed" / section_hash(cfg, PROCESSED_SECTIONS)
+    root.mkdir(parents=True, exist_ok=True)
+    raw_root.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{root}.lock"):
+        with FileLock(f"{raw_root}.lock"):
+            cached_stage(cfg, raw_root, "ingest")
+        raw_link = Paths(root=root).raw
+        if not raw_link.is_symlink():
+            raw_link.parent.mkdir(parents=True, exist_ok=True)
+            raw_link.symlink_to(Paths(root=raw_root).raw.resolve(), target_is_directory=True)
+        cached_stage(cfg, root, "preprocess")
+    return root
+
+
+def cached_stage(cfg: DictConfig, root: Path, stage: str) -> None:
+    """Run ``stage`` on ``Paths(root)`` unless a previous call did; then log the metrics that call
+    logged, so every job's run has the same metrics whether or not it built the data.
+
+    The metrics file, written last, marks the cache entry complete. Call under a lock on ``root``.
+    """
+    done = root / f"{stage}{STAGE_METRICS_SUFFIX}"
+    if done.exists():
+        tracking.log_metrics(read_json(done))
+        return
+    before = active_metrics()
+    run_stages(cfg, Paths(root=root), [stage])
+    write_json(done, {k: v for k, v in active_metrics().items() if before.get(k) != v})
+
+
+def active_metrics() -> dict[str, float]:
+    """The latest value of each metric of the active MLflow run ({} without one)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    return dict(mlflow.get_run(run.info.run_id).data.metrics) if run else {}
+
+
+@contextmanager
+def job_run(
+    cfg: DictConfig, *, parent: dict[str, str] | None, run_name: str, tags: dict[str, str]
+) -> Iterator[Any]:
+    """An active MLflow run for one job, a child of ``parent`` (``{"run_id", "experiment_id"}``)
+    when given, with the flattened config as params."""
+    import mlflow
+
+    experiment_id = parent["experiment_id"] if parent else tracking.ensure_experiment(cfg.mlflow.experiment)
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=run_name,
+        parent_run_id=parent["run_id"] if parent else None,
+        tags={**tags, **tracking.git_info(), "model": cfg.model.name,
+              "recpipe.config_hash": tracking.config_hash(cfg)},
+    ) as run:
+        container = OmegaConf.to_container(cfg, resolve=True)
+        mlflow.log_params({k: str(v)[:6000] for k, v in tracking.flatten(container).items()})
+        yield run
+
+
+class MlflowSweepCallback(Callback):
+    """Hydra callback: one MLflow parent run per multirun, whose id the jobs read from the sweep
+    folder. It ends FINISHED with the sweep, or FAILED if the process exits before that."""
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow import MlflowClient
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        experiment_id = tracking.ensure_experiment(config.mlflow.experiment)
+        client = MlflowClient(tracking.tracking_uri())
+        run = client.create_run(
+            experiment_id,
+            run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
+            tags={
+                "recpipe.sweep_dir": str(sweep_dir),
+                "recpipe.overrides": " ".join(config.hydra.overrides.task),
+                "recpipe.sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1],
+                **tracking.git_info(),
+            },
+        )
+        self.run_id = run.info.run_id
+        write_json(sweep_dir / PARENT_RUN_FILE, {"run_id": self.run_id, "experiment_id": experiment_id})
+        atexit.register(self._end, "FAILED")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        results = Path(str(config.hydra.sweep.dir)) / "optimization_results.yaml"
+        if results.exists() and self.run_id is not None:
+            from mlflow import MlflowClient
+
+            best = OmegaConf.load(results)
+            client = MlflowClient(tracking.tracking_uri())
+            client.log_metric(self.run_id, "best_value", float(best.best_value))
+            for k, v in best.best_params.items():
+                client.log_param(self.run_id, f"best.{k}", v)
+        self._end("FINISHED")
+
+    def _end(self, status: str) -> None:
+        if self.run_id is None:
+            return
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking.tracking_uri()).set_terminated(self.run_id, status)
+        self.run_id = None

@@ -1,0 +1,200 @@
+"""`recpipe run`: Hydra jobs and sweeps with shared data, MLflow parent/child runs, Optuna."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+
+from recpipe import tracking
+from recpipe.sweep import PROCESSED_SECTIONS, RAW_SECTIONS, prepare_data, section_hash
+
+from .conftest import REPO
+from .pipeline_utils import commit, copy_repo, run
+
+TINY_DATA = {"n_users": 60, "n_items": 40, "n_interactions": 900}
+
+
+def data_cfg(**split):
+    """The sections the data stages read: tiny synthetic data, a random split."""
+    cfg = OmegaConf.create({
+        "data": OmegaConf.load(REPO / "conf/data/synthetic.yaml"),
+        "split": OmegaConf.load(REPO / "conf/split/random.yaml"),
+        "preprocess": OmegaConf.load(REPO / "conf/config.yaml").preprocess,
+        "model": {"name": "mf"},
+    })
+    cfg.data.update(TINY_DATA)
+    cfg.split.update(split)
+    return cfg
+
+
+def test_section_hash_follows_sections_and_named_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = data_cfg()
+    same = data_cfg()
+    same.model.name = "ncf"  # not a data section
+    assert section_hash(cfg, PROCESSED_SECTIONS) == section_hash(same, PROCESSED_SECTIONS)
+    other_split = data_cfg(seed=7)
+    assert section_hash(cfg, RAW_SECTIONS) == section_hash(other_split, RAW_SECTIONS)
+    assert section_hash(cfg, PROCESSED_SECTIONS) != section_hash(other_split, PROCESSED_SECTIONS)
+
+    # a source file's content is part of the key, not only its name
+    files = OmegaConf.create({"data": {"source": "files", "interactions": "ratings.csv"}})
+    (tmp_path / "ratings.csv").write_text("user_id,item_id\n1,2\n")
+    before = section_hash(files, RAW_SECTIONS)
+    (tmp_path / "ratings.csv").write_text("user_id,item_id\n1,2\n3,4\n")
+    assert section_hash(files, RAW_SECTIONS) != before
+
+
+def _prepare_in_run(cfg, cache):
+    with mlflow.start_run(experiment_id=tracking.ensure_experiment("t-sweep-cache")) as run:
+        root = prepare_data(cfg, cache)
+    return root, mlflow.get_run(run.info.run_id).data.metrics
+
+
+def test_data_is_built_once_per_config_and_runs_get_its_metrics(tmp_path):
+    cache = tmp_path / "cache"
+    first, metrics = _prepare_in_run(data_cfg(), cache)
+    processed = first / "data" / "processed"
+    stamp = (processed / "train.parquet").stat().st_mtime_ns
+    assert metrics["raw_interactions"] == TINY_DATA["n_interactions"]
+    assert "data.splits.train.interactions" in metrics
+
+    again, metrics_again = _prepare_in_run(data_cfg(), cache)
+    assert again == first
+    assert (processed / "train.parquet").stat().st_mtime_ns == stamp  # not rebuilt
+    assert metrics_again == metrics  # replayed from the cache
+
+    # another split: preprocess again on the same raw data
+    other, _ = _prepare_in_run(data_cfg(seed=7), cache)
+    assert other != first
+    assert len(list((cache / "raw").glob("*/"))) == 1
+    assert (other / "data" / "raw").resolve() == (first / "data" / "raw").resolve()
+    assert not (other / "data/processed/test.parquet").read_bytes() == (processed / "test.parquet").read_bytes()
+
+
+def test_cache_keys_cover_the_data_stages_params_in_dvc_yaml():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage, sections in (("ingest", RAW_SECTIONS), ("preprocess", PROCESSED_SECTIONS)):
+        for param in stages[stage]["params"]:
+            assert str(param).split(".")[0] in sections, (stage, param)
+
+
+# --- `recpipe run` end to end: real jobs on tiny synthetic data -------------------------------
+
+SMALL = ["data=synthetic", "data.n_users=200", "data.n_items=100", "data.n_interactions=4000",
+         "model.epochs=3", "evaluate.ks=[5,10]", "evaluate.baselines=[popularity]"]
+MODELS = ("mf", "ncf", "two_tower")
+# every job's run has the config, the data stages', train's and evaluate's metrics, its objective
+JOB_METRICS = {"raw_interactions", "data.splits.train.interactions", "train_seconds", "time_evaluate_s",
+               "ndcg_at_10", "recall_at_10", "coverage_at_10", "objective"}
+
+
+def recpipe_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """``recpipe run ARGS`` in ``workdir`` (a copy of conf/) logging to ``workdir``/mlflow.db."""
+    if not (workdir / "conf").exists():
+        shutil.copytree(REPO / "conf", workdir / "conf")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+        return run(["recpipe", "run", *args], workdir)
+
+
+def sweep_runs(workdir: Path) -> tuple[list, list]:
+    """(parent runs, child runs) in ``workdir``'s MLflow database."""
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("recpipe")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "recpipe.sweep_dir" in r.data.tags]
+    return parents, [r for r in runs if r not in parents]
+
+
+def check_sweep(workdir: Path, models: list[str]) -> list:
+    """One finished parent, one finished child per job (``models``, in job order) with the full
+    metric set; job outputs in the job folders, none in the DVC output folders."""
+    parents, children = sweep_runs(workdir)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert sorted(r.data.tags["recpipe.job_num"] for r in children) == [str(i) for i in range(len(models))]
+    sweep_dir = Path(parent.data.tags["recpipe.sweep_dir"])
+    for run_ in children:
+        assert run_.info.status == "FINISHED"
+        assert run_.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        num = int(run_.data.tags["recpipe.job_num"])
+        assert run_.data.tags["model"] == run_.data.params["model.name"] == models[num]
+        assert JOB_METRICS <= set(run_.data.metrics), JOB_METRICS - set(run_.data.metrics)
+        assert run_.data.params["data.n_users"] == "200"
+        job = workdir / sweep_dir / str(num)
+        assert (job / "models/train_summary.json").exists()
+        reported = {k: v for k, v in json.loads((job / "reports/metrics.json").read_text()).items() if v is not None}
+        assert {k: run_.data.metrics.get(k) for k in reported} == pytest.approx(reported)
+    for dvc_out in ("data", "models", "reports"):
+        assert not (workdir / dvc_out).exists()
+    return children
+
+
+@pytest.fixture(scope="module")
+def model_sweep(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("sweep")
+    proc = recpipe_run(workdir, "-m", f"model={','.join(MODELS)}", *SMALL)
+    return workdir, proc
+
+
+def test_model_sweep_one_child_run_per_job(model_sweep):
+    workdir, proc = model_sweep
+    children = check_sweep(workdir, list(MODELS))
+    # the three jobs share one preprocessed data set, built by the first
+    assert len(list((workdir / "outputs/cache/processed").glob("*/"))) == 1
+    assert (proc.stdout + proc.stderr).count("split=random: wrote") == 1
+    data_metrics = [{k: v for k, v in r.data.metrics.items() if k.startswith("data.")} for r in children]
+    assert data_metrics[0] and all(m == data_metrics[0] for m in data_metrics)
+
+
+@pytest.mark.slow
+def test_queued_dvc_experiments_log_to_the_repository_database(tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default: <repo>/mlflow.db
+        run(["recpipe", "compose", *SMALL], repo)
+        commit(repo, "small config")
+        run(["dvc", "exp", "run", "--queue", "-S", f"model={','.join(MODELS)}"], repo)
+        run(["dvc", "queue", "start"], repo)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            status = run(["dvc", "queue", "status"], repo).stdout
+            if not any(s in status for s in ("Queued", "Running")):
+                break
+            time.sleep(3)
+        assert status.count("Success") == len(MODELS), status
+        shown = run(["dvc", "exp", "show", "--no-pager", "--md"], repo).stdout
+    assert all(f"| {m} " in shown for m in MODELS), shown
+    # each queued experiment ran in a copy under .dvc/tmp/exps, yet logged here
+    assert not list((repo / ".dvc").rglob("mlflow.db"))
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("recpipe").experiment_id])
+    assert sorted(r.data.tags["model"] for r in runs) == sorted(MODELS)
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.mark.slow
+def test_optuna_search_improves_on_the_default_config(tmp_path):
+    recpipe_run(tmp_path, "model=mf", *SMALL)  # one job, not a sweep: a run without a parent
+    parents, [default] = sweep_runs(tmp_path)
+    assert not parents and "mlflow.parentRunId" not in default.data.tags
+
+    n_trials = 4
+    recpipe_run(tmp_path, "hparams_search=mf", f"hydra.sweeper.n_trials={n_trials}", *SMALL)
+    [parent], runs = sweep_runs(tmp_path)
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(trials) == n_trials and len(runs) == n_trials + 1
+    results = OmegaConf.load(tmp_path / parent.data.tags["recpipe.sweep_dir"] / "optimization_results.yaml")
+    values = [t.data.metrics["objective"] for t in trials]
+    assert results.best_value == pytest.approx(min(values))
+    assert parent.data.metrics["best_value"] == pytest.approx(results.best_value)
+    assert results.best_value < default.data.metrics["objective"]
