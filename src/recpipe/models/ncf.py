@@ -108,6 +108,12 @@ class NeuralCF(RecModel):
         dim = self.user_embedding.shape[1]
         item_part = tf.matmul(self.item_embedding, first.kernel[dim:]) + first.bias
         user_part = tf.matmul(tf.gather(self.user_embedding, user_idx), first.kernel[:dim])
+        if user_part.shape[0] is None:  # traced with an unknown batch (serving): one user at a time
+            return tf.map_fn(
+                lambda u: self._mlp(u[None, None, :] + item_part[None, :, :])[0],
+                user_part,
+                fn_output_signature=tf.float32,
+            )
         chunk = max(1, SCORE_BUDGET // (self.n_items * first.units))
         return tf.concat(
             [
