@@ -7,7 +7,7 @@ STAMP := $(VENV)/.recpipe-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: help setup repro test test-fast params bench clean
+.PHONY: help setup repro test test-fast params bench screenshot clean
 
 help:
 	@echo "make repro      set up .venv, then run the DVC pipeline (dvc repro)"
@@ -15,6 +15,7 @@ help:
 	@echo "make test-fast  the test suite without tests marked slow"
 	@echo "make params     regenerate params.yaml from conf/ (recpipe compose)"
 	@echo "make bench      run the benchmark scripts in bench/"
+	@echo "make screenshot render MLflow's run comparison to docs/mlflow_compare.png"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -29,10 +30,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 setup: $(STAMP)
 
+# Headless Chromium for the MLflow screenshot (scripts/mlflow_screenshot.py and its test): Debian's
+# packages, never a browser download.
+CHROMIUM := /usr/bin/chromium /usr/bin/chromedriver
+$(CHROMIUM) &:
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver
+
+screenshot: setup $(CHROMIUM)
+	$(BIN)/python scripts/mlflow_screenshot.py
+
 repro: setup
 	$(BIN)/dvc repro
 
-test: setup
+test: setup $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 test-fast: setup

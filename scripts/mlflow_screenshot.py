@@ -3,7 +3,7 @@
 Starts ``mlflow server`` on a free local port against the tracking database, opens the comparison
 of a sweep's child runs (default: the latest sweep, i.e. the latest run tagged
 ``recpipe.sweep_dir``) through chromedriver's WebDriver HTTP API, waits until the page shows every
-run's name and the metrics, and saves a screenshot (README shows docs/mlflow_compare.png).
+run's name, shows what differs between them, and saves a screenshot (README shows docs/mlflow_compare.png).
 
 Needs Debian's chromium and chromium-driver:
 
@@ -158,33 +158,11 @@ for (const section of ['Visualizations', 'Artifacts', 'Tags']) byText(section)?.
 for (const section of ['Parameters', 'Metrics'])
   document.querySelector(`[aria-label="${section} - Show diff only"]`)?.click();
 """
-# Find the metrics table's values grid (it scrolls; the metric names beside it follow) and how far
-# to scroll it to bring metric arguments[0]'s row to the top; arguments[1] are the runs' metric
-# names, to find the table by. Returns [grid element, pixels] (pixels null: row not rendered yet).
-FIND_METRIC_ROW = """
-const [target, names] = arguments;
-const links = Array.from(document.querySelectorAll('a'))  // metric names link to their charts
-  .filter(e => names.includes(e.textContent.trim()));
-const scrolls = g => ['auto', 'scroll'].includes(getComputedStyle(g).overflowY);
-let section = links[0], grids = [];
-while (section && section !== document.body && !grids.some(scrolls)) {
-  grids = Array.from(section.querySelectorAll('.ReactVirtualized__Grid'))
-    .filter(g => g.scrollHeight > g.clientHeight + 4);
-  section = section.parentElement;
-}
-const values = grids.find(scrolls);
-if (!values) return [null, null];
-const row = links.find(e => e.textContent.trim() === target);
-return [values, row ? row.getBoundingClientRect().top - values.getBoundingClientRect().top : null];
-"""
 
 
-def screenshot(
-    session: str, url: str, expect: Sequence[str], metric: str, metric_names: Sequence[str], output: Path,
-    timeout: float = 60,
-) -> None:
+def screenshot(session: str, url: str, expect: Sequence[str], output: Path, timeout: float = 60) -> None:
     """Open ``url``, wait until the page text contains every string in ``expect``, tidy the page
-    and bring ``metric``'s row into the metrics table's view, save a PNG."""
+    (``TIDY_PAGE``) and save a PNG."""
     origin = url.split("/#", 1)[0]
     requests.post(f"{session}/url", json={"url": f"{origin}/health"}, timeout=60).raise_for_status()
     requests.post(f"{session}/execute/sync", timeout=30, json={
@@ -200,17 +178,7 @@ def screenshot(
 
     wait_until(shown, f"page {url} showing {', '.join(expect)}", timeout)
     requests.post(f"{session}/execute/sync", json={"script": TIDY_PAGE, "args": []}, timeout=30).raise_for_status()
-    time.sleep(1)  # let the page re-render
-    for _ in range(60):  # scroll with the mouse wheel, as a person would, so both grids follow
-        grid, offset = requests.post(f"{session}/execute/sync", timeout=30, json={
-            "script": FIND_METRIC_ROW, "args": [metric, list(metric_names)]}).json()["value"]
-        if grid is None or (offset is not None and abs(offset) < 2):
-            break
-        wheel = {"type": "scroll", "x": 0, "y": 0, "deltaX": 0, "deltaY": int(offset or 150), "origin": grid}
-        requests.post(f"{session}/actions", timeout=30, json={"actions": [
-            {"type": "wheel", "id": "wheel", "actions": [wheel]}]}).raise_for_status()
-        time.sleep(0.3)  # the grids render the rows scrolled into view
-    time.sleep(1)
+    time.sleep(2)  # let the page re-render
     png = base64.b64decode(requests.get(f"{session}/screenshot", timeout=60).json()["value"])
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(png)
@@ -222,7 +190,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--server", metavar="URL", help="a running MLflow server to use instead")
     parser.add_argument("--experiment", default="recpipe")
     parser.add_argument("--sweep", metavar="PARENT_RUN_ID", help="default: the latest sweep")
-    parser.add_argument("--metric", default="ndcg_at_10", help="the metric to show first in the metrics table")
     parser.add_argument("--output", type=Path, default=Path("docs/mlflow_compare.png"))
     parser.add_argument("--size", default="1400x1500", help="page WIDTHxHEIGHT in pixels")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
@@ -238,8 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = [r["info"]["run_name"] for r in runs]
         url = f"{base}/#/compare-runs?runs={quote(json.dumps(ids))}&experiments={quote(json.dumps([experiment_id]))}"
         with chromium(width, height, args.chromium, args.chromedriver) as session:
-            metric_names = sorted({m["key"] for r in runs for m in r["data"].get("metrics", [])})
-            screenshot(session, url, names, args.metric, metric_names, args.output)
+            screenshot(session, url, names, args.output)
     print(f"wrote {args.output}: {len(ids)} runs ({', '.join(names)})")
     return 0
 

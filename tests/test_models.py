@@ -15,7 +15,7 @@ from recpipe.data.synthetic import generate
 from recpipe.data.validate import read_raw
 from recpipe.errors import DataError, RecpipeError
 from recpipe.models import build
-from recpipe.training import fit, load_model, make_optimizer, save_model
+from recpipe.training import build_model, fit, load_model, make_optimizer, save_model
 
 from .conftest import REPO
 
@@ -114,19 +114,24 @@ def test_same_seed_same_training(variant: str, data: Processed) -> None:
     runs = []
     for _ in range(2):
         cfg = model_cfg(variant, epochs=2, jit_compile=True)
-        tf.keras.utils.set_random_seed(7)
-        model = build(cfg, data.n_users, data.n_items)
+        model, _ = build_model(cfg, data, seed=7)
         runs.append((fit(model, data, cfg, seed=7).history, model.score_all(all_users(data)).numpy()))
     assert runs[0][0]["loss"].tolist() == runs[1][0]["loss"].tolist()
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
 
 
-def test_rating_models_need_ratings(data: Processed) -> None:
-    implicit = Processed(data.users, data.items, data.train.assign(rating=np.nan), data.val, data.test)
+def test_rating_models_need_ratings_and_implicit_ones_positives(data: Processed) -> None:
+    unrated = data.train.assign(rating=np.nan)
     for variant in ("mf", "ncf_rating"):
         model = build(model_cfg(variant), data.n_users, data.n_items)
         with pytest.raises(DataError, match="rating"):
-            model.prepare(implicit.train)
+            model.prepare(unrated)
+    assert len(build(model_cfg("ncf_implicit"), data.n_users, data.n_items).prepare(unrated)) == len(unrated)
+    model = build(model_cfg("two_tower", min_rating=4), data.n_users, data.n_items)
+    assert len(model.prepare(data.train)) == (data.train["rating"] >= 4).sum() > 0
+    model = build(model_cfg("two_tower", min_rating=6), data.n_users, data.n_items)
+    with pytest.raises(DataError, match="rating >= 6"):
+        model.prepare(data.train)
 
 
 def test_ncf_checks_its_config(data: Processed) -> None:

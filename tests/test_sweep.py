@@ -163,7 +163,9 @@ def test_queued_dvc_experiments_log_to_the_repository_database(tmp_path):
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default: <repo>/mlflow.db
         run(["recpipe", "compose", *SMALL], repo)
         commit(repo, "small config")
-        run(["dvc", "exp", "run", "--queue", "-S", f"model={','.join(MODELS)}"], repo)
+        # DVC composes params.yaml from conf/ and the -S overrides alone
+        small = [a for o in SMALL for a in ("-S", o)]
+        run(["dvc", "exp", "run", "--queue", *small, "-S", f"model={','.join(MODELS)}"], repo)
         run(["dvc", "queue", "start"], repo)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:

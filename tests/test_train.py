@@ -59,9 +59,10 @@ def test_stage_writes_the_model_summary_and_curve_and_logs_each_epoch(
     assert rmse(load_model(paths.model), data.val) == pytest.approx(summary["best_value"], rel=1e-5)
 
     client = mlflow.tracking.MlflowClient()
-    history = client.get_metric_history(run.info.run_id, "val_rmse")
-    assert [m.step for m in history] == [1, 2, 3]
-    assert [m.value for m in history] == pytest.approx(curve["val_rmse"].tolist())
+    for name, column in (("val_rmse", "val_rmse"), ("train_loss", "loss")):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in history] == [1, 2, 3]
+        assert [m.value for m in history] == pytest.approx(curve[column].tolist())
     assert client.get_run(run.info.run_id).data.metrics["best_val_rmse"] == pytest.approx(summary["best_value"])
 
 
@@ -111,7 +112,8 @@ def test_dataset_gives_full_batches_of_every_row_in_a_seeded_new_order_each_epoc
         users = np.concatenate([b["user_idx"] for b in epoch])
         assert sorted(users[:100]) == list(range(100))  # every row once, then the fill-up
         np.testing.assert_array_equal(users[100:], users[:28])
-        np.testing.assert_array_equal(rows["item_idx"].to_numpy()[users], np.concatenate([b["item_idx"] for b in epoch]))
+        items = np.concatenate([b["item_idx"] for b in epoch])
+        np.testing.assert_array_equal(items, rows["item_idx"].to_numpy()[users])
         assert len({tuple(b["seed"]) for b in epoch}) == 4  # every batch its own random seed
     assert not np.array_equal(first[0]["user_idx"], second[0]["user_idx"])
     assert all(np.array_equal(a["user_idx"], b["user_idx"]) for a, b in zip(epochs(5)[0], first))

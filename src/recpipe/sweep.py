@@ -7,9 +7,9 @@ so parallel workers build each one once. Models and reports go to the job's Hydr
 never to the DVC outputs data/, models/, reports/.
 
 Tracking: a sweep is one MLflow parent run (made by ``MlflowSweepCallback`` before any job starts,
-its id left in the sweep folder) and each job one child run with the flattened config, the stages'
-metrics. The job returns its objective (a value from the job's
-models/train_summary.json), which the Optuna sweeper optimises.
+its id left in the sweep folder) and each job one child run with the flattened config and the
+stages' metrics. The job returns its objective (a value from the job's models/train_summary.json),
+which the Optuna sweeper optimises.
 """
 from __future__ import annotations
 
@@ -63,7 +63,10 @@ def run_job(cfg: DictConfig) -> float:
     out = Path(hc.runtime.output_dir)
     parent = None
     if hc.mode == RunMode.MULTIRUN:
-        parent = read_json(Path(hc.sweep.dir) / PARENT_RUN_FILE)
+        parent_file = Path(hc.sweep.dir) / PARENT_RUN_FILE
+        if not parent_file.exists():
+            raise RecpipeError(f"{parent_file} not found: sweeps need conf/run.yaml's hydra.callbacks")
+        parent = read_json(parent_file)
     job_num = hc.job.get("num", 0)
     tags = {
         "recpipe.job_dir": str(out),

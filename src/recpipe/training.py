@@ -41,7 +41,11 @@ WEIGHTS = "weights"
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What ``fit`` did: one history row per epoch (epoch, loss, val metric, seconds) and the best."""
+    """What ``fit`` did: one history row per epoch (epoch, loss, val metric, seconds) and the best.
+
+    ``examples_per_second`` is the training throughput after the first epoch (which includes
+    tracing and XLA compilation), or of the only epoch.
+    """
 
     history: pd.DataFrame
     metric: str
@@ -162,9 +166,10 @@ def fit(
     """Train ``model`` on ``data.train`` with early stopping on the validation metric.
 
     Reads ``optimizer``, ``learning_rate``, ``batch_size``, ``epochs``, ``patience`` and
-    ``jit_compile`` (XLA, default false) from ``model_cfg``; prints one line per epoch and calls ``on_epoch`` with that epoch's history row.
-    Ends with the weights of the best epoch. Models without trainable weights are fit in closed
-    form instead (``fit_closed_form(data)`` when they have it, else ``prepare``) and validated once.
+    ``jit_compile`` (XLA, default false) from ``model_cfg``; prints one line per epoch and calls
+    ``on_epoch`` with that epoch's history row. Ends with the weights of the best epoch. Models
+    without trainable weights are fit in closed form instead (``fit_closed_form(data)`` when
+    they have it, else ``prepare``) and validated once.
     """
     tf.keras.utils.set_random_seed(seed)
     metric, validate, higher_is_better = validator(model, data)
@@ -210,8 +215,14 @@ def fit(
         best_epoch=best_epoch,
         best_value=float(best_value),
         train_seconds=train_seconds,
-        examples_per_second=len(rows) * len(history) / train_seconds,
+        examples_per_second=_throughput(len(rows), [row["seconds"] for row in history]),
     )
+
+
+def _throughput(n_rows: int, epoch_seconds: list[float]) -> float:
+    """Rows per second of training, leaving out the first epoch (tracing, XLA compilation) if there are more."""
+    steady = epoch_seconds[1:] or epoch_seconds
+    return n_rows * len(steady) / sum(steady)
 
 
 def _fit_closed_form(

@@ -44,8 +44,8 @@ def uniform_negatives(n: tf.Tensor, n_items: int, seed: tf.Tensor) -> tf.Tensor:
 def sampled_logistic_loss(pos_logits: tf.Tensor, neg_logits: tf.Tensor, num_negatives: int) -> tf.Tensor:
     """Binary cross-entropy per positive: label 1 for ``pos_logits``, 0 for ``num_negatives`` negatives.
 
-    ``neg_logits`` is any sample of negative logits (per positive, or shared by the batch); its
-    mean stands for the expected loss of one negative.
+    ``neg_logits`` are the logits of the sampled negatives (any number); their mean loss stands
+    for the expected loss of one negative.
     """
     return tf.reduce_mean(tf.nn.softplus(-pos_logits)) + num_negatives * tf.reduce_mean(tf.nn.softplus(neg_logits))
 

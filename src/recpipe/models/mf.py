@@ -41,11 +41,13 @@ class MatrixFactorization(RecModel):
             shape, init = ((rows, width), normal_init()) if width else ((rows,), "zeros")
             return self.add_weight(name=name, shape=shape, initializer=init)
 
-        self.user_factors, self.item_factors = weight("user_factors", n_users, dim), weight("item_factors", n_items, dim)
+        self.user_factors = weight("user_factors", n_users, dim)
+        self.item_factors = weight("item_factors", n_items, dim)
         self.user_bias, self.item_bias = weight("user_bias", n_users), weight("item_bias", n_items)
         if self.implicit:
             extra = int(cfg.implicit_dim)
-            self.user_extra, self.item_extra = weight("user_extra", n_users, extra), weight("item_extra", n_items, extra)
+            self.user_extra = weight("user_extra", n_users, extra)
+            self.item_extra = weight("item_extra", n_items, extra)
             self.rank_bias = weight("rank_bias", n_items)
         self.global_mean = constant(self, "global_mean")
         self.min_rating = constant(self, "min_rating")

@@ -26,7 +26,10 @@ def run(cfg: DictConfig, paths: Paths) -> None:
           f"({data.n_users} users, {data.n_items} items)", flush=True)
 
     def log_epoch(row: dict[str, float]) -> None:
-        log_metrics({k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)}, step=int(row["epoch"]))
+        values = {"train_loss": row["loss"], "epoch_seconds": row["seconds"], **{
+            k: v for k, v in row.items() if k.startswith("val_")
+        }}
+        log_metrics({k: v for k, v in values.items() if math.isfinite(v)}, step=int(row["epoch"]))
 
     result = training.fit(model, data, cfg.model, int(cfg.seed), on_epoch=log_epoch)
     training.save_model(model, cfg.model, data.n_users, data.n_items, paths.model, context)
