@@ -84,6 +84,24 @@ def test_save_and_load_give_identical_scores(variant: str, data: Processed, tmp_
         np.testing.assert_array_equal(loaded.predict_rating(users, items), model.predict_rating(users, items))
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_score_all_traces_with_an_unknown_number_of_users(variant: str, data: Processed) -> None:
+    """As the export traces it."""
+    model = build(model_cfg(variant), data.n_users, data.n_items)
+    model.prepare(data.train)
+    traced = tf.function(model.score_all, input_signature=[tf.TensorSpec([None], tf.int32)])
+    for users in (tf.constant([3], tf.int32), all_users(data)):
+        np.testing.assert_allclose(traced(users), model.score_all(users), rtol=1e-6)
+
+
+def test_ncf_scores_users_in_chunks(data: Processed, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = build(model_cfg("ncf_implicit"), data.n_users, data.n_items)
+    whole = model.score_all(all_users(data)).numpy()
+    # chunks of 2 users: 3 chunks for 5 users, the last one padded
+    monkeypatch.setattr("recpipe.models.ncf.SCORE_BUDGET", 2 * data.n_items * model.hidden[0].units)
+    np.testing.assert_allclose(model.score_all(tf.range(5, dtype=tf.int32)), whole[:5], rtol=1e-5)
+
+
 @pytest.mark.parametrize("variant", FACTORIZED)
 def test_factorized_vectors_rank_like_score_all(variant: str, data: Processed) -> None:
     cfg = model_cfg(variant, epochs=2)

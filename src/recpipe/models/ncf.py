@@ -103,22 +103,21 @@ class NeuralCF(RecModel):
         return tf.clip_by_value(pred, self.min_rating_seen, self.max_rating_seen)
 
     def score_all(self, user_idx: tf.Tensor) -> tf.Tensor:
-        """The MLP for every item, users in chunks; the first layer's item half is computed once."""
+        """The MLP for every item, users in chunks; the first layer's item half is computed once.
+
+        Works for any number of users, also unknown while tracing (e.g. in the export).
+        """
         first = self.hidden[0]
         dim = self.user_embedding.shape[1]
         item_part = tf.matmul(self.item_embedding, first.kernel[dim:]) + first.bias
         user_part = tf.matmul(tf.gather(self.user_embedding, user_idx), first.kernel[:dim])
-        if user_part.shape[0] is None:  # traced with an unknown batch (serving): one user at a time
-            return tf.map_fn(
-                lambda u: self._mlp(u[None, None, :] + item_part[None, :, :])[0],
-                user_part,
-                fn_output_signature=tf.float32,
-            )
-        chunk = max(1, SCORE_BUDGET // (self.n_items * first.units))
-        return tf.concat(
-            [
-                self._mlp(user_part[start : start + chunk, None, :] + item_part[None, :, :])
-                for start in range(0, int(user_part.shape[0]), chunk)
-            ],
-            axis=0,
+        n = tf.shape(user_part)[0]
+        chunk = tf.clip_by_value(n, 1, max(1, SCORE_BUDGET // (self.n_items * first.units)))
+        n_chunks = (n + chunk - 1) // chunk
+        chunks = tf.reshape(tf.pad(user_part, [[0, n_chunks * chunk - n], [0, 0]]), [n_chunks, chunk, first.units])
+        scores = tf.map_fn(
+            lambda users: self._mlp(users[:, None, :] + item_part[None, :, :]),
+            chunks,
+            fn_output_signature=tf.TensorSpec([None, self.n_items], tf.float32),
         )
+        return tf.reshape(scores, [-1, self.n_items])[:n]
