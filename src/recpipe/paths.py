@@ -1,4 +1,4 @@
-"""Where each stage reads and writes (../shared/CONTRACTS.md), relative to one root."""
+"""Where each stage reads and writes (docs/contracts.md), relative to one root."""
 from __future__ import annotations
 
 from dataclasses import dataclass

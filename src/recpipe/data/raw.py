@@ -1,7 +1,7 @@
 """The ingest stage's output, data/raw/, and the conversions every source uses to reach it.
 
 Every source returns a :class:`RawData` whose frames already have the contract columns
-(../shared/CONTRACTS.md): interactions ``user_id``, ``item_id`` (strings), ``rating`` (float32,
+(docs/contracts.md): interactions ``user_id``, ``item_id`` (strings), ``rating`` (float32,
 null for implicit data), ``timestamp`` (int64 seconds, nullable); items ``item_id``, ``title``,
 ``year`` (int32, nullable), ``genres`` (list of strings); users ``user_id`` plus what the source has.
 """
