@@ -16,6 +16,7 @@ from recpipe.errors import RecpipeError
 from recpipe.evaluation import baselines, metrics
 from recpipe.evaluation.bootstrap import compare_to_baselines
 from recpipe.evaluation.cold import cold_items_of, cold_metrics
+from recpipe.evaluation.headline import HEADLINE_METRICS
 from recpipe.evaluation.ranking import EvalSet, rank_metrics
 from recpipe.evaluation.segments import user_segments
 from recpipe.paths import Paths
@@ -163,32 +164,34 @@ def make_report(name: str = "mf") -> evaluate.Report:
 
 def test_write_reports(tmp_path):
     report = make_report()
-    curve = tmp_path / "training_curve.csv"
-    curve.write_text("epoch,loss\n1,0.5\n")
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "stale.json").write_text("{}")
-    evaluate.write_reports(tmp_path / "reports", report, curve)
+    evaluate.write_reports(tmp_path / "reports", report)
 
     reports = tmp_path / "reports"
     assert sorted(p.relative_to(reports).as_posix() for p in reports.rglob("*")) == [
-        "baselines.json", "evaluation.json", "evaluation.md", "intervals.json", "metrics.json", "plots",
-        "plots/metric_vs_k.png", "plots/metrics_at_k.csv", "plots/popularity.png", "plots/training_curve.csv"]
-    assert json.loads((reports / "metrics.json").read_text()) == {**report.metrics, "diversity_at_10": None}
-    assert json.loads((reports / "baselines.json").read_text()) == report.baselines
+        "baselines.json", "detail.json", "evaluation.json", "evaluation.md", "intervals.json", "metrics.json",
+        "plots", "plots/metric_vs_k.png", "plots/metrics_at_k.csv", "plots/page.html", "plots/popularity.png"]
+    low, high = report.intervals["ci"]["mf"]["ndcg_at_10"]
+    # headline metrics only, in HEADLINE_METRICS order (the columns of dvc metrics/exp show)
+    metrics = json.loads((reports / "metrics.json").read_text())
+    assert list(metrics) == [k for k in HEADLINE_METRICS if k in metrics]
+    assert metrics == {"ndcg_at_10": 0.4, "coverage_at_10": 0.5, "diversity_at_10": None, "rmse": 0.9,
+                       "ndcg_at_10_ci_low": low, "ndcg_at_10_ci_high": high}
+    assert json.loads((reports / "baselines.json").read_text()) == {
+        "popularity": {"ndcg_at_10": 0.2}, "random": {"ndcg_at_10": 0.01}}
+    detail = json.loads((reports / "detail.json").read_text())
+    assert detail == {"model": {**report.metrics, "diversity_at_10": None}, "baselines": report.baselines}
     assert json.loads((reports / "intervals.json").read_text()) == report.intervals
     assert json.loads((reports / "evaluation.json").read_text()) == report.summary
     md = (reports / "evaluation.md").read_text()
     assert "| ndcg_at_10 | **0.4000** [" in md and "| light_users.ndcg_at_10 | **0.2000** | — | — |" in md
     assert "| cold_ndcg_at_10 | **0.0500** |" in md and "- random: seed=0" in md
     table = pd.read_csv(reports / "plots" / "metrics_at_k.csv")
-    assert list(table.columns) == ["model", "k", "metric", "value"]
-    assert len(table) == 4 + 2 + 2 + 2  # every _at_K value of each system (cold and segment ones too)
-    row = table[(table.model == "popularity") & (table.k == 10)]
+    assert list(table.columns) == ["metric", "system", "k", "value"]
+    assert len(table) == 2 + 2 + 2  # overall ndcg_at_K of each system; no cold or segment values
+    row = table[(table.system == "popularity") & (table.k == 10)]
     assert row[["metric", "value"]].values.tolist() == [["ndcg", 0.2]]
-    assert (reports / "plots" / "training_curve.csv").read_text() == curve.read_text()
-
-    evaluate.write_reports(reports, report, tmp_path / "no_curve.csv")
-    assert not (reports / "plots" / "training_curve.csv").exists()
 
 
 def test_mlflow_metric_names():
@@ -218,7 +221,6 @@ def test_stage_writes_reports_and_logs_to_mlflow(tmp_path, capsys):
     paths = Paths(tmp_path)
     data = toy_processed(paths.processed.parent)
     save_mf(data, paths.model)
-    (paths.root / "models" / "training_curve.csv").write_text("epoch,loss\n1,0.5\n")
     cfg = OmegaConf.create({
         "seed": 0, "model": {"name": "tiny"}, "data": {"rating_scale": [1, 5]},
         "evaluate": {
@@ -231,9 +233,9 @@ def test_stage_writes_reports_and_logs_to_mlflow(tmp_path, capsys):
     experiment = mlflow.create_experiment("evaluate-test", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
         evaluate.run(cfg, paths)
-    saved = json.loads((paths.reports / "metrics.json").read_text())
+    saved = json.loads((paths.reports / "detail.json").read_text())["model"]
     assert {"rmse", "mae", "ndcg_at_5", "diversity_at_10", "light_users.ndcg_at_10", "heavy_users.rmse"} <= set(saved)
-    assert (paths.plots / "training_curve.csv").exists()
+    assert set(json.loads((paths.reports / "metrics.json").read_text())) == set(HEADLINE_METRICS)
     intervals = json.loads((paths.reports / "intervals.json").read_text())
     assert intervals["n_resamples"] == 100 and intervals["level"] == 0.9
     assert set(intervals["ci"]) == {"tiny", "popularity", "random", "ease"}

@@ -113,7 +113,8 @@ def test_cli_ingest_runs_and_reports_user_errors(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "data" / "raw" / "items.parquet").exists()
 
     OmegaConf.save(OmegaConf.create({"data": {"source": "files", "interactions": "missing.csv",
-                                              "columns": {"user": "u", "item": "i"}},
+                                              "columns": {"user": "u", "item": "i"},
+                                                  "inputs": {"interactions": "missing.csv"}},
                                      "mlflow": {"experiment": "test-ingest"}}), params)
     assert main(["ingest", "--params", str(params)]) == 2
     assert "missing.csv not found" in capsys.readouterr().err

@@ -51,8 +51,13 @@ def test_stage_writes_the_model_summary_and_curve_and_logs_each_epoch(
     assert set(summary) == SUMMARY_KEYS
     assert summary["model"] == "mf" and summary["metric"] == "val_rmse" and summary["epochs_run"] == 3
     assert summary["n_params"] > 0 and summary["examples_per_second"] > 0
-    curve = pd.read_csv(root / "models" / "training_curve.csv")
-    assert list(curve.columns) == ["epoch", "loss", "val_rmse"] and curve["epoch"].tolist() == [1, 2, 3]
+    assert read_json(paths.train_metrics) == {
+        "train_seconds": summary["train_seconds"], "best_epoch": summary["best_epoch"],
+        "best_val_rmse": summary["best_value"]}
+    long = pd.read_csv(paths.training_curve)  # long format for dvc plots: epoch, series, value
+    assert list(long.columns) == ["epoch", "series", "value"] and set(long["series"]) == {"loss", "val_rmse"}
+    curve = long.pivot(index="epoch", columns="series", values="value").reset_index()
+    assert curve["epoch"].tolist() == [1, 2, 3]
     assert curve["val_rmse"].iloc[summary["best_epoch"] - 1] == pytest.approx(summary["best_value"])
 
     data = load_processed(paths.processed)  # the saved model is the best epoch's
@@ -74,8 +79,10 @@ def test_closed_form_models_train_through_the_same_stage(root: Path, tmp_path: P
     summary = read_json(paths.train_summary)
     assert summary["metric"] == "val_recall_at_10" and summary["epochs_run"] == 1
     assert summary["fitted_params"]["lam"] in cfg.model.grid
-    curve = pd.read_csv(tmp_path / "models" / "training_curve.csv")
-    assert list(curve.columns) == ["epoch", "loss", "val_recall_at_10"] and len(curve) == 1
+    curve = pd.read_csv(paths.training_curve)
+    assert curve["series"].tolist() == ["loss", "val_recall_at_10"] and curve["epoch"].tolist() == [1, 1]
+    assert sorted(p.name for p in paths.train.iterdir()) == [
+        "metrics.json", "model", "train_summary.json", "training_curve.csv"]
 
 
 def test_early_stopping_stops_after_patience_and_restores_the_best_epoch(root: Path) -> None:

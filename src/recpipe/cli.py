@@ -17,11 +17,11 @@ STAGES: dict[str, str] = {
     "ingest": "Read the configured source (data=...) into data/raw/*.parquet.",
     "preprocess": "Validate, deduplicate and filter data/raw, build vocabularies and train/val/test "
     "splits into data/processed/.",
-    "train": "Train the configured model (model=...) on data/processed; writes models/model/ and "
-    "models/train_summary.json.",
+    "train": "Train the configured model (model=...) on data/processed; writes models/train/ (model/, "
+    "train_summary.json, metrics.json, training_curve.csv).",
     "evaluate": "Score the full catalog for every test user, for the model and the baselines; writes "
-    "reports/metrics.json, baselines.json, intervals.json (bootstrap), evaluation.md and plots/ "
-    "(with per-segment and cold-item metrics).",
+    "reports/: metrics.json and baselines.json (headline metrics), detail.json (every metric, with "
+    "per-segment and cold-item ones), intervals.json (bootstrap), evaluation.md and plots/.",
     "export": "Export a top-K serving SavedModel to models/export/ and register it in MLflow.",
 }
 
@@ -141,15 +141,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_stage(name: str, params: Path) -> int:
-    """Run stage ``name`` with the config in ``params`` inside the pipeline's MLflow run."""
+    """Run stage ``name`` with the config in ``params`` inside the pipeline's MLflow run.
+
+    First repairs what an interrupted earlier run left beside the stage's output directory, or
+    refuses (before any work) when a file stands where that directory belongs.
+    """
     from recpipe import tracking
     from recpipe.config import load_params
+    from recpipe.io import recover_dir
     from recpipe.paths import Paths
 
     cfg = load_params(params)
+    paths = Paths()
+    recover_dir(paths.output(name))
     stage = importlib.import_module(f"recpipe.stages.{name}")
     with tracking.pipeline_run(cfg, name):
-        stage.run(cfg, Paths())
+        stage.run(cfg, paths)
     return 0
 
 

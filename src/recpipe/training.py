@@ -298,7 +298,7 @@ def count_params(model: RecModel) -> int:
 
 
 def train_summary(model_cfg: Any, model: RecModel, result: TrainResult) -> dict[str, Any]:
-    """models/train_summary.json: what was trained, how long, and the best validation value."""
+    """models/train/train_summary.json: what was trained, how long, and the best validation value."""
     return {
         "model": str(model_cfg.name),
         "metric": result.metric,
@@ -313,9 +313,11 @@ def train_summary(model_cfg: Any, model: RecModel, result: TrainResult) -> dict[
 
 
 def write_training_curve(result: TrainResult, path: Path) -> None:
-    """The per-epoch history as CSV (columns epoch, loss, val_<metric>) for a DVC plot, atomically."""
+    """The per-epoch history as a long CSV (epoch, series, value; series ``loss`` and the
+    validation metric, e.g. ``val_rmse``) for ``dvc plots``, atomically."""
+    long = result.history.melt(id_vars="epoch", value_vars=["loss", result.metric], var_name="series")
     with atomic_file(path) as tmp:
-        result.history[["epoch", "loss", result.metric]].to_csv(tmp, index=False)
+        long.sort_values(["series", "epoch"], kind="stable").to_csv(tmp, index=False)
 
 
 def save_model(

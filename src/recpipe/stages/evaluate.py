@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,10 +28,12 @@ from recpipe.evaluation import baselines as baseline_registry
 from recpipe.evaluation import metrics as M
 from recpipe.evaluation.bootstrap import ci_metrics, compare_to_baselines
 from recpipe.evaluation.cold import cold_items_of, cold_metrics, cold_users
+from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS, headline
 from recpipe.evaluation.ranking import EvalSet, RankingEval, ScoreFn, evaluate_ranking
 from recpipe.evaluation.report import (
     plot_metric_vs_k,
     plot_popularity,
+    plots_page_template,
     recommended_popularity,
     render_markdown,
 )
@@ -46,6 +47,9 @@ TABLE_METRICS = (
     "coverage_at_10", "novelty_at_10", "diversity_at_10", "popularity_at_10", "rmse", "mae",
 )
 _AT_K = re.compile(r"(?P<metric>.+)_at_(?P<k>\d+)")
+# metric-vs-K lines of reports/plots/metrics_at_k.csv (dvc plots: one line per system)
+PLOT_METRICS = ("ndcg", "recall")
+PLOTS_PAGE_FILE = "page.html"  # .dvc/config: plots.html_template = ../reports/plots/page.html
 
 
 def model_scorer(model: RecModel) -> ScoreFn:
@@ -109,16 +113,19 @@ def fit_baselines(
     return fitted
 
 
-def metrics_at_k_table(systems: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
-    """Long table (model, k, metric, value) of every ``<metric>_at_<k>`` value of each system."""
+def metrics_at_k_table(
+    systems: Mapping[str, Mapping[str, float]], metrics: Sequence[str] = PLOT_METRICS
+) -> pd.DataFrame:
+    """Long table (metric, system, k, value) of each system's ``<metric>_at_<k>`` for ``metrics``
+    (overall values only: segment and cold keys are in detail.json), for ``dvc plots``."""
     rows = [
-        {"model": name, "k": int(m["k"]), "metric": m["metric"], "value": value}
+        {"metric": m["metric"], "system": name, "k": int(m["k"]), "value": value}
         for name, values in systems.items()
         for key, value in values.items()
-        if (m := _AT_K.fullmatch(key))
+        if (m := _AT_K.fullmatch(key)) and m["metric"] in metrics
     ]
-    table = pd.DataFrame(rows, columns=["model", "k", "metric", "value"])
-    return table.sort_values(["metric", "model", "k"], ignore_index=True)
+    table = pd.DataFrame(rows, columns=["metric", "system", "k", "value"])
+    return table.sort_values(["metric", "system", "k"], ignore_index=True)
 
 
 def format_table(systems: Mapping[str, Mapping[str, float]], rows: Sequence[str] = TABLE_METRICS) -> str:
@@ -164,30 +171,37 @@ class Report:
         return {self.model_name: self.metrics, **self.baselines}
 
 
-def write_reports(dest: Path, report: Report, training_curve: Path | None = None) -> None:
-    """Write the reports directory ``dest`` as a whole (atomically): metrics.json, baselines.json,
-    intervals.json, evaluation.json, evaluation.md and plots/ (metrics_at_k.csv, metric_vs_k.png with a
-    panel per ranking metric, popularity.png, training_curve.csv when train wrote one)."""
+def write_reports(dest: Path, report: Report) -> None:
+    """Write the reports directory ``dest`` as a whole (atomically).
+
+    metrics.json and baselines.json hold the headline metrics only (``recpipe.evaluation.headline``;
+    what ``dvc metrics show`` / ``dvc exp show`` display); detail.json holds every metric of every
+    system, ``{"model": {...}, "baselines": {name: {...}}}``. Also intervals.json, evaluation.json,
+    evaluation.md and plots/ (metrics_at_k.csv for ``dvc plots``, metric_vs_k.png with a panel per
+    ranking metric, popularity.png, and page.html: the offline page ``dvc plots show`` fills).
+    """
+    model = _json_ready(report.metrics)
+    baselines = {b: _json_ready(v) for b, v in report.baselines.items()}
     with atomic_dir(dest) as tmp:
-        write_json(tmp / "metrics.json", _json_ready(report.metrics))
-        write_json(tmp / "baselines.json", {b: _json_ready(v) for b, v in report.baselines.items()})
+        with_ci = model | ci_metrics(report.intervals, report.model_name)
+        # headline files keep the order of the headline lists: the column order of dvc metrics/exp show
+        write_json(tmp / "metrics.json", headline(with_ci, HEADLINE_METRICS), sort_keys=False)
+        write_json(tmp / "baselines.json", {b: headline(v, HEADLINE_BASELINE_METRICS) for b, v in baselines.items()},
+                   sort_keys=False)
+        write_json(tmp / "detail.json", {"model": model, "baselines": baselines})
         write_json(tmp / "intervals.json", report.intervals)
         write_json(tmp / "evaluation.json", report.summary)
-        markdown = render_markdown(
-            report.model_name, _json_ready(report.metrics),
-            {b: _json_ready(v) for b, v in report.baselines.items()}, report.intervals, report.summary,
-        )
+        markdown = render_markdown(report.model_name, model, baselines, report.intervals, report.summary)
         (tmp / "evaluation.md").write_text(markdown + "\n", encoding="utf-8")
         plots = tmp / "plots"
         plots.mkdir()
-        table = metrics_at_k_table(report.systems)
-        table.to_csv(plots / "metrics_at_k.csv", index=False)
-        if table["metric"].isin(M.RANKING_METRICS).any():
+        at_k = metrics_at_k_table(report.systems, M.RANKING_METRICS)
+        at_k[at_k["metric"].isin(PLOT_METRICS)].to_csv(plots / "metrics_at_k.csv", index=False)
+        if len(at_k):
             plot_metric_vs_k(report.systems, M.RANKING_METRICS, plots / "metric_vs_k.png")
         if any(len(v) for v in report.recommended.values()):
             plot_popularity(report.recommended, plots / "popularity.png", report.item_popularity)
-        if training_curve is not None and training_curve.exists():
-            shutil.copyfile(training_curve, plots / "training_curve.csv")
+        (plots / PLOTS_PAGE_FILE).write_text(plots_page_template(), encoding="utf-8")
 
 
 def mlflow_metrics(report: Report, seconds: float) -> dict[str, float]:
@@ -281,7 +295,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
         recommended={n: recommended_popularity(r.topk, popularity) for n, r in results.items()},
         item_popularity=popularity,
     )
-    write_reports(paths.reports, report, paths.root / "models" / "training_curve.csv")
+    write_reports(paths.reports, report)
     seconds = time.perf_counter() - start
     log_to_mlflow(report, paths.reports, seconds)
     print(f"{len(users)} test users, {data.n_items} items, {len(cold)} cold items, {seconds:.1f} s")

@@ -4,13 +4,14 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from recpipe.data.raw import write_raw
-from recpipe.data.sources import load_source
+from recpipe.data.sources import check_inputs_declared, load_source
 from recpipe.paths import Paths
 from recpipe.tracking import log_metrics
 
 
 def run(cfg: DictConfig, paths: Paths) -> None:
     """Load ``cfg.data``'s source and write data/raw/ (Parquet tables and source.json) atomically."""
+    check_inputs_declared(cfg.data)
     raw = load_source(cfg.data)
     s = write_raw(raw, paths.raw)
     label = " ".join(str(raw.source[k]) for k in ("source", "name") if k in raw.source)

@@ -1,19 +1,22 @@
 """``recpipe train``: fit ``cfg.model`` on data/processed.
 
-Writes models/model/ (weights + model_config.json), models/train_summary.json and
-models/training_curve.csv (per-epoch loss and validation metric; evaluate copies it into
-reports/plots/), and logs the curve and summary to the MLflow run.
+Writes one directory, models/train/, replaced as a whole: model/ (weights + model_config.json),
+train_summary.json, metrics.json (the headline train metrics, for ``dvc metrics``) and
+training_curve.csv (per-epoch loss and validation metric, for ``dvc plots``); logs the curve and
+summary to the MLflow run.
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from recpipe import training
 from recpipe.data.processed import load_processed
-from recpipe.io import write_json
+from recpipe.evaluation.headline import train_headline
+from recpipe.io import atomic_dir, write_json
 from recpipe.paths import Paths
 from recpipe.tracking import log_metrics
 
@@ -32,10 +35,16 @@ def run(cfg: DictConfig, paths: Paths) -> None:
         log_metrics({k: v for k, v in values.items() if math.isfinite(v)}, step=int(row["epoch"]))
 
     result = training.fit(model, data, cfg.model, int(cfg.seed), on_epoch=log_epoch)
-    training.save_model(model, cfg.model, data.n_users, data.n_items, paths.model, context)
     summary = training.train_summary(cfg.model, model, result)
-    write_json(paths.train_summary, summary)
-    training.write_training_curve(result, paths.root / "models" / "training_curve.csv")
+    with atomic_dir(paths.train) as tmp:
+
+        def staged(path: Path) -> Path:  # where ``path`` of models/train/ is, before the swap
+            return tmp / path.relative_to(paths.train)
+
+        training.save_model(model, cfg.model, data.n_users, data.n_items, staged(paths.model), context)
+        write_json(staged(paths.train_summary), summary)
+        write_json(staged(paths.train_metrics), train_headline(summary), sort_keys=False)
+        training.write_training_curve(result, staged(paths.training_curve))
     log_metrics({
         f"best_{result.metric}": result.best_value,
         "best_epoch": result.best_epoch,

@@ -1,0 +1,37 @@
+"""The headline metrics: the few values shown side by side (``dvc metrics show``, ``dvc exp show``,
+MLflow). Everything else the evaluate stage computes goes to ``reports/detail.json``.
+
+Defined once here; the DVC metrics files and the MLflow run use exactly these names.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+# The trained model, in reports/metrics.json (rmse/mae only for models that predict ratings).
+HEADLINE_METRICS: tuple[str, ...] = (
+    "precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10", "hit_rate_at_10", "mrr_at_10",
+    "rmse", "mae",
+    "coverage_at_10", "diversity_at_10", "novelty_at_10", "popularity_at_10",
+    "ndcg_at_10_ci_low", "ndcg_at_10_ci_high",
+)
+# Each baseline, in reports/baselines.json as {name: {metric: value}}.
+HEADLINE_BASELINE_METRICS: tuple[str, ...] = ("ndcg_at_10", "recall_at_10")
+# The train stage, in models/train/metrics.json; plus ``best_<validation metric>``.
+HEADLINE_TRAIN_METRICS: tuple[str, ...] = ("train_seconds", "best_epoch")
+
+
+def headline(values: Mapping[str, float | None], keys: tuple[str, ...]) -> dict[str, float | None]:
+    """The ``keys`` present in ``values``, in the order of ``keys`` (NaN becomes None: JSON null)."""
+    return {k: _finite(values[k]) for k in keys if k in values}
+
+
+def train_headline(summary: Mapping[str, Any]) -> dict[str, float]:
+    """Train time, best epoch and best validation value (named ``best_<metric>``, e.g.
+    ``best_val_rmse``: rating and ranking validation never share a column) of a train summary."""
+    return {**{k: summary[k] for k in HEADLINE_TRAIN_METRICS}, f"best_{summary['metric']}": summary["best_value"]}
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
