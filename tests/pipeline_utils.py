@@ -1,6 +1,7 @@
 """Run the real pipeline (recpipe and dvc commands) in a throwaway copy of the repository."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -60,3 +61,21 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def dvc_status(repo: Path, *targets: str) -> dict:
+    """``dvc status --json``: {stage: [changes]} of the stages that are out of date ({} when clean)."""
+    return json.loads(run(["dvc", "status", "--json", *targets], repo).stdout or "{}")
+
+
+def changed_deps(repo: Path) -> dict[str, set[str]]:
+    """Out-of-date stages -> the dependency paths (files, directories, params.yaml) DVC names."""
+    return {
+        stage: {path for change in changes if isinstance(change, dict) for path in change.get("changed deps", {})}
+        for stage, changes in dvc_status(repo).items()
+    }
+
+
+def snapshot(*dirs: Path) -> dict[str, bytes]:
+    """Every file under ``dirs`` (path -> bytes), to compare outputs before and after."""
+    return {str(f): f.read_bytes() for d in dirs for f in sorted(d.rglob("*")) if f.is_file()}
