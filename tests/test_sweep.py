@@ -131,7 +131,7 @@ def check_sweep(workdir: Path, models: list[str]) -> list:
         assert JOB_METRICS <= set(run_.data.metrics), JOB_METRICS - set(run_.data.metrics)
         assert run_.data.params["data.n_users"] == "200"
         job = workdir / sweep_dir / str(num)
-        assert (job / "models/train_summary.json").exists()
+        assert (job / "models/train/train_summary.json").exists()
         reported = {k: v for k, v in json.loads((job / "reports/metrics.json").read_text()).items() if v is not None}
         assert {k: run_.data.metrics.get(k) for k in reported} == pytest.approx(reported)
     for dvc_out in ("data", "models", "reports"):

@@ -8,7 +8,7 @@ never to the DVC outputs data/, models/, reports/.
 
 Tracking: a sweep is one MLflow parent run (made by ``MlflowSweepCallback`` before any job starts,
 its id left in the sweep folder) and each job one child run with the flattened config and the
-stages' metrics. The job returns its objective (a value from the job's models/train_summary.json),
+stages' metrics. The job returns its objective (a value from the job's models/train/train_summary.json),
 which the Optuna sweeper optimises.
 """
 from __future__ import annotations
@@ -99,7 +99,7 @@ def objective(summary: dict[str, Any], key: str | None) -> float:
     value = OmegaConf.select(OmegaConf.create(summary), key)
     if value is None:
         raise RecpipeError(
-            f"sweep.objective={key!r} is not in models/train_summary.json (keys: {', '.join(summary)})"
+            f"sweep.objective={key!r} is not in models/train/train_summary.json (keys: {', '.join(summary)})"
         )
     return float(value)
 
