@@ -22,3 +22,22 @@ def _mlflow_tracking(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+# A small synthetic pipeline run by real DVC in a throwaway git repository, shared by the DVC tests
+# (tests/test_dvc_views.py reads it; tests/test_integrity.py then fails and kills stages in it).
+TINY_PIPELINE = ["data=synthetic", "data.n_users=200", "data.n_items=100", "data.n_interactions=3000",
+                 "model.epochs=2", "evaluate.baselines=[popularity,item_knn]", "evaluate.bootstrap.n_resamples=50"]
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository copy where `dvc repro` ran on TINY_PIPELINE and dvc.lock is committed."""
+    from .pipeline_utils import commit, copy_repo, run
+
+    repo = copy_repo(tmp_path_factory.mktemp("tiny_pipeline") / "repo")
+    run(["recpipe", "compose", *TINY_PIPELINE], repo)
+    commit(repo, "tiny config")
+    run(["dvc", "repro"], repo)
+    commit(repo, "dvc.lock")
+    return repo

@@ -14,21 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from .pipeline_utils import BIN, changed_deps, commit, copy_repo, dvc_status, env, run, snapshot
+from .pipeline_utils import BIN, changed_deps, dvc_status, env, run, snapshot
 
-TINY = ["data=synthetic", "data.n_users=200", "data.n_items=100", "data.n_interactions=3000",
-        "model.epochs=2", "evaluate.baselines=[popularity]", "evaluate.bootstrap.n_resamples=50"]
 OUTPUTS = ("data/raw", "data/processed", "models/train", "reports", "models/export")
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    repo = copy_repo(tmp_path_factory.mktemp("integrity") / "repo")
-    run(["recpipe", "compose", *TINY], repo)
-    commit(repo, "tiny config")
-    run(["dvc", "repro"], repo)
-    commit(repo, "dvc.lock")
-    return repo
+def repo(tiny_pipeline):
+    return tiny_pipeline
 
 
 def state(repo: Path) -> dict[str, bytes]:
