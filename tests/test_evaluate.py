@@ -171,7 +171,7 @@ def test_write_reports(tmp_path):
     reports = tmp_path / "reports"
     assert sorted(p.relative_to(reports).as_posix() for p in reports.rglob("*")) == [
         "baselines.json", "detail.json", "evaluation.json", "evaluation.md", "intervals.json", "metrics.json",
-        "plots", "plots/metric_vs_k.png", "plots/metrics_at_k.csv", "plots/page.html", "plots/popularity.png"]
+        "plots", "plots/metric_vs_k.png", "plots/metrics_at_k.csv", "plots/popularity.png"]
     low, high = report.intervals["ci"]["mf"]["ndcg_at_10"]
     # headline metrics only, in HEADLINE_METRICS order (the columns of dvc metrics/exp show)
     metrics = json.loads((reports / "metrics.json").read_text())

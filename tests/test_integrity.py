@@ -69,7 +69,7 @@ def test_fresh_repro_is_complete_and_status_clean(repo):
     assert dvc_status(repo) == {}
     assert "Running stage" not in run(["dvc", "repro"], repo).stdout
     assert leftovers(repo) == []
-    assert (repo / "reports/plots/page.html").exists() and (repo / "models/train/model/model_config.json").exists()
+    assert (repo / "views/plots_page.html").exists() and (repo / "models/train/model/model_config.json").exists()
 
 
 def test_failing_stage_keeps_every_output(repo):

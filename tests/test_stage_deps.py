@@ -24,7 +24,9 @@ def covered(file: Path, deps: list[str]) -> bool:
 def test_deps_cover_import_closure(stage):
     deps = STAGES[stage]["deps"]
     files = stage_deps.stage_files(stage)
-    assert REPO / "src/recpipe/stages" / f"{stage}.py" in files and REPO / "src/recpipe/cli.py" in files
+    module = stage_deps.MODULE_STAGES.get(stage, f"recpipe.stages.{stage}")
+    assert stage_deps.module_file(module) in files
+    assert (REPO / "src/recpipe/cli.py" in files) == (stage not in stage_deps.MODULE_STAGES)
     missing = sorted(str(f.relative_to(REPO)) for f in files if not covered(f, deps))
     assert not missing, f"dvc.yaml stage {stage} lacks deps (see `python -m recpipe.stage_deps`): {missing}"
     stale = [d for d in deps if d.startswith("src/") and not (REPO / d).exists()]

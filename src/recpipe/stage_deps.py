@@ -14,9 +14,11 @@ from pathlib import Path
 
 PACKAGE = "recpipe"
 SRC = Path(__file__).resolve().parent.parent  # src/
-STAGES = ("ingest", "preprocess", "train", "evaluate", "export")
+STAGES = ("ingest", "preprocess", "train", "evaluate", "export", "plots_page")
 # What ``recpipe <stage>`` runs besides the stage module: cli's module level and ``run_stage``.
 RUNNER = ("recpipe.cli", "run_stage")
+# Stages whose command is ``python -m <module>``.
+MODULE_STAGES = {"plots_page": "recpipe.plots_page"}
 
 
 def module_file(name: str, src: Path = SRC) -> Path | None:
@@ -76,7 +78,9 @@ def closure(seeds: Iterable[tuple[str, str | None]], src: Path = SRC) -> set[Pat
 
 
 def stage_files(stage: str, src: Path = SRC) -> set[Path]:
-    """The source files ``recpipe <stage>`` runs."""
+    """The source files the command of ``stage`` runs (``recpipe <stage>`` or ``python -m``)."""
+    if stage in MODULE_STAGES:
+        return closure([(MODULE_STAGES[stage], None)], src)
     return closure([(f"{PACKAGE}.stages.{stage}", None), RUNNER], src)
 
 

@@ -278,33 +278,3 @@ def plot_popularity(
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     _save(fig, path)
 
-
-# The page `dvc plots show` fills (.dvc/config: plots.html_template): DVC's own page loads Vega from
-# a CDN; this one carries Vega, Vega-Lite and Vega-Embed inline (from vl-convert-python), so the
-# plots render with no network. DVC replaces {plot_divs} and {refresh_tag}; {scripts} (its CDN
-# tags) is left out on purpose.
-PLOTS_PAGE = """<!DOCTYPE html>
-<html>
-<head>
-<meta charset="utf-8">
-{refresh_tag}
-<title>recpipe plots</title>
-<script type="text/javascript">
-__BUNDLE__
-</script>
-<style>body {font-family: sans-serif;} table {border-spacing: 15px;}</style>
-</head>
-<body>
-{plot_divs}
-</body>
-</html>
-"""
-VEGA_LITE_VERSION = "5.21"  # DVC's plot templates are Vega-Lite v5 specs
-
-
-def plots_page_template() -> str:
-    """The offline HTML template for ``dvc plots show`` (about 0.9 MB: the Vega libraries inline)."""
-    import vl_convert
-
-    bundle = vl_convert.javascript_bundle(vl_version=VEGA_LITE_VERSION).replace("</script", "<\\/script")
-    return PLOTS_PAGE.replace("__BUNDLE__", bundle)

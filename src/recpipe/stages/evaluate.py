@@ -33,7 +33,6 @@ from recpipe.evaluation.ranking import EvalSet, RankingEval, ScoreFn, evaluate_r
 from recpipe.evaluation.report import (
     plot_metric_vs_k,
     plot_popularity,
-    plots_page_template,
     recommended_popularity,
     render_markdown,
 )
@@ -49,7 +48,6 @@ TABLE_METRICS = (
 _AT_K = re.compile(r"(?P<metric>.+)_at_(?P<k>\d+)")
 # metric-vs-K lines of reports/plots/metrics_at_k.csv (dvc plots: one line per system)
 PLOT_METRICS = ("ndcg", "recall")
-PLOTS_PAGE_FILE = "page.html"  # .dvc/config: plots.html_template = ../reports/plots/page.html
 
 
 def model_scorer(model: RecModel) -> ScoreFn:
@@ -178,7 +176,7 @@ def write_reports(dest: Path, report: Report) -> None:
     what ``dvc metrics show`` / ``dvc exp show`` display); detail.json holds every metric of every
     system, ``{"model": {...}, "baselines": {name: {...}}}``. Also intervals.json, evaluation.json,
     evaluation.md and plots/ (metrics_at_k.csv for ``dvc plots``, metric_vs_k.png with a panel per
-    ranking metric, popularity.png, and page.html: the offline page ``dvc plots show`` fills).
+    ranking metric, popularity.png).
     """
     model = _json_ready(report.metrics)
     baselines = {b: _json_ready(v) for b, v in report.baselines.items()}
@@ -201,7 +199,6 @@ def write_reports(dest: Path, report: Report) -> None:
             plot_metric_vs_k(report.systems, M.RANKING_METRICS, plots / "metric_vs_k.png")
         if any(len(v) for v in report.recommended.values()):
             plot_popularity(report.recommended, plots / "popularity.png", report.item_popularity)
-        (plots / PLOTS_PAGE_FILE).write_text(plots_page_template(), encoding="utf-8")
 
 
 def mlflow_metrics(report: Report, seconds: float) -> dict[str, float]:
