@@ -18,8 +18,9 @@ def run(cfg: DictConfig, paths: Paths) -> None:
 
     data = load_processed(paths.processed)
     server = serving.build_server(load_model(paths.model), data, cfg.export)
-    serving.save_server(server, paths.export, cfg.export.index)
+    # register first, swap last: a failure leaves the previous models/export/ (and dvc.lock)
     version = serving.register_server(server, cfg.export, example_user=str(data.users["user_id"].iloc[0]))
+    serving.save_server(server, paths.export, cfg.export.index)
     registered = f"; registered as {cfg.export.registered_model_name} v{version}" if version else ""
     print(f"exported {cfg.export.index} top-k model ({data.n_users} users, {data.n_items} items, "
           f"k <= {server.k_cap}) to {paths.export}{registered}")

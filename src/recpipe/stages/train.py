@@ -36,6 +36,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
 
     result = training.fit(model, data, cfg.model, int(cfg.seed), on_epoch=log_epoch)
     summary = training.train_summary(cfg.model, model, result)
+    # MLflow first, the swap last: a failure anywhere leaves the previous models/train/ (and dvc.lock)
     with atomic_dir(paths.train) as tmp:
 
         def staged(path: Path) -> Path:  # where ``path`` of models/train/ is, before the swap
@@ -45,14 +46,14 @@ def run(cfg: DictConfig, paths: Paths) -> None:
         write_json(staged(paths.train_summary), summary)
         write_json(staged(paths.train_metrics), train_headline(summary), sort_keys=False)
         training.write_training_curve(result, staged(paths.training_curve))
-    log_metrics({
-        f"best_{result.metric}": result.best_value,
-        "best_epoch": result.best_epoch,
-        "train_seconds": result.train_seconds,
-        "examples_per_second": result.examples_per_second,
-        "n_params": summary["n_params"],
-    })
-    if mlflow.active_run() is not None:
-        mlflow.log_artifact(str(paths.train_summary))
+        log_metrics({
+            f"best_{result.metric}": result.best_value,
+            "best_epoch": result.best_epoch,
+            "train_seconds": result.train_seconds,
+            "examples_per_second": result.examples_per_second,
+            "n_params": summary["n_params"],
+        })
+        if mlflow.active_run() is not None:
+            mlflow.log_artifact(str(staged(paths.train_summary)))
     print(f"best {result.metric} {result.best_value:.4f} at epoch {result.best_epoch}; "
           f"{result.examples_per_second:,.0f} examples/s; saved to {paths.model}")
