@@ -22,7 +22,9 @@ def test_metrics_show_is_the_headline_set(tiny_pipeline):
     assert list(metrics) == list(HEADLINE_METRICS)  # mf predicts ratings: rmse/mae too, in this order
     assert files["reports/baselines.json"]["data"] == {
         b: {k: files["reports/baselines.json"]["data"][b][k] for k in HEADLINE_BASELINE_METRICS} for b in BASELINES}
-    assert set(files["models/train/metrics.json"]["data"]) == {"train_seconds", "best_epoch", "best_val_rmse"}
+    assert files["models/train/metrics.json"]["data"]["model"] == "mf"
+    assert set(files["models/train/metrics.json"]["data"]) == {
+        "model", "split", "data", "train_seconds", "best_epoch", "best_val_rmse"}
     table = run(["dvc", "metrics", "show"], tiny_pipeline).stdout
     assert table.splitlines()[0].split()[0] == "Path" and len(table.splitlines()) == 4  # a row per file
     detail = json.loads((tiny_pipeline / "reports/detail.json").read_text())
@@ -31,6 +33,9 @@ def test_metrics_show_is_the_headline_set(tiny_pipeline):
 
 def test_exp_show_has_model_split_data_and_headline_columns(tiny_pipeline):
     header = run(["dvc", "exp", "show", "--csv"], tiny_pipeline).stdout.splitlines()[0].split(",")
+    first = [c for c in header if c not in ("Experiment", "rev", "typ", "Created", "parent")]
+    assert first[:6] == ["model", "split", "data", "train_seconds", "best_epoch", "best_val_rmse"]
+    assert first[6:6 + len(HEADLINE_METRICS)] == list(HEADLINE_METRICS)  # the first screen of the pager
     assert {"model.name", "split.name", "data.source", "ndcg_at_10", "recall_at_10", "rmse",
             "popularity.ndcg_at_10", "best_val_rmse", "train_seconds"} <= set(header)
     metric_columns = [c for c in header if c in HEADLINE_METRICS or "." in c and c.split(".")[0] in BASELINES]

@@ -51,9 +51,12 @@ def test_stage_writes_the_model_summary_and_curve_and_logs_each_epoch(
     assert set(summary) == SUMMARY_KEYS
     assert summary["model"] == "mf" and summary["metric"] == "val_rmse" and summary["epochs_run"] == 3
     assert summary["n_params"] > 0 and summary["examples_per_second"] > 0
-    assert read_json(paths.train_metrics) == {
+    train_metrics = read_json(paths.train_metrics)
+    assert train_metrics == {
+        "model": "mf",  # and split / data when the config has them (tests/test_dvc_views.py)
         "train_seconds": summary["train_seconds"], "best_epoch": summary["best_epoch"],
         "best_val_rmse": summary["best_value"]}
+    assert list(train_metrics)[0] == "model"
     long = pd.read_csv(paths.training_curve)  # long format for dvc plots: epoch, series, value
     assert list(long.columns) == ["epoch", "series", "value"] and set(long["series"]) == {"loss", "val_rmse"}
     curve = long.pivot(index="epoch", columns="series", values="value").reset_index()

@@ -20,6 +20,9 @@ HEADLINE_METRICS: tuple[str, ...] = (
 HEADLINE_BASELINE_METRICS: tuple[str, ...] = ("ndcg_at_10", "recall_at_10")
 # The train stage, in models/train/metrics.json; plus ``best_<validation metric>``.
 HEADLINE_TRAIN_METRICS: tuple[str, ...] = ("train_seconds", "best_epoch")
+# Labels first in models/train/metrics.json, so that dvc exp show / dvc metrics show start with what
+# each row is: config key -> label.
+RUN_LABELS: dict[str, str] = {"model": "model.name", "split": "split.name", "data": "data.source"}
 
 
 def headline(values: Mapping[str, float | None], keys: tuple[str, ...]) -> dict[str, float | None]:
@@ -31,6 +34,14 @@ def train_headline(summary: Mapping[str, Any]) -> dict[str, float]:
     """Train time, best epoch and best validation value (named ``best_<metric>``, e.g.
     ``best_val_rmse``: rating and ranking validation never share a column) of a train summary."""
     return {**{k: summary[k] for k in HEADLINE_TRAIN_METRICS}, f"best_{summary['metric']}": summary["best_value"]}
+
+
+def run_labels(cfg: Any) -> dict[str, str]:
+    """``RUN_LABELS`` of a config (those it has): ``{"model": "mf", "split": "random", "data": "movielens_builtin"}``."""
+    from omegaconf import OmegaConf
+
+    values = {label: OmegaConf.select(cfg, key) for label, key in RUN_LABELS.items()}
+    return {label: str(v) for label, v in values.items() if v is not None}
 
 
 def _finite(value: float | None) -> float | None:

@@ -1,7 +1,8 @@
 """``recpipe train``: fit ``cfg.model`` on data/processed.
 
 Writes one directory, models/train/, replaced as a whole: model/ (weights + model_config.json),
-train_summary.json, metrics.json (the headline train metrics, for ``dvc metrics``) and
+train_summary.json, metrics.json (model/split/data labels and the headline train metrics, for
+``dvc metrics`` and ``dvc exp show``) and
 training_curve.csv (per-epoch loss and validation metric, for ``dvc plots``); logs the curve and
 summary to the MLflow run.
 """
@@ -15,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recpipe import training
 from recpipe.data.processed import load_processed
-from recpipe.evaluation.headline import train_headline
+from recpipe.evaluation.headline import run_labels, train_headline
 from recpipe.io import atomic_dir, write_json
 from recpipe.paths import Paths
 from recpipe.tracking import log_metrics
@@ -44,7 +45,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
 
         training.save_model(model, cfg.model, data.n_users, data.n_items, staged(paths.model), context)
         write_json(staged(paths.train_summary), summary)
-        write_json(staged(paths.train_metrics), train_headline(summary), sort_keys=False)
+        write_json(staged(paths.train_metrics), run_labels(cfg) | train_headline(summary), sort_keys=False)
         training.write_training_curve(result, staged(paths.training_curve))
         log_metrics({
             f"best_{result.metric}": result.best_value,
