@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
 import recpipe  # noqa: F401
+from recpipe.data.processed import Processed
 
-REPO = Path(__file__).resolve().parents[1]
+from .helpers import toy_processed
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -22,3 +22,9 @@ def _mlflow_tracking(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Processed:
+    """The toy data set (``helpers.toy_processed``), built once per session; do not modify it."""
+    return toy_processed(tmp_path_factory.mktemp("toy"))

@@ -1,4 +1,5 @@
-"""ItemKNN, UserKNN and EASE against slow, obvious loop implementations on small random data."""
+"""The scipy forms of the classic models (cosine kNN along both axes, EASE) against slow, obvious loop
+implementations on small random data."""
 from __future__ import annotations
 
 import math
@@ -7,8 +8,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recpipe import cf
 from recpipe.errors import RecpipeError
+from recpipe.models.classic import knn
+from recpipe.models.classic.ease import EASE
+from recpipe.models.classic.knn import CosineKNN
 
 
 def random_matrix(n_users: int, n_items: int, density: float, seed: int) -> sp.csr_matrix:
@@ -82,7 +85,7 @@ CASES = [(seed, k, shrink) for seed in range(3) for k, shrink in [(1, 0.0), (3, 
 @pytest.mark.parametrize("seed,k,shrink", CASES)
 def test_itemknn_matches_reference(seed, k, shrink):
     X = random_matrix(25, 15, 0.25, seed)
-    model = cf.ItemKNN(k=k, shrink=shrink).fit(X)
+    model = CosineKNN("item", k, shrink).fit(X)
     users = np.arange(X.shape[0])
     np.testing.assert_allclose(model.score(users), ref_itemknn(X, k, shrink), rtol=1e-5, atol=1e-6)
 
@@ -90,7 +93,7 @@ def test_itemknn_matches_reference(seed, k, shrink):
 @pytest.mark.parametrize("seed,k,shrink", CASES)
 def test_userknn_matches_reference(seed, k, shrink):
     X = random_matrix(25, 15, 0.25, seed)
-    model = cf.UserKNN(k=k, shrink=shrink).fit(X)
+    model = CosineKNN("user", k, shrink).fit(X)
     users = np.array([3, 0, 24, 3])  # any order, repeats allowed
     np.testing.assert_allclose(
         model.score(users), ref_userknn(X, k, shrink)[users], rtol=1e-5, atol=1e-6
@@ -99,9 +102,9 @@ def test_userknn_matches_reference(seed, k, shrink):
 
 def test_similarity_blocks_give_the_same_result(monkeypatch):
     X = random_matrix(40, 30, 0.2, seed=7)
-    whole = cf.topk_cosine(X, k=4).toarray()
-    monkeypatch.setattr(cf, "_BLOCK_ELEMENTS", 70)  # two rows of 30 per block
-    blocked = cf.topk_cosine(X, k=4).toarray()
+    whole = knn.topk_cosine(X, k=4).toarray()
+    monkeypatch.setattr(knn, "_BLOCK_ELEMENTS", 70)  # two rows of 30 per block
+    blocked = knn.topk_cosine(X, k=4).toarray()
     np.testing.assert_array_equal(whole, blocked)
     assert ((whole > 0).sum(axis=1) <= 4).all()
     assert np.all(np.diag(whole) == 0)
@@ -109,21 +112,21 @@ def test_similarity_blocks_give_the_same_result(monkeypatch):
 
 def test_top_k_mask_breaks_ties_towards_lower_index():
     sim = np.array([[0.5, 0.9, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 0.2, 0.0]])
-    mask = cf.top_k_mask(sim, 2)
+    mask = knn.top_k_mask(sim, 2)
     np.testing.assert_array_equal(mask, [[1, 1, 0, 0, 0], [0, 0, 0, 1, 0]])
 
 
 @pytest.mark.parametrize("seed,lam", [(0, 1.0), (1, 10.0), (2, 0.5)])
 def test_ease_matches_per_item_ridge_regression(seed, lam):
     X = random_matrix(30, 12, 0.3, seed)
-    model = cf.EASE(lam=lam).fit(X)
+    model = EASE(lam=lam).fit(X)
     B = ref_ease_weights(X, lam)
     np.testing.assert_allclose(model.B, B, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(model.score(np.arange(30)), X.toarray() @ B, rtol=1e-4, atol=1e-5)
 
 
 def test_ease_has_zero_diagonal():
-    model = cf.EASE(lam=5.0).fit(random_matrix(50, 20, 0.3, seed=3))
+    model = EASE(lam=5.0).fit(random_matrix(50, 20, 0.3, seed=3))
     assert np.all(np.diag(model.B) == 0.0)
 
 
@@ -135,14 +138,14 @@ def test_ease_recovers_co_occurrence():
         dense[u, items] = 1
     dense[-3, 0] = dense[-2, 2] = dense[-1, 5] = 1  # users holding one half of a pair
     X = sp.csr_matrix(dense)
-    model = cf.EASE(lam=1.0).fit(X)
+    model = EASE(lam=1.0).fit(X)
     scores = model.score(np.arange(len(rows), len(rows) + 3))
     scores[dense[-3:] > 0] = -np.inf  # the caller's job: exclude seen items
     assert scores.argmax(axis=1).tolist() == [1, 3, 4]
     assert model.B[0, 1] > 0.5 and abs(model.B[0, 2]) < 1e-6 and abs(model.B[6, 0]) < 1e-6
 
 
-@pytest.mark.parametrize("model", [cf.ItemKNN(k=5), cf.UserKNN(k=5), cf.EASE(lam=10.0)])
+@pytest.mark.parametrize("model", [CosineKNN("item", 5, 0.0), CosineKNN("user", 5, 0.0), EASE(lam=10.0)])
 def test_scores_shape_dtype_and_empty_user(model):
     X = random_matrix(20, 10, 0.3, seed=5)
     X.data[:] = 4.0  # ratings are binarised
@@ -153,12 +156,17 @@ def test_scores_shape_dtype_and_empty_user(model):
     assert model.n_items == 10
 
 
+def test_knn_axis_is_item_or_user():
+    with pytest.raises(RecpipeError, match="axis must be one of item, user"):
+        CosineKNN("items", 5, 0.0)
+
+
 def test_errors_are_user_errors():
     with pytest.raises(RecpipeError, match="before fit"):
-        cf.ItemKNN().score(np.array([0]))
+        CosineKNN("item", 5, 0.0).score(np.array([0]))
     with pytest.raises(RecpipeError, match="lam"):
-        cf.EASE(lam=0)
+        EASE(lam=0)
     with pytest.raises(RecpipeError, match="limit is 5 items"):
-        cf.EASE(lam=1.0, max_items=5).fit(random_matrix(4, 6, 0.5, seed=0))
+        EASE(lam=1.0, max_items=5).fit(random_matrix(4, 6, 0.5, seed=0))
     with pytest.raises(RecpipeError, match="k must be"):
-        cf.UserKNN(k=0).fit(random_matrix(4, 6, 0.5, seed=0))
+        CosineKNN("user", 0, 0.0).fit(random_matrix(4, 6, 0.5, seed=0))

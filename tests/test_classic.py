@@ -1,5 +1,5 @@
 """The classic models (model=popularity|random|item_knn|user_knn|ease): TensorFlow scores equal the
-recpipe.cf scorers, EASE's lambda tuned on val, save/load and a SavedModel export in a fresh process."""
+scipy scorers, EASE's lambda tuned on val, save/load and a SavedModel export in a fresh process."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,15 +7,17 @@ import pytest
 import tensorflow as tf
 from omegaconf import OmegaConf
 
-from recpipe import cf, serving
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.evaluation.ranking import rank_metrics
-from recpipe.models.classic import CLASSIC_MODELS, fit_classic, hash_uniform, tune_ease
-from recpipe.training import load_model, save_model
+from recpipe.models.classic import CLASSIC_MODELS, fit_classic
+from recpipe.models.classic.ease import EASE, tune_ease
+from recpipe.models.classic.knn import CosineKNN
+from recpipe.models.classic.random import hash_uniform
+from recpipe.models.io import load_model, save_model
+from recpipe.serving.export import build_server, save_server
 
-from .conftest import REPO
-from .test_export import expected_top, export_cfg, query_fresh_process, toy_processed
+from .helpers import REPO, expected_top, export_cfg, query_fresh_process
 
 _MASK = (1 << 64) - 1
 
@@ -29,13 +31,8 @@ def ref_hash(seed: int, user: int, item: int) -> float:
     return (x >> 40) / 2**24
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Processed:
-    return toy_processed(tmp_path_factory.mktemp("data"))
-
-
-def all_scores(model, data: Processed) -> np.ndarray:
-    return model.score_all(tf.range(data.n_users, dtype=tf.int32)).numpy()
+def all_scores(model, toy_data: Processed) -> np.ndarray:
+    return model.score_all(tf.range(toy_data.n_users, dtype=tf.int32)).numpy()
 
 
 def test_hash_uniform_matches_reference_is_seeded_and_batch_independent():
@@ -53,81 +50,83 @@ def test_hash_uniform_matches_reference_is_seeded_and_batch_independent():
 @pytest.mark.parametrize(
     ("name", "params", "reference", "used"),
     [
-        ("item_knn", {"k": 7, "shrink": 1.0}, cf.ItemKNN(k=7, shrink=1.0), {"k": 7, "shrink": 1.0}),
-        ("user_knn", {"k": 5}, cf.UserKNN(k=5), {"k": 5, "shrink": 0.0}),
-        ("ease", {"lam": 30}, cf.EASE(lam=30), {"lam": 30.0}),
+        ("item_knn", {"k": 7, "shrink": 1.0}, CosineKNN("item", 7, 1.0), {"k": 7, "shrink": 1.0}),
+        ("user_knn", {"k": 5, "shrink": 0.0}, CosineKNN("user", 5, 0.0), {"k": 5, "shrink": 0.0}),
+        ("ease", {"lam": 30}, EASE(lam=30), {"lam": 30.0}),
     ],
 )
-def test_cf_models_score_like_recpipe_cf(data, name, params, reference, used):
-    model, got = fit_classic(name, data, params)
-    expected = reference.fit(data.matrix("train")).score(np.arange(data.n_users))
-    assert np.allclose(all_scores(model, data), expected, atol=1e-5)
+def test_tf_models_score_like_the_scipy_forms(toy_data, name, params, reference, used):
+    model, got = fit_classic(name, toy_data, params)
+    expected = reference.fit(toy_data.matrix("train")).score(np.arange(toy_data.n_users))
+    assert np.allclose(all_scores(model, toy_data), expected, atol=1e-5)
     assert got == used
 
 
-def test_popularity_and_random(data):
-    pop, _ = fit_classic("popularity", data, {})
-    scores = all_scores(pop, data)
-    assert np.array_equal(scores, np.tile(data.item_popularity().astype(np.float32), (data.n_users, 1)))
-    rnd, used = fit_classic("random", data, {"seed": 5})
+def test_popularity_and_random(toy_data):
+    pop, _ = fit_classic("popularity", toy_data, {})
+    scores = all_scores(pop, toy_data)
+    assert np.array_equal(scores, np.tile(toy_data.item_popularity().astype(np.float32), (toy_data.n_users, 1)))
+    rnd, used = fit_classic("random", toy_data, {"seed": 5})
     assert used == {"seed": 5}
-    assert np.array_equal(all_scores(rnd, data), hash_uniform(5, np.arange(data.n_users), data.n_items).numpy())
+    assert np.array_equal(all_scores(rnd, toy_data), hash_uniform(5, np.arange(toy_data.n_users), toy_data.n_items).numpy())
 
 
-def test_ease_auto_picks_the_best_validation_lambda(data):
+def test_ease_auto_picks_the_best_validation_lambda(toy_data):
     grid = [1.0, 30.0, 1000.0]
-    model, used = fit_classic("ease", data, {"lam": "auto", "grid": grid})
-    train, val = data.matrix("train"), data.matrix("val")
-    by_hand = {lam: rank_metrics(cf.EASE(lam).fit(train).score, train, val, (10,))["ndcg_at_10"] for lam in grid}
+    model, used = fit_classic("ease", toy_data, {"lam": "auto", "grid": grid})
+    train, val = toy_data.matrix("train"), toy_data.matrix("val")
+    by_hand = {lam: rank_metrics(EASE(lam).fit(train).score, train, val, (10,))["ndcg_at_10"] for lam in grid}
     assert used["val_ndcg_at_10"] == [[lam, pytest.approx(v)] for lam, v in by_hand.items()]
     best = max(by_hand, key=by_hand.get)
     assert used["lam"] == best
-    assert np.allclose(all_scores(model, data), cf.EASE(best).fit(train).score(np.arange(data.n_users)), atol=1e-5)
+    assert np.allclose(all_scores(model, toy_data), EASE(best).fit(train).score(np.arange(toy_data.n_users)), atol=1e-5)
 
 
-def test_ease_errors(data):
-    empty_val = Processed(data.users, data.items, data.train, data.val.iloc[:0], data.test)
+def test_ease_errors(toy_data):
+    empty_val = Processed(toy_data.users, toy_data.items, toy_data.train, toy_data.val.iloc[:0], toy_data.test)
     with pytest.raises(RecpipeError, match="validation split, which is empty"):
         fit_classic("ease", empty_val, {"lam": "auto", "grid": [10]})
     with pytest.raises(RecpipeError, match="non-empty grid"):
-        tune_ease(data.matrix("train"), data.matrix("val"), [])
+        tune_ease(toy_data.matrix("train"), toy_data.matrix("val"), [])
     with pytest.raises(RecpipeError, match="lam must be a number > 0"):
-        fit_classic("ease", data, {"lam": -1})
+        fit_classic("ease", toy_data, {"lam": -1})
     with pytest.raises(RecpipeError, match="not a classic model"):
-        fit_classic("mf", data, {})
+        fit_classic("mf", toy_data, {})
 
 
-def test_conf_model_files_build_and_fit(data):
+def test_conf_model_files_build_and_fit(toy_data):
     for name in CLASSIC_MODELS:
         cfg = OmegaConf.load(REPO / "conf" / "model" / f"{name}.yaml")
         assert cfg.name == name
         params = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "seed"} | {"seed": 0}
-        fit_classic(name, data, params)
+        fit_classic(name, toy_data, params)
+
+
+# configs of the fitted models (the ones not listed need none)
+PARAMS = {"item_knn": {"k": 10, "shrink": 0.0}, "user_knn": {"k": 8, "shrink": 0.0}, "ease": {"lam": 50}, "random": {"seed": 3}}
 
 
 @pytest.fixture(scope="module")
-def fitted(data):
-    params = {"item_knn": {"k": 10}, "user_knn": {"k": 8}, "ease": {"lam": 50}, "random": {"seed": 3}}
-    return {name: fit_classic(name, data, params.get(name, {}))[0] for name in CLASSIC_MODELS}
+def fitted(toy_data):
+    return {name: fit_classic(name, toy_data, PARAMS.get(name, {}))[0] for name in CLASSIC_MODELS}
 
 
-def test_save_and_load_keep_the_scores(data, fitted, tmp_path):
-    params = {"item_knn": {"k": 10}, "user_knn": {"k": 8}, "ease": {"lam": 50}, "random": {"seed": 3}}
+def test_save_and_load_keep_the_scores(toy_data, fitted, tmp_path):
     for name, model in fitted.items():
-        cfg = OmegaConf.create({"name": name, **params.get(name, {})})
-        save_model(model, cfg, data.n_users, data.n_items, tmp_path / name)
-        assert np.array_equal(all_scores(load_model(tmp_path / name), data), all_scores(model, data)), name
+        cfg = OmegaConf.create({"name": name, **PARAMS.get(name, {})})
+        save_model(model, cfg, toy_data.n_users, toy_data.n_items, tmp_path / name)
+        assert np.array_equal(all_scores(load_model(tmp_path / name), toy_data), all_scores(model, toy_data)), name
 
 
-def test_exported_saved_model_matches_ranking(data, fitted, tmp_path):
+def test_exported_saved_model_matches_ranking(toy_data, fitted, tmp_path):
     # sparse rows @ sparse matrix, sparse rows @ dense-from-sparse, the uint64 hash (ease and
     # popularity use the same pieces)
     exported = {name: fitted[name] for name in ("item_knn", "user_knn", "random")}
     paths = {}
     for name, model in exported.items():
         paths[name] = tmp_path / name
-        serving.save_server(serving.build_server(model, data, export_cfg()), paths[name], "brute_force")
-    users = data.users["user_id"].to_numpy(object)[:10].tolist()
+        save_server(build_server(model, toy_data, export_cfg()), paths[name], "brute_force")
+    users = toy_data.users["user_id"].to_numpy(object)[:10].tolist()
     results = query_fresh_process(paths, [(users, 10)])
     for name, model in exported.items():
-        assert results[name][0]["item_ids"] == expected_top(model, data, np.arange(10, dtype=np.int32), 10), name
+        assert results[name][0]["item_ids"] == expected_top(model, toy_data, np.arange(10, dtype=np.int32), 10), name

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from recpipe.cli import main
 from recpipe.config import compose, to_yaml
 
-from .conftest import REPO
+from .helpers import REPO
 
 
 def test_params_yaml_is_composed_defaults():

@@ -14,12 +14,16 @@ from recpipe.errors import RecpipeError
 from recpipe.evaluation.cold import cold_items_of, cold_metrics
 from recpipe.features import FeatureSpec, encode_items, fit_feature_spec
 from recpipe.models.content import (
-    content_vectors, feature_blocks, interaction_weights, inverse_document_frequency, user_profiles,
+    content_vectors,
+    feature_blocks,
+    interaction_weights,
+    inverse_document_frequency,
+    user_profiles,
 )
-from recpipe.training import build_model, fit, load_model, save_model
+from recpipe.models.io import load_model, save_model
+from recpipe.training import build_model, fit
 
-from .conftest import REPO
-from .test_cold_split import cold_processed
+from .helpers import REPO, cold_processed
 
 ITEMS = pd.DataFrame({
     "item_id": ["a", "b", "c"],

@@ -14,12 +14,13 @@ from recpipe.errors import RecpipeError
 from recpipe.evaluation.cold import cold_items_of, cold_metrics
 from recpipe.features import encode_items
 from recpipe.models.hybrid import Hybrid
-from recpipe.serving import build_server, save_server
-from recpipe.similar import SimilarItems, similar_command, similar_items
-from recpipe.training import build_model, fit, load_model, save_model
+from recpipe.models.io import load_model, save_model
+from recpipe.serving.client import similar_command
+from recpipe.serving.export import build_server, save_server
+from recpipe.serving.similar import SimilarItems, similar_items
+from recpipe.training import build_model, fit
 
-from .conftest import REPO
-from .test_cold_split import cold_processed
+from .helpers import REPO, cold_processed
 
 FAST = {"embedding_dim": 16, "epochs": 6, "patience": 6, "batch_size": 128}
 

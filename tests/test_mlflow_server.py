@@ -7,9 +7,7 @@ import sys
 
 import pytest
 
-from .conftest import REPO
-from .pipeline_utils import run
-from .test_sweep import JOB_METRICS, MODELS, SMALL, check_sweep, recpipe_run
+from .helpers import JOB_METRICS, MODELS, REPO, SMALL, check_sweep, recpipe_run, run
 
 SCRIPT = REPO / "scripts" / "mlflow_screenshot.py"
 _spec = importlib.util.spec_from_file_location("mlflow_screenshot", SCRIPT)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from .pipeline_utils import commit, copy_repo, run
+from .helpers import commit, copy_repo, run
 
 pytestmark = pytest.mark.slow
 

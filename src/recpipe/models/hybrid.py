@@ -147,6 +147,9 @@ class Hybrid(TwoTower):
     ``items`` and ``users`` to encode; a loaded model gets the encoded features from its weights.
     """
 
+    uses_features = True
+    embeds_new_items = True
+
     def __init__(
         self,
         cfg: Any,

@@ -27,6 +27,7 @@ class MatrixFactorization(RecModel):
 
     predicts_ratings = True
     objective = "rating"
+    fitting = "gradient"
 
     def __init__(self, cfg: Any, n_users: int, n_items: int, **context: Any) -> None:
         super().__init__(name="mf")

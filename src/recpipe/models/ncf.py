@@ -26,6 +26,9 @@ class NeuralCF(RecModel):
     from the catalog, fresh every batch. L2 (``l2``) applies to the embeddings each batch uses.
     """
 
+    objective = "implicit"  # the class default; each instance takes model.objective
+    fitting = "gradient"
+
     def __init__(self, cfg: Any, n_users: int, n_items: int, **context: Any) -> None:
         super().__init__(name="ncf")
         if cfg.objective not in OBJECTIVES:

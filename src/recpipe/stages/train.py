@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from recpipe import training
 from recpipe.data.processed import load_processed
 from recpipe.io import write_json
+from recpipe.models.io import save_model
 from recpipe.paths import Paths
 from recpipe.tracking import log_metrics
 
@@ -32,7 +33,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
         log_metrics({k: v for k, v in values.items() if math.isfinite(v)}, step=int(row["epoch"]))
 
     result = training.fit(model, data, cfg.model, int(cfg.seed), on_epoch=log_epoch)
-    training.save_model(model, cfg.model, data.n_users, data.n_items, paths.model, context)
+    save_model(model, cfg.model, data.n_users, data.n_items, paths.model, context)
     summary = training.train_summary(cfg.model, model, result)
     write_json(paths.train_summary, summary)
     training.write_training_curve(result, paths.root / "models" / "training_curve.csv")
