@@ -304,7 +304,7 @@ def check_sweep(workdir: Path, models: list[str]) -> list:
         assert run_.data.tags["mlflow.parentRunId"] == parent.info.run_id
         num = int(run_.data.tags["recpipe.job_num"])
         assert run_.data.tags["model"] == run_.data.params["model.name"] == models[num]
-        assert JOB_METRICS <= set(run_.data.metrics), JOB_METRICS - set(run_.data.metrics)
+        assert set(run_.data.metrics) >= JOB_METRICS, JOB_METRICS - set(run_.data.metrics)
         assert run_.data.params["data.n_users"] == "200"
         job = workdir / sweep_dir / str(num)
         assert (job / "models/train_summary.json").exists()

@@ -68,7 +68,8 @@ def test_popularity_and_random(toy_data):
     assert np.array_equal(scores, np.tile(toy_data.item_popularity().astype(np.float32), (toy_data.n_users, 1)))
     rnd, used = fit_classic("random", toy_data, {"seed": 5})
     assert used == {"seed": 5}
-    assert np.array_equal(all_scores(rnd, toy_data), hash_uniform(5, np.arange(toy_data.n_users), toy_data.n_items).numpy())
+    expected = hash_uniform(5, np.arange(toy_data.n_users), toy_data.n_items).numpy()
+    assert np.array_equal(all_scores(rnd, toy_data), expected)
 
 
 def test_ease_auto_picks_the_best_validation_lambda(toy_data):
@@ -103,7 +104,12 @@ def test_conf_model_files_build_and_fit(toy_data):
 
 
 # configs of the fitted models (the ones not listed need none)
-PARAMS = {"item_knn": {"k": 10, "shrink": 0.0}, "user_knn": {"k": 8, "shrink": 0.0}, "ease": {"lam": 50}, "random": {"seed": 3}}
+PARAMS = {
+    "item_knn": {"k": 10, "shrink": 0.0},
+    "user_knn": {"k": 8, "shrink": 0.0},
+    "ease": {"lam": 50},
+    "random": {"seed": 3},
+}
 
 
 @pytest.fixture(scope="module")

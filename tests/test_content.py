@@ -113,7 +113,7 @@ def test_cold_items_of_the_users_genre_rank_first() -> None:
     empty = train.iloc[:0]
     data = Processed(users=users, items=items, train=train, val=empty, test=empty)
     model, _ = build_model(content_cfg(), data, seed=0)
-    model.prepare(train)
+    model.fit_closed_form(data)
     scores = model.score_all(tf.range(n_users)).numpy()
     cold = np.arange(6, n_items)
     for u in range(n_users):

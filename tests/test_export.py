@@ -54,7 +54,8 @@ def test_fresh_process_top10_matches_rank_scoring(toy_data, exported, name):
     assert top10["item_ids"] == expected_top(model, toy_data, np.arange(N_QUERY, dtype=np.int32), 10)
     assert np.array(top10["scores"]).shape == (N_QUERY, 10)
     assert all(np.all(np.diff(row) <= 0) for row in top10["scores"])
-    titles = {i: f"{t} ({y})" for i, t, y in zip(toy_data.items["item_id"], toy_data.items["title"], toy_data.items["year"])}
+    items = toy_data.items
+    titles = {i: f"{t} ({y})" for i, t, y in zip(items["item_id"], items["title"], items["year"])}
     assert top10["titles"][0] == [titles[i] for i in top10["item_ids"][0]]
 
 

@@ -178,5 +178,5 @@ def test_ml100k_cold_items_at_least_three_times_chance(tmp_path: Path) -> None:
         model_config = OmegaConf.load(REPO / "conf" / "model" / f"{name}.yaml")
         model, _ = build_model(model_config, data, int(cfg.seed), cfg.data.features)
         fit(model, data, model_config, int(cfg.seed))
-        got = cold_metrics(lambda u: model.score_all(tf.constant(u, tf.int32)), data.matrix("test"), cold, (20,))
+        got = cold_metrics(lambda u, m=model: m.score_all(tf.constant(u, tf.int32)), data.matrix("test"), cold, (20,))
         assert got["cold_recall_at_20"] >= 3 * chance, name

@@ -8,6 +8,8 @@ import pytest
 
 from .helpers import commit, copy_repo, run
 
+pytestmark = pytest.mark.integration
+
 SMALL = ["data=synthetic", "data.n_users=300", "data.n_items=150", "data.n_interactions=6000"]
 
 

@@ -72,7 +72,7 @@ def test_data_is_built_once_per_config_and_runs_get_its_metrics(tmp_path):
     assert other != first
     assert len(list((cache / "raw").glob("*/"))) == 1
     assert (other / "data" / "raw").resolve() == (first / "data" / "raw").resolve()
-    assert not (other / "data/processed/test.parquet").read_bytes() == (processed / "test.parquet").read_bytes()
+    assert (other / "data/processed/test.parquet").read_bytes() != (processed / "test.parquet").read_bytes()
 
 
 def test_cache_keys_cover_the_data_stages_params_in_dvc_yaml():
@@ -92,6 +92,7 @@ def model_sweep(tmp_path_factory):
     return workdir, proc
 
 
+@pytest.mark.integration
 def test_model_sweep_one_child_run_per_job(model_sweep):
     workdir, proc = model_sweep
     children = check_sweep(workdir, list(MODELS))
@@ -103,6 +104,7 @@ def test_model_sweep_one_child_run_per_job(model_sweep):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_queued_dvc_experiments_log_to_the_repository_database(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     with pytest.MonkeyPatch.context() as mp:
@@ -131,6 +133,7 @@ def test_queued_dvc_experiments_log_to_the_repository_database(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_optuna_search_improves_on_the_default_config(tmp_path):
     recpipe_run(tmp_path, "model=mf", *SMALL)  # one job, not a sweep: a run without a parent
     parents, [default] = sweep_runs(tmp_path)

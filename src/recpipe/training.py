@@ -141,7 +141,7 @@ def validator(model: RecModel, data: Processed) -> tuple[str, Callable[[], float
     key = f"recall_at_{VAL_K}"
 
     def recall() -> float:
-        return rank_metrics(lambda users: model.score_all(tf.constant(users)), exclude, truth, (VAL_K,))[key]
+        return float(rank_metrics(lambda users: model.score_all(tf.constant(users)), exclude, truth, (VAL_K,))[key])
 
     return f"val_{key}", recall, True
 

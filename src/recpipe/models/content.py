@@ -112,6 +112,7 @@ class ContentModel(RecModel):
     fitting = "closed_form"
     uses_features = True
     embeds_new_items = True
+    feature_spec: FeatureSpec
 
     def __init__(
         self,

@@ -149,6 +149,7 @@ class Hybrid(TwoTower):
 
     uses_features = True
     embeds_new_items = True
+    feature_spec: FeatureSpec
 
     def __init__(
         self,

@@ -8,7 +8,12 @@ import tensorflow as tf
 
 from recpipe.models.base import RecModel, register
 from recpipe.models.common import (
-    constant, mean_square_norm, normal_init, rating_rows, sampled_logistic_loss, uniform_negatives,
+    constant,
+    mean_square_norm,
+    normal_init,
+    rating_rows,
+    sampled_logistic_loss,
+    uniform_negatives,
 )
 
 

@@ -9,7 +9,13 @@ import tensorflow as tf
 from recpipe.errors import RecpipeError
 from recpipe.models.base import RecModel, register
 from recpipe.models.common import (
-    constant, implicit_rows, mean_square_norm, normal_init, rating_rows, sampled_logistic_loss, uniform_negatives,
+    constant,
+    implicit_rows,
+    mean_square_norm,
+    normal_init,
+    rating_rows,
+    sampled_logistic_loss,
+    uniform_negatives,
 )
 
 OBJECTIVES = ("rating", "implicit")

@@ -224,7 +224,8 @@ def register_server(server: TopKServer, export_cfg: Any, example_user: str) -> s
             TensorSpec(text, ranked, "titles"),
         ]),
     )
-    requirements = ["tensorflow", "tf-keras"] + (["tensorflow-recommenders", "scann"] if export_cfg.index == "scann" else [])
+    scann = ["tensorflow-recommenders", "scann"] if export_cfg.index == "scann" else []
+    requirements = ["tensorflow", "tf-keras", *scann]
     with _quiet_keras_save():
         info = mlflow.tensorflow.log_model(
             server,

@@ -44,6 +44,7 @@ class SimilarItems(tf.Module):
                 f"{type(model).__name__} cannot place an item from its features; similar items need "
                 "model=hybrid or model=content trained on data with item features"
             )
+        assert model.feature_spec is not None  # supports_similar checked it
         self.model = model
         self.encoder = ItemEncoder(model.feature_spec)
         vectors = tf.math.l2_normalize(tf.convert_to_tensor(model.candidate_vectors(), tf.float32), axis=1)
@@ -62,7 +63,8 @@ class SimilarItems(tf.Module):
         names = tf.strings.strip(tf.strings.split(genres, "|"))
         encoded = self.encoder(title, tf.ragged.boolean_mask(names, tf.strings.length(names) > 0), year)
         query = tf.math.l2_normalize(self.model.item_vectors_from_features(encoded), axis=1)
-        scores, items = tf.math.top_k(tf.matmul(query, self.catalog, transpose_b=True), tf.clip_by_value(k, 0, self.k_cap))
+        similarity = tf.matmul(query, self.catalog, transpose_b=True)
+        scores, items = tf.math.top_k(similarity, tf.clip_by_value(k, 0, self.k_cap))
         return {"item_ids": tf.gather(self.item_ids, items), "titles": tf.gather(self.titles, items), "scores": scores}
 
 

@@ -87,7 +87,7 @@ def tune_ease(
     best: EASE | None = None
     for lam in tqdm(grid, desc="EASE lambda", unit="fit", leave=False):
         ease = EASE(lam).fit(train)
-        scores[ease.lam] = rank_metrics(ease.score, train, val, (10,), batch_size)[TUNE_METRIC]
+        scores[ease.lam] = float(rank_metrics(ease.score, train, val, (10,), batch_size)[TUNE_METRIC])
         if best is None or scores[ease.lam] > scores[best.lam]:
             best = ease
     assert best is not None
