@@ -36,7 +36,7 @@ CONF = REPO / "conf"
 BIN = Path(sys.executable).parent
 # Not copied (top level only): environments, outputs, caches and local state.
 SKIP_TOP = {".venv", ".git", "data", "models", "reports", "mlflow.db", "mlartifacts", "outputs", ".recpipe",
-            ".pytest_cache", ".hypothesis", ".benchmarks"}
+            ".pytest_cache", ".hypothesis", ".benchmarks", ".mypy_cache", ".ruff_cache"}
 SKIP_ANY = shutil.ignore_patterns("__pycache__", "*.egg-info")
 
 
