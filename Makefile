@@ -7,12 +7,13 @@ STAMP := $(VENV)/.recpipe-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: help setup repro test test-fast params bench screenshot clean
+.PHONY: help setup repro test test-fast lint params bench screenshot clean
 
 help:
 	@echo "make repro      set up .venv, then run the DVC pipeline (dvc repro)"
 	@echo "make test       set up .venv, then run the whole test suite (slow tests included)"
-	@echo "make test-fast  the test suite without tests marked slow"
+	@echo "make test-fast  the test suite without slow tests and without DVC/Hydra/MLflow/recpipe subprocesses"
+	@echo "make lint       ruff (lint and format check) over src tests scripts bench, mypy over src"
 	@echo "make params     regenerate params.yaml from conf/ (recpipe compose)"
 	@echo "make bench      run the benchmark scripts in bench/"
 	@echo "make screenshot render MLflow's run comparison to docs/mlflow_compare.png"
@@ -46,7 +47,14 @@ test: setup $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not integration"
+
+LINT_PATHS := src tests scripts bench
+
+lint: setup
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy src
 
 params: setup
 	$(BIN)/recpipe compose
@@ -55,4 +63,4 @@ bench: setup
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf outputs .pytest_cache .hypothesis
+	rm -rf outputs .pytest_cache .hypothesis .mypy_cache .ruff_cache

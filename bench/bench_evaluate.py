@@ -1,6 +1,7 @@
 """Time the evaluate stage on MovieLens 100K: the model and every baseline over all test users.
 
-    python bench/bench_evaluate.py [--data DIR] [--lam 400] [--reports DIR] [--overrides evaluate.bootstrap.n_resamples=200 ...]
+    python bench/bench_evaluate.py [--data DIR] [--lam 400] [--reports DIR] \
+        [--overrides evaluate.bootstrap.n_resamples=200 ...]
 
 Builds ML-100K raw and processed data (the default random split) in a temporary directory, or
 reuses ``--data`` (a directory holding raw/ and processed/, built when missing). "The model" is
@@ -23,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import recpipe  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from omegaconf import OmegaConf
 
+import recpipe  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from recpipe.config import compose
 from recpipe.data.preprocess import preprocess, write_processed
 from recpipe.data.processed import load_processed
@@ -33,9 +34,9 @@ from recpipe.data.raw import write_raw
 from recpipe.data.sources import load_source
 from recpipe.data.validate import read_raw
 from recpipe.models.classic import fit_classic
+from recpipe.models.io import save_model
 from recpipe.paths import Paths
 from recpipe.stages import evaluate
-from recpipe.training import save_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,9 @@ def build_data(paths: Paths, cfg) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=None, help="directory for raw/ and processed/ (default: temporary)")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="directory for raw/ and processed/ (default: temporary)"
+    )
     parser.add_argument("--lam", type=float, default=400.0, help="EASE lambda of the model (default: 400)")
     parser.add_argument("--reports", type=Path, default=None, help="copy the reports directory here")
     parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of conf/ (e.g. evaluate.ks=[10])")

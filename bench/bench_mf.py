@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import recpipe  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import numpy as np
 from omegaconf import OmegaConf
 
+import recpipe  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from recpipe.data.preprocess import preprocess, write_processed
 from recpipe.data.processed import Processed, load_processed
 from recpipe.data.raw import write_raw

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
 import recpipe  # noqa: F401
+from recpipe.data.processed import Processed
 
-REPO = Path(__file__).resolve().parents[1]
+from .helpers import commit, copy_repo, run, toy_processed
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -33,11 +33,15 @@ TINY_PIPELINE = ["data=synthetic", "data.n_users=200", "data.n_items=100", "data
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository copy where `dvc repro` ran on TINY_PIPELINE and dvc.lock is committed."""
-    from .pipeline_utils import commit, copy_repo, run
-
     repo = copy_repo(tmp_path_factory.mktemp("tiny_pipeline") / "repo")
     run(["recpipe", "compose", *TINY_PIPELINE], repo)
     commit(repo, "tiny config")
     run(["dvc", "repro"], repo)
     commit(repo, "dvc.lock")
     return repo
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Processed:
+    """The toy data set (``helpers.toy_processed``), built once per session; do not modify it."""
+    return toy_processed(tmp_path_factory.mktemp("toy"))

@@ -1,21 +1,186 @@
-"""The classic models (model=popularity|random|item_knn|user_knn|ease): TensorFlow scores equal the
-recpipe.cf scorers, EASE's lambda tuned on val, save/load and a SavedModel export in a fresh process."""
+"""The classic models (``recpipe.models.classic``): the scipy forms (cosine kNN along both axes, EASE)
+against slow, obvious loop implementations; the TensorFlow models (model=popularity|random|item_knn|
+user_knn|ease) score like the scipy forms; EASE's lambda tuned on val; save/load and a SavedModel
+export in a fresh process."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import tensorflow as tf
 from omegaconf import OmegaConf
 
-from recpipe import cf, serving
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.evaluation.ranking import rank_metrics
-from recpipe.models.classic import CLASSIC_MODELS, fit_classic, hash_uniform, tune_ease
-from recpipe.training import load_model, save_model
+from recpipe.models.classic import CLASSIC_MODELS, fit_classic, knn
+from recpipe.models.classic.ease import EASE, tune_ease
+from recpipe.models.classic.knn import CosineKNN
+from recpipe.models.classic.random import hash_uniform
+from recpipe.models.io import load_model, save_model
+from recpipe.serving.export import build_server, save_server
 
-from .conftest import REPO
-from .test_export import expected_top, export_cfg, query_fresh_process, toy_processed
+from .helpers import REPO, expected_top, export_cfg, query_fresh_process
+
+# --- the scipy forms against references: one pair at a time, plain Python ---------------------
+
+def random_matrix(n_users: int, n_items: int, density: float, seed: int) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((n_users, n_items)) < density).astype(np.float32)
+    dense[n_users - 1] = 0.0  # a user without interactions
+    return sp.csr_matrix(dense)
+
+
+def ref_neighbours(vectors: list[set[int]], k: int, shrink: float) -> list[dict[int, float]]:
+    """For each vector, its k most cosine-similar others (ties: lower index), positive only."""
+    out = []
+    for i, a in enumerate(vectors):
+        sims = []
+        for j, b in enumerate(vectors):
+            if j == i:
+                continue
+            denom = math.sqrt(len(a)) * math.sqrt(len(b)) + shrink
+            sims.append((len(a & b) / denom if denom > 0 else 0.0, j))
+        sims.sort(key=lambda t: (-t[0], t[1]))
+        out.append({j: s for s, j in sims[:k] if s > 0})
+    return out
+
+
+def item_sets(X: sp.csr_matrix) -> list[set[int]]:
+    return [set(X[u].indices.tolist()) for u in range(X.shape[0])]
+
+
+def ref_itemknn(X: sp.csr_matrix, k: int, shrink: float) -> np.ndarray:
+    users = item_sets(X)
+    columns = [set(np.flatnonzero(X[:, i].toarray().ravel()).tolist()) for i in range(X.shape[1])]
+    nbrs = ref_neighbours(columns, k, shrink)
+    scores = np.zeros(X.shape)
+    for u, items in enumerate(users):
+        for i in items:
+            for j, s in nbrs[i].items():
+                scores[u, j] += s
+    return scores
+
+
+def ref_userknn(X: sp.csr_matrix, k: int, shrink: float) -> np.ndarray:
+    users = item_sets(X)
+    nbrs = ref_neighbours(users, k, shrink)
+    scores = np.zeros(X.shape)
+    for u in range(len(users)):
+        for v, s in nbrs[u].items():
+            for j in users[v]:
+                scores[u, j] += s
+    return scores
+
+
+def ref_ease_weights(X: sp.csr_matrix, lam: float) -> np.ndarray:
+    """Column j of B: ridge regression of item j on every other item (its own weight fixed at 0)."""
+    D = X.toarray().astype(np.float64)
+    n = D.shape[1]
+    B = np.zeros((n, n))
+    for j in range(n):
+        others = [i for i in range(n) if i != j]
+        A = D[:, others]
+        B[others, j] = np.linalg.solve(A.T @ A + lam * np.eye(n - 1), A.T @ D[:, j])
+    return B
+
+
+CASES = [(seed, k, shrink) for seed in range(3) for k, shrink in [(1, 0.0), (3, 0.0), (5, 2.0), (50, 0.0)]]
+
+
+@pytest.mark.parametrize("seed,k,shrink", CASES)
+def test_itemknn_matches_reference(seed, k, shrink):
+    X = random_matrix(25, 15, 0.25, seed)
+    model = CosineKNN("item", k, shrink).fit(X)
+    users = np.arange(X.shape[0])
+    np.testing.assert_allclose(model.score(users), ref_itemknn(X, k, shrink), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed,k,shrink", CASES)
+def test_userknn_matches_reference(seed, k, shrink):
+    X = random_matrix(25, 15, 0.25, seed)
+    model = CosineKNN("user", k, shrink).fit(X)
+    users = np.array([3, 0, 24, 3])  # any order, repeats allowed
+    np.testing.assert_allclose(
+        model.score(users), ref_userknn(X, k, shrink)[users], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_similarity_blocks_give_the_same_result(monkeypatch):
+    X = random_matrix(40, 30, 0.2, seed=7)
+    whole = knn.topk_cosine(X, k=4).toarray()
+    monkeypatch.setattr(knn, "_BLOCK_ELEMENTS", 70)  # two rows of 30 per block
+    blocked = knn.topk_cosine(X, k=4).toarray()
+    np.testing.assert_array_equal(whole, blocked)
+    assert ((whole > 0).sum(axis=1) <= 4).all()
+    assert np.all(np.diag(whole) == 0)
+
+
+def test_top_k_mask_breaks_ties_towards_lower_index():
+    sim = np.array([[0.5, 0.9, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 0.2, 0.0]])
+    mask = knn.top_k_mask(sim, 2)
+    np.testing.assert_array_equal(mask, [[1, 1, 0, 0, 0], [0, 0, 0, 1, 0]])
+
+
+@pytest.mark.parametrize("seed,lam", [(0, 1.0), (1, 10.0), (2, 0.5)])
+def test_ease_matches_per_item_ridge_regression(seed, lam):
+    X = random_matrix(30, 12, 0.3, seed)
+    model = EASE(lam=lam).fit(X)
+    B = ref_ease_weights(X, lam)
+    np.testing.assert_allclose(model.B, B, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(model.score(np.arange(30)), X.toarray() @ B, rtol=1e-4, atol=1e-5)
+
+
+def test_ease_has_zero_diagonal():
+    model = EASE(lam=5.0).fit(random_matrix(50, 20, 0.3, seed=3))
+    assert np.all(np.diag(model.B) == 0.0)
+
+
+def test_ease_recovers_co_occurrence():
+    # Items 0+1 always appear together, as do 2+3 and 4+5; item 6 appears alone.
+    rows = [[0, 1]] * 10 + [[2, 3]] * 10 + [[4, 5]] * 10 + [[6]] * 5
+    dense = np.zeros((len(rows) + 3, 7), np.float32)
+    for u, items in enumerate(rows):
+        dense[u, items] = 1
+    dense[-3, 0] = dense[-2, 2] = dense[-1, 5] = 1  # users holding one half of a pair
+    X = sp.csr_matrix(dense)
+    model = EASE(lam=1.0).fit(X)
+    scores = model.score(np.arange(len(rows), len(rows) + 3))
+    scores[dense[-3:] > 0] = -np.inf  # the caller's job: exclude seen items
+    assert scores.argmax(axis=1).tolist() == [1, 3, 4]
+    assert model.B[0, 1] > 0.5 and abs(model.B[0, 2]) < 1e-6 and abs(model.B[6, 0]) < 1e-6
+
+
+@pytest.mark.parametrize("model", [CosineKNN("item", 5, 0.0), CosineKNN("user", 5, 0.0), EASE(lam=10.0)])
+def test_scores_shape_dtype_and_empty_user(model):
+    X = random_matrix(20, 10, 0.3, seed=5)
+    X.data[:] = 4.0  # ratings are binarised
+    model.fit(X)
+    s = model.score(np.array([0, 19], dtype=np.int32))
+    assert s.shape == (2, 10) and s.dtype == np.float32
+    np.testing.assert_array_equal(s[1], 0.0)  # user 19 has no interactions
+    assert model.n_items == 10
+
+
+def test_knn_axis_is_item_or_user():
+    with pytest.raises(RecpipeError, match="axis must be one of item, user"):
+        CosineKNN("items", 5, 0.0)
+
+
+def test_errors_are_user_errors():
+    with pytest.raises(RecpipeError, match="before fit"):
+        CosineKNN("item", 5, 0.0).score(np.array([0]))
+    with pytest.raises(RecpipeError, match="lam"):
+        EASE(lam=0)
+    with pytest.raises(RecpipeError, match="limit is 5 items"):
+        EASE(lam=1.0, max_items=5).fit(random_matrix(4, 6, 0.5, seed=0))
+    with pytest.raises(RecpipeError, match="k must be"):
+        CosineKNN("user", 0, 0.0).fit(random_matrix(4, 6, 0.5, seed=0))
+
+
+# --- the TensorFlow models ----------------------------------------------------------------
 
 _MASK = (1 << 64) - 1
 
@@ -29,13 +194,8 @@ def ref_hash(seed: int, user: int, item: int) -> float:
     return (x >> 40) / 2**24
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Processed:
-    return toy_processed(tmp_path_factory.mktemp("data"))
-
-
-def all_scores(model, data: Processed) -> np.ndarray:
-    return model.score_all(tf.range(data.n_users, dtype=tf.int32)).numpy()
+def all_scores(model, toy_data: Processed) -> np.ndarray:
+    return model.score_all(tf.range(toy_data.n_users, dtype=tf.int32)).numpy()
 
 
 def test_hash_uniform_matches_reference_is_seeded_and_batch_independent():
@@ -53,81 +213,89 @@ def test_hash_uniform_matches_reference_is_seeded_and_batch_independent():
 @pytest.mark.parametrize(
     ("name", "params", "reference", "used"),
     [
-        ("item_knn", {"k": 7, "shrink": 1.0}, cf.ItemKNN(k=7, shrink=1.0), {"k": 7, "shrink": 1.0}),
-        ("user_knn", {"k": 5}, cf.UserKNN(k=5), {"k": 5, "shrink": 0.0}),
-        ("ease", {"lam": 30}, cf.EASE(lam=30), {"lam": 30.0}),
+        ("item_knn", {"k": 7, "shrink": 1.0}, CosineKNN("item", 7, 1.0), {"k": 7, "shrink": 1.0}),
+        ("user_knn", {"k": 5, "shrink": 0.0}, CosineKNN("user", 5, 0.0), {"k": 5, "shrink": 0.0}),
+        ("ease", {"lam": 30}, EASE(lam=30), {"lam": 30.0}),
     ],
 )
-def test_cf_models_score_like_recpipe_cf(data, name, params, reference, used):
-    model, got = fit_classic(name, data, params)
-    expected = reference.fit(data.matrix("train")).score(np.arange(data.n_users))
-    assert np.allclose(all_scores(model, data), expected, atol=1e-5)
+def test_tf_models_score_like_the_scipy_forms(toy_data, name, params, reference, used):
+    model, got = fit_classic(name, toy_data, params)
+    expected = reference.fit(toy_data.matrix("train")).score(np.arange(toy_data.n_users))
+    assert np.allclose(all_scores(model, toy_data), expected, atol=1e-5)
     assert got == used
 
 
-def test_popularity_and_random(data):
-    pop, _ = fit_classic("popularity", data, {})
-    scores = all_scores(pop, data)
-    assert np.array_equal(scores, np.tile(data.item_popularity().astype(np.float32), (data.n_users, 1)))
-    rnd, used = fit_classic("random", data, {"seed": 5})
+def test_popularity_and_random(toy_data):
+    pop, _ = fit_classic("popularity", toy_data, {})
+    scores = all_scores(pop, toy_data)
+    assert np.array_equal(scores, np.tile(toy_data.item_popularity().astype(np.float32), (toy_data.n_users, 1)))
+    rnd, used = fit_classic("random", toy_data, {"seed": 5})
     assert used == {"seed": 5}
-    assert np.array_equal(all_scores(rnd, data), hash_uniform(5, np.arange(data.n_users), data.n_items).numpy())
+    expected = hash_uniform(5, np.arange(toy_data.n_users), toy_data.n_items).numpy()
+    assert np.array_equal(all_scores(rnd, toy_data), expected)
 
 
-def test_ease_auto_picks_the_best_validation_lambda(data):
+def test_ease_auto_picks_the_best_validation_lambda(toy_data):
     grid = [1.0, 30.0, 1000.0]
-    model, used = fit_classic("ease", data, {"lam": "auto", "grid": grid})
-    train, val = data.matrix("train"), data.matrix("val")
-    by_hand = {lam: rank_metrics(cf.EASE(lam).fit(train).score, train, val, (10,))["ndcg_at_10"] for lam in grid}
+    model, used = fit_classic("ease", toy_data, {"lam": "auto", "grid": grid})
+    train, val = toy_data.matrix("train"), toy_data.matrix("val")
+    by_hand = {lam: rank_metrics(EASE(lam).fit(train).score, train, val, (10,))["ndcg_at_10"] for lam in grid}
     assert used["val_ndcg_at_10"] == [[lam, pytest.approx(v)] for lam, v in by_hand.items()]
     best = max(by_hand, key=by_hand.get)
     assert used["lam"] == best
-    assert np.allclose(all_scores(model, data), cf.EASE(best).fit(train).score(np.arange(data.n_users)), atol=1e-5)
+    assert np.allclose(all_scores(model, toy_data), EASE(best).fit(train).score(np.arange(toy_data.n_users)), atol=1e-5)
 
 
-def test_ease_errors(data):
-    empty_val = Processed(data.users, data.items, data.train, data.val.iloc[:0], data.test)
+def test_ease_errors(toy_data):
+    empty_val = Processed(toy_data.users, toy_data.items, toy_data.train, toy_data.val.iloc[:0], toy_data.test)
     with pytest.raises(RecpipeError, match="validation split, which is empty"):
         fit_classic("ease", empty_val, {"lam": "auto", "grid": [10]})
     with pytest.raises(RecpipeError, match="non-empty grid"):
-        tune_ease(data.matrix("train"), data.matrix("val"), [])
+        tune_ease(toy_data.matrix("train"), toy_data.matrix("val"), [])
     with pytest.raises(RecpipeError, match="lam must be a number > 0"):
-        fit_classic("ease", data, {"lam": -1})
+        fit_classic("ease", toy_data, {"lam": -1})
     with pytest.raises(RecpipeError, match="not a classic model"):
-        fit_classic("mf", data, {})
+        fit_classic("mf", toy_data, {})
 
 
-def test_conf_model_files_build_and_fit(data):
+def test_conf_model_files_build_and_fit(toy_data):
     for name in CLASSIC_MODELS:
         cfg = OmegaConf.load(REPO / "conf" / "model" / f"{name}.yaml")
         assert cfg.name == name
         params = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "seed"} | {"seed": 0}
-        fit_classic(name, data, params)
+        fit_classic(name, toy_data, params)
+
+
+# configs of the fitted models (the ones not listed need none)
+PARAMS = {
+    "item_knn": {"k": 10, "shrink": 0.0},
+    "user_knn": {"k": 8, "shrink": 0.0},
+    "ease": {"lam": 50},
+    "random": {"seed": 3},
+}
 
 
 @pytest.fixture(scope="module")
-def fitted(data):
-    params = {"item_knn": {"k": 10}, "user_knn": {"k": 8}, "ease": {"lam": 50}, "random": {"seed": 3}}
-    return {name: fit_classic(name, data, params.get(name, {}))[0] for name in CLASSIC_MODELS}
+def fitted(toy_data):
+    return {name: fit_classic(name, toy_data, PARAMS.get(name, {}))[0] for name in CLASSIC_MODELS}
 
 
-def test_save_and_load_keep_the_scores(data, fitted, tmp_path):
-    params = {"item_knn": {"k": 10}, "user_knn": {"k": 8}, "ease": {"lam": 50}, "random": {"seed": 3}}
+def test_save_and_load_keep_the_scores(toy_data, fitted, tmp_path):
     for name, model in fitted.items():
-        cfg = OmegaConf.create({"name": name, **params.get(name, {})})
-        save_model(model, cfg, data.n_users, data.n_items, tmp_path / name)
-        assert np.array_equal(all_scores(load_model(tmp_path / name), data), all_scores(model, data)), name
+        cfg = OmegaConf.create({"name": name, **PARAMS.get(name, {})})
+        save_model(model, cfg, toy_data.n_users, toy_data.n_items, tmp_path / name)
+        assert np.array_equal(all_scores(load_model(tmp_path / name), toy_data), all_scores(model, toy_data)), name
 
 
-def test_exported_saved_model_matches_ranking(data, fitted, tmp_path):
+def test_exported_saved_model_matches_ranking(toy_data, fitted, tmp_path):
     # sparse rows @ sparse matrix, sparse rows @ dense-from-sparse, the uint64 hash (ease and
     # popularity use the same pieces)
     exported = {name: fitted[name] for name in ("item_knn", "user_knn", "random")}
     paths = {}
     for name, model in exported.items():
         paths[name] = tmp_path / name
-        serving.save_server(serving.build_server(model, data, export_cfg()), paths[name], "brute_force")
-    users = data.users["user_id"].to_numpy(object)[:10].tolist()
+        save_server(build_server(model, toy_data, export_cfg()), paths[name], "brute_force")
+    users = toy_data.users["user_id"].to_numpy(object)[:10].tolist()
     results = query_fresh_process(paths, [(users, 10)])
     for name, model in exported.items():
-        assert results[name][0]["item_ids"] == expected_top(model, data, np.arange(10, dtype=np.int32), 10), name
+        assert results[name][0]["item_ids"] == expected_top(model, toy_data, np.arange(10, dtype=np.int32), 10), name

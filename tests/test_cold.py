@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from recpipe.evaluation.cold import cold_items, cold_metrics, cold_users
 
-from .test_metrics import ref_user
+from .helpers import ref_user
 
 KS = (1, 3, 5)
 

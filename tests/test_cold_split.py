@@ -8,33 +8,17 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from recpipe.data.preprocess import preprocess, write_processed
-from recpipe.data.processed import Processed, load_processed
-from recpipe.data.raw import write_raw
 from recpipe.data.splits import cold_item_rows, make_splits
-from recpipe.data.synthetic import generate
-from recpipe.data.validate import read_raw
 from recpipe.errors import RecpipeError
 from recpipe.evaluation.cold import cold_items_of
 
-from .test_splits import CONF, labels_of, random_interactions
+from .helpers import CONF, cold_processed, labels_of, random_interactions
 
 SPLITS = {
     "random": {"name": "random", "ratios": [0.6, 0.2, 0.2], "seed": 1},
     "temporal": {"name": "temporal", "ratios": [0.6, 0.2, 0.2]},
     "leave_last": {"name": "leave_last", "n_val": 1, "n_test": 1},
 }
-
-
-def cold_processed(path: Path, cold_items: float = 0.2, n_users: int = 120, n_items: int = 200,
-                   n_interactions: int = 3000) -> Processed:
-    """Synthetic data (genre-driven users) through the real ingest and preprocess, ``cold_items`` held out."""
-    write_raw(generate(n_users, n_items, n_interactions, n_genres=12, seed=5), path / "raw")
-    tables = read_raw(path / "raw", rating_scale=[1, 5])
-    options = {"duplicates": "latest", "min_user_interactions": 1, "min_item_interactions": 1, "min_rating": None}
-    split = {"name": "random", "ratios": [0.8, 0.1, 0.1], "seed": 0, "cold_items": cold_items, "cold_seed": 3}
-    write_processed(preprocess(tables, options, split), path / "processed")
-    return load_processed(path / "processed")
 
 
 @pytest.mark.parametrize("name", sorted(SPLITS))
@@ -77,7 +61,7 @@ def test_bad_share_is_a_clear_error(share: object) -> None:
 
 @pytest.mark.parametrize("name", sorted(SPLITS))
 def test_conf_split_files_default_to_no_cold_items(name: str) -> None:
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg = OmegaConf.load(CONF / "split" / f"{name}.yaml")
     assert cfg.cold_items == 0.0
     df = random_interactions(3, n=100)
     cfg.cold_items = 0.2

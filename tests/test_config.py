@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from recpipe.cli import main
 from recpipe.config import compose, to_yaml
 
-from .conftest import REPO
+from .helpers import REPO
 
 
 def test_params_yaml_is_composed_defaults():
@@ -28,7 +28,8 @@ def test_compose_command_writes_and_checks(tmp_path, capsys):
     out = tmp_path / "params.yaml"
     assert main(["compose", "split=leave_last", "--config-dir", str(REPO / "conf"), "--output", str(out)]) == 0
     assert OmegaConf.load(out).split.name == "leave_last"
-    assert main(["compose", "split=leave_last", "--config-dir", str(REPO / "conf"), "--output", str(out), "--check"]) == 0
+    conf = ["--config-dir", str(REPO / "conf"), "--output", str(out)]
+    assert main(["compose", "split=leave_last", *conf, "--check"]) == 0
     assert main(["compose", "--config-dir", str(REPO / "conf"), "--output", str(out), "--check"]) == 1
 
 

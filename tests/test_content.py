@@ -14,12 +14,16 @@ from recpipe.errors import RecpipeError
 from recpipe.evaluation.cold import cold_items_of, cold_metrics
 from recpipe.features import FeatureSpec, encode_items, fit_feature_spec
 from recpipe.models.content import (
-    content_vectors, feature_blocks, interaction_weights, inverse_document_frequency, user_profiles,
+    content_vectors,
+    feature_blocks,
+    interaction_weights,
+    inverse_document_frequency,
+    user_profiles,
 )
-from recpipe.training import build_model, fit, load_model, save_model
+from recpipe.models.io import load_model, save_model
+from recpipe.training import build_model, fit
 
-from .conftest import REPO
-from .test_cold_split import cold_processed
+from .helpers import REPO, cold_processed
 
 ITEMS = pd.DataFrame({
     "item_id": ["a", "b", "c"],
@@ -109,7 +113,7 @@ def test_cold_items_of_the_users_genre_rank_first() -> None:
     empty = train.iloc[:0]
     data = Processed(users=users, items=items, train=train, val=empty, test=empty)
     model, _ = build_model(content_cfg(), data, seed=0)
-    model.prepare(train)
+    model.fit_closed_form(data)
     scores = model.score_all(tf.range(n_users)).numpy()
     cold = np.arange(6, n_items)
     for u in range(n_users):

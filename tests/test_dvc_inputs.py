@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .pipeline_utils import changed_deps, commit, copy_repo, run
+from .helpers import changed_deps, commit, copy_repo, run
 from .test_grouplens import CSV_FILES, make_zip
 
 RATINGS = "user_id,item_id,rating,timestamp\n" + "".join(

@@ -9,7 +9,7 @@ import re
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS
 
 from .conftest import TINY_PIPELINE
-from .pipeline_utils import run
+from .helpers import run
 
 BASELINES = ["popularity", "item_knn"]
 KS = [5, 10, 20, 50, 100]

@@ -13,16 +13,17 @@ from omegaconf import OmegaConf
 
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
-from recpipe.evaluation import baselines, metrics
+from recpipe.evaluation import metrics
 from recpipe.evaluation.bootstrap import compare_to_baselines
 from recpipe.evaluation.cold import cold_items_of, cold_metrics
 from recpipe.evaluation.headline import HEADLINE_METRICS
 from recpipe.evaluation.ranking import EvalSet, rank_metrics
 from recpipe.evaluation.segments import user_segments
+from recpipe.models.classic import fit_baselines
 from recpipe.paths import Paths
 from recpipe.stages import evaluate
 
-from .test_export import TinyMF, save_mf, toy_processed
+from .helpers import TinyMF, baseline_configs, save_mf, toy_processed
 
 KS = (5, 10, 20)
 
@@ -76,8 +77,8 @@ def test_ranking_only_model_has_no_rating_metrics(data, evalset):
     assert "rmse" not in result.metrics and "mae" not in result.metrics
 
 
-def evaluate_baselines(names, data, evalset, seed, params=None):
-    fitted = evaluate.fit_baselines(names, data, seed, params)
+def evaluate_baselines(names, data, evalset, seed, changes=None):
+    fitted = fit_baselines(names, data, baseline_configs(seed, changes))
     return {n: evaluate.evaluate_model(m, data, evalset, KS, 32, [1, 5]) for n, (m, _) in fitted.items()}
 
 
@@ -93,12 +94,14 @@ def test_baselines_scored_like_the_model(data, evalset):
     # popularity recommends (nearly) the same few items to everyone
     assert out["popularity"].metrics["coverage_at_10"] < out["random"].metrics["coverage_at_10"]
     with pytest.raises(RecpipeError, match="unknown baseline 'oracle'.*popularity, random"):
-        baselines.build("oracle", data, 0)
+        fit_baselines(["oracle"], data, baseline_configs(0))
+    with pytest.raises(RecpipeError, match="baseline_models has no 'ease'.*model@evaluate.baseline_models.ease: ease"):
+        fit_baselines(["ease"], data, {})
 
 
 def test_cf_baselines_beat_random_and_take_their_params(data, evalset):
     params = {"item_knn": {"k": 20}, "user_knn": {"k": 10, "shrink": 1.0}, "ease": {"lam": 50}}
-    fitted = evaluate.fit_baselines(["item_knn", "user_knn", "ease"], data, 0, params)
+    fitted = fit_baselines(["item_knn", "user_knn", "ease"], data, baseline_configs(0, params))
     assert {n: used for n, (_, used) in fitted.items()} == {
         "item_knn": {"k": 20, "shrink": 0.0}, "user_knn": {"k": 10, "shrink": 1.0}, "ease": {"lam": 50.0}}
     out = evaluate_baselines(["item_knn", "user_knn", "ease", "random"], data, evalset, 0, params)
@@ -225,7 +228,7 @@ def test_stage_writes_reports_and_logs_to_mlflow(tmp_path, capsys):
         "seed": 0, "model": {"name": "tiny"}, "data": {"rating_scale": [1, 5]},
         "evaluate": {
             "ks": list(KS), "batch_size": 32, "baselines": ["popularity", "random", "ease"],
-            "baseline_params": {"ease": {"lam": "auto", "grid": [10, 100]}},
+            "baseline_models": baseline_configs(0, {"ease": {"lam": "auto", "grid": [10, 100]}}),
             "light_user_threshold": 15,
             "bootstrap": {"metrics": ["ndcg_at_10", "recall_at_10"], "n_resamples": 100, "level": 0.9},
         },

@@ -14,12 +14,13 @@ from recpipe.errors import RecpipeError
 from recpipe.evaluation.cold import cold_items_of, cold_metrics
 from recpipe.features import encode_items
 from recpipe.models.hybrid import Hybrid
-from recpipe.serving import build_server, save_server
-from recpipe.similar import SimilarItems, similar_command, similar_items
-from recpipe.training import build_model, fit, load_model, save_model
+from recpipe.models.io import load_model, save_model
+from recpipe.serving.client import similar_command
+from recpipe.serving.export import build_server, save_server
+from recpipe.serving.similar import SimilarItems, similar_items
+from recpipe.training import build_model, fit
 
-from .conftest import REPO
-from .test_cold_split import cold_processed
+from .helpers import REPO, cold_processed
 
 FAST = {"embedding_dim": 16, "epochs": 6, "patience": 6, "batch_size": 128}
 
@@ -177,5 +178,5 @@ def test_ml100k_cold_items_at_least_three_times_chance(tmp_path: Path) -> None:
         model_config = OmegaConf.load(REPO / "conf" / "model" / f"{name}.yaml")
         model, _ = build_model(model_config, data, int(cfg.seed), cfg.data.features)
         fit(model, data, model_config, int(cfg.seed))
-        got = cold_metrics(lambda u: model.score_all(tf.constant(u, tf.int32)), data.matrix("test"), cold, (20,))
+        got = cold_metrics(lambda u, m=model: m.score_all(tf.constant(u, tf.int32)), data.matrix("test"), cold, (20,))
         assert got["cold_recall_at_20"] >= 3 * chance, name

@@ -19,7 +19,7 @@ from recpipe.errors import RecpipeError
 from recpipe.paths import Paths
 from recpipe.stages import ingest
 
-from .conftest import REPO
+from .helpers import REPO
 
 SMALL_SYNTHETIC = {"source": "synthetic", "n_users": 40, "n_items": 30, "n_interactions": 500, "seed": 3}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .pipeline_utils import BIN, changed_deps, dvc_status, env, run, snapshot
+from .helpers import BIN, changed_deps, dvc_status, env, run, snapshot
 
 OUTPUTS = ("data/raw", "data/processed", "models/train", "reports", "models/export")
 

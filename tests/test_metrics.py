@@ -11,29 +11,12 @@ from hypothesis import strategies as st
 
 from recpipe.evaluation import metrics
 
+from .helpers import ref_user
+
 KS = (1, 3, 5, 10)
 
 
 # --- slow, obvious references: one user at a time, plain Python -------------------------------
-
-def ref_user(ranked: list[int], truth: set[int], k: int) -> dict[str, float]:
-    top = [i for i in ranked[:k] if i >= 0]
-    hit_ranks = [r for r, i in enumerate(ranked[:k], start=1) if i >= 0 and i in truth]
-    n_hits = len(hit_ranks)
-    dcg = sum(1 / math.log2(r + 1) for r in hit_ranks)
-    idcg = sum(1 / math.log2(r + 1) for r in range(1, min(len(truth), k) + 1))
-    ap = 0.0
-    for r in hit_ranks:
-        ap += sum(1 for i in ranked[:r] if i >= 0 and i in truth) / r
-    return {
-        "precision": n_hits / k,
-        "recall": n_hits / len(truth),
-        "ndcg": dcg / idcg,
-        "map": ap / min(len(truth), k),
-        "hit_rate": 1.0 if n_hits else 0.0,
-        "mrr": 1 / hit_ranks[0] if hit_ranks else 0.0,
-        "_top": top,
-    }
 
 
 @st.composite

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from .pipeline_utils import commit, copy_repo, run
+from .helpers import commit, copy_repo, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_second_repro_does_nothing(repo):
 
 def test_recommend_prints_titles(repo):
     proc = run(["recpipe", "recommend", "--user", "42", "-k", "10"], repo)
-    lines = [l for l in proc.stdout.splitlines() if l.strip()]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) >= 10
     assert "(" in proc.stdout  # ML-100K titles carry their year, e.g. "Star Wars (1977)"
 

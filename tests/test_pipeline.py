@@ -6,7 +6,9 @@ import json
 import pandas as pd
 import pytest
 
-from .pipeline_utils import commit, copy_repo, run
+from .helpers import commit, copy_repo, run
+
+pytestmark = pytest.mark.integration
 
 SMALL = ["data=synthetic", "data.n_users=300", "data.n_items=150", "data.n_interactions=6000"]
 

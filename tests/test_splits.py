@@ -1,8 +1,6 @@
 """Splits against slow, obvious reference implementations on random cases, plus their error cases."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,35 +9,7 @@ from omegaconf import OmegaConf
 from recpipe.data.splits import make_splits, split_leave_last, split_random, split_temporal
 from recpipe.errors import RecpipeError
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "split"
-
-
-def random_interactions(seed: int, n: int | None = None) -> pd.DataFrame:
-    """A small interactions frame with many users, repeated timestamps and a shuffled index."""
-    rng = np.random.default_rng(seed)
-    n = n if n is not None else int(rng.integers(1, 120))
-    df = pd.DataFrame({
-        "user_id": pd.Series(rng.integers(0, 12, n).astype(str), dtype="str"),
-        "item_id": pd.Series(rng.integers(0, 30, n).astype(str), dtype="str"),
-        "rating": rng.integers(1, 6, n).astype(np.float32),
-        "timestamp": pd.array(rng.integers(0, 40, n), dtype="Int64"),  # many ties
-    })
-    df.index = rng.permutation(n) + 1000  # splits must keep whatever index they get
-    return df
-
-
-def labels_of(df: pd.DataFrame, splits: tuple[pd.DataFrame, ...]) -> dict[int, int]:
-    """Which split (0 train, 1 val, 2 test) each index label went to; asserts disjoint full coverage."""
-    out: dict[int, int] = {}
-    for k, part in enumerate(splits):
-        assert list(part.columns) == list(df.columns)
-        pd.testing.assert_frame_equal(part, df.loc[part.index])  # rows unchanged
-        assert (np.diff(df.index.get_indexer(part.index)) > 0).all()  # in df's order
-        for i in part.index:
-            assert i not in out, "a row is in two splits"
-            out[i] = k
-    assert sorted(out) == sorted(df.index), "every row is in exactly one split"
-    return out
+from .helpers import CONF, labels_of, random_interactions
 
 
 def reference_temporal(df: pd.DataFrame, val_start: int, test_start: int) -> dict[int, int]:
@@ -176,7 +146,7 @@ def test_bad_split_config_is_a_clear_error(cfg: dict, message: str) -> None:
 
 @pytest.mark.parametrize("name", ["random", "temporal", "leave_last"])
 def test_conf_split_files_drive_make_splits(name: str) -> None:
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg = OmegaConf.load(CONF / "split" / f"{name}.yaml")
     assert cfg.name == name
     df = random_interactions(3, n=100)
     labels = labels_of(df, make_splits(df, cfg))

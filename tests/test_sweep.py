@@ -1,11 +1,7 @@
 """`recpipe run`: Hydra jobs and sweeps with shared data, MLflow parent/child runs, Optuna."""
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -16,8 +12,7 @@ from omegaconf import OmegaConf
 from recpipe import tracking
 from recpipe.sweep import PROCESSED_SECTIONS, RAW_SECTIONS, prepare_data, section_hash
 
-from .conftest import REPO
-from .pipeline_utils import commit, copy_repo, run
+from .helpers import MODELS, REPO, SMALL, check_sweep, commit, copy_repo, recpipe_run, run, sweep_runs
 
 TINY_DATA = {"n_users": 60, "n_items": 40, "n_interactions": 900}
 
@@ -77,7 +72,7 @@ def test_data_is_built_once_per_config_and_runs_get_its_metrics(tmp_path):
     assert other != first
     assert len(list((cache / "raw").glob("*/"))) == 1
     assert (other / "data" / "raw").resolve() == (first / "data" / "raw").resolve()
-    assert not (other / "data/processed/test.parquet").read_bytes() == (processed / "test.parquet").read_bytes()
+    assert (other / "data/processed/test.parquet").read_bytes() != (processed / "test.parquet").read_bytes()
 
 
 def test_cache_keys_cover_the_data_stages_params_in_dvc_yaml():
@@ -89,55 +84,6 @@ def test_cache_keys_cover_the_data_stages_params_in_dvc_yaml():
 
 # --- `recpipe run` end to end: real jobs on tiny synthetic data -------------------------------
 
-SMALL = ["data=synthetic", "data.n_users=200", "data.n_items=100", "data.n_interactions=4000",
-         "model.epochs=3", "evaluate.ks=[5,10]", "evaluate.baselines=[popularity]"]
-MODELS = ("mf", "ncf", "two_tower")
-# every job's run has the config, the data stages', train's and evaluate's metrics, its objective
-JOB_METRICS = {"raw_interactions", "data.splits.train.interactions", "train_seconds", "time_evaluate_s",
-               "ndcg_at_10", "recall_at_10", "coverage_at_10", "objective"}
-
-
-def recpipe_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    """``recpipe run ARGS`` in ``workdir`` (a copy of conf/) logging to ``workdir``/mlflow.db."""
-    if not (workdir / "conf").exists():
-        shutil.copytree(REPO / "conf", workdir / "conf")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
-        return run(["recpipe", "run", *args], workdir)
-
-
-def sweep_runs(workdir: Path) -> tuple[list, list]:
-    """(parent runs, child runs) in ``workdir``'s MLflow database."""
-    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("recpipe")
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if "recpipe.sweep_dir" in r.data.tags]
-    return parents, [r for r in runs if r not in parents]
-
-
-def check_sweep(workdir: Path, models: list[str]) -> list:
-    """One finished parent, one finished child per job (``models``, in job order) with the full
-    metric set; job outputs in the job folders, none in the DVC output folders."""
-    parents, children = sweep_runs(workdir)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    parent = parents[0]
-    assert sorted(r.data.tags["recpipe.job_num"] for r in children) == [str(i) for i in range(len(models))]
-    sweep_dir = Path(parent.data.tags["recpipe.sweep_dir"])
-    for run_ in children:
-        assert run_.info.status == "FINISHED"
-        assert run_.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        num = int(run_.data.tags["recpipe.job_num"])
-        assert run_.data.tags["model"] == run_.data.params["model.name"] == models[num]
-        assert JOB_METRICS <= set(run_.data.metrics), JOB_METRICS - set(run_.data.metrics)
-        assert run_.data.params["data.n_users"] == "200"
-        job = workdir / sweep_dir / str(num)
-        assert (job / "models/train/train_summary.json").exists()
-        reported = {k: v for k, v in json.loads((job / "reports/metrics.json").read_text()).items() if v is not None}
-        assert {k: run_.data.metrics.get(k) for k in reported} == pytest.approx(reported)
-    for dvc_out in ("data", "models", "reports"):
-        assert not (workdir / dvc_out).exists()
-    return children
-
 
 @pytest.fixture(scope="module")
 def model_sweep(tmp_path_factory):
@@ -146,6 +92,7 @@ def model_sweep(tmp_path_factory):
     return workdir, proc
 
 
+@pytest.mark.integration
 def test_model_sweep_one_child_run_per_job(model_sweep):
     workdir, proc = model_sweep
     children = check_sweep(workdir, list(MODELS))
@@ -157,6 +104,7 @@ def test_model_sweep_one_child_run_per_job(model_sweep):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_queued_dvc_experiments_log_to_the_repository_database(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     with pytest.MonkeyPatch.context() as mp:
@@ -185,6 +133,7 @@ def test_queued_dvc_experiments_log_to_the_repository_database(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_optuna_search_improves_on_the_default_config(tmp_path):
     recpipe_run(tmp_path, "model=mf", *SMALL)  # one job, not a sweep: a run without a parent
     parents, [default] = sweep_runs(tmp_path)

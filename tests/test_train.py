@@ -14,12 +14,12 @@ from recpipe.data.processed import Processed, load_processed
 from recpipe.errors import RecpipeError
 from recpipe.io import read_json
 from recpipe.models import build
+from recpipe.models.io import load_model
 from recpipe.paths import Paths
 from recpipe.stages import train as train_stage
-from recpipe.training import fit, load_model, make_dataset, rmse, steps_per_epoch
+from recpipe.training import fit, make_dataset, rmse, steps_per_epoch
 
-from .conftest import REPO
-from .test_models import model_cfg, toy_processed
+from .helpers import REPO, model_cfg, toy_processed
 
 SUMMARY_KEYS = {"model", "metric", "best_value", "best_epoch", "epochs_run", "train_seconds",
                 "examples_per_second", "n_params", "fitted_params"}

@@ -127,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return compose_command(args.overrides, args.config_dir, args.output, check=args.check)
         if args.command == "similar":
-            from recpipe.similar import similar_command
+            from recpipe.serving.client import similar_command
 
             return similar_command(args.title, args.genres, args.year, args.k, args.export_dir)
         if args.command == "recommend":
-            from recpipe.serving import recommend_command
+            from recpipe.serving.client import recommend_command
 
             return recommend_command(args.user, args.k, args.export_dir)
         return run_stage(args.command, args.params)

@@ -3,7 +3,8 @@ plus what ``recpipe.cli`` imports to run a stage, computed from the code (module
 function-level imports, parsed with ``ast``), never listed by hand.
 
 ``python -m recpipe.stage_deps`` prints each stage's code deps for dvc.yaml (a directory when
-every module in it is needed); a test checks that dvc.yaml's deps cover the closure.
+every module in it is needed), ``--write`` puts them into dvc.yaml; a test checks that dvc.yaml's deps
+cover the closure.
 """
 from __future__ import annotations
 
@@ -96,8 +97,35 @@ def compact(files: set[Path], root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in out)
 
 
-def main() -> int:
+def rewrite_dvc_yaml(text: str, root: Path) -> str:
+    """``text`` (dvc.yaml) with each stage's ``src/recpipe`` deps replaced by its computed code deps,
+    in place of the first of them; every other line (data deps, params, comments) is kept."""
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    stage: str | None = None
+    written: set[str] = set()
+    for line in lines:
+        stripped = line.strip()
+        if line.startswith("  ") and not line.startswith("   ") and stripped.endswith(":"):
+            stage = stripped[:-1]
+        if stage in STAGES and stripped.startswith(f"- src/{PACKAGE}"):
+            if stage not in written:
+                indent = line[: len(line) - len(line.lstrip())]
+                out.extend(f"{indent}- {path}\n" for path in compact(stage_files(stage), root))
+                written.add(stage)
+            continue
+        out.append(line)
+    return "".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print each stage's code deps; ``--write`` rewrites them in dvc.yaml instead."""
+    argv = sys.argv[1:] if argv is None else argv
     root = SRC.parent
+    if argv == ["--write"]:
+        dvc_yaml = root / "dvc.yaml"
+        dvc_yaml.write_text(rewrite_dvc_yaml(dvc_yaml.read_text(), root))
+        return 0
     for stage in STAGES:
         print(f"{stage}:")
         for path in compact(stage_files(stage), root):

@@ -1,23 +1,16 @@
-"""Training shared by all models: tf.data input, a compiled (XLA) loop per epoch, validation, early
-stopping, saving and loading.
+"""Training shared by all models: tf.data input, a compiled (XLA) loop per epoch, validation and
+early stopping.
 
-A model trained by gradient steps is a ``RecModel`` that also has:
-
-- ``objective``: ``"rating"`` (validated by RMSE) or ``"implicit"`` (validated by recall@10 over the
-  full catalog, each user's train items excluded);
-- ``prepare(train) -> DataFrame``: set data-derived constants (global mean, item frequencies) and
-  return the train rows to fit (``user_idx``, ``item_idx`` and, for rating models, ``rating``);
-- ``compute_loss(batch, training) -> Tensor``: the loss of one batch of those rows (a dict of
-  tensors, plus ``seed``, an int64 [2] seed for stateless random ops such as sampled negatives).
-
-Models without trainable weights (the classic ones, content) are fit in closed form by ``fit``.
+``fit`` follows the model's contract (``recpipe.models.base.RecModel``): ``fitting == "gradient"``
+models are trained by ``prepare`` + ``compute_loss`` steps, ``"closed_form"`` ones (the classic
+models, content) by ``fit_closed_form``; ``objective`` picks the validation metric (RMSE for
+``"rating"``, recall@10 over the full catalog for ``"implicit"``). Saving and loading live in
+``recpipe.models.io``.
 """
 from __future__ import annotations
 
-import inspect
-import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,18 +18,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from omegaconf import DictConfig, OmegaConf
 
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.evaluation.ranking import rank_metrics
 from recpipe.features import fit_feature_spec
-from recpipe.io import atomic_dir, atomic_file
+from recpipe.io import atomic_file
 from recpipe.models import RecModel, build, get
 
 VAL_K = 10
-CONFIG_FILE = "model_config.json"
-WEIGHTS = "weights"
 
 
 @dataclass(frozen=True)
@@ -62,12 +52,12 @@ def build_model(
     """Build ``model_cfg``'s model for ``data`` (initialized from ``seed``); also return the
     JSON-ready build context to save.
 
-    Models that take item/user features (a ``features`` argument: content, hybrid) get the
-    feature spec fitted on the catalogs (``features_cfg`` = ``data.features``: which ones) and the
-    catalogs to encode; the spec is the saved context.
+    Models that use item/user features (``uses_features``: content, hybrid) get the feature spec
+    fitted on the catalogs (``features_cfg`` = ``data.features``: which ones) and the catalogs to
+    encode; the spec is the saved context.
     """
     tf.keras.utils.set_random_seed(seed)
-    if "features" not in inspect.signature(get(model_cfg.name)).parameters:
+    if not get(model_cfg.name).uses_features:
         return build(model_cfg, data.n_users, data.n_items), {}
     spec = fit_feature_spec(data.items, data.users, features_cfg)
     model = build(model_cfg, data.n_users, data.n_items, features=spec, items=data.items, users=data.users)
@@ -144,14 +134,14 @@ def validator(model: RecModel, data: Processed) -> tuple[str, Callable[[], float
     """
     if data.val.empty:
         raise RecpipeError("data/processed/val.parquet is empty: early stopping needs a validation split")
-    if getattr(model, "objective", "implicit") == "rating":
+    if model.objective == "rating":
         val = data.val.dropna(subset=["rating"])
         return "val_rmse", lambda: rmse(model, val), False
     exclude, truth = data.matrix("train"), data.matrix("val")
     key = f"recall_at_{VAL_K}"
 
     def recall() -> float:
-        return rank_metrics(lambda users: model.score_all(tf.constant(users)), exclude, truth, (VAL_K,))[key]
+        return float(rank_metrics(lambda users: model.score_all(tf.constant(users)), exclude, truth, (VAL_K,))[key])
 
     return f"val_{key}", recall, True
 
@@ -167,13 +157,12 @@ def fit(
 
     Reads ``optimizer``, ``learning_rate``, ``batch_size``, ``epochs``, ``patience`` and
     ``jit_compile`` (XLA, default false) from ``model_cfg``; prints one line per epoch and calls
-    ``on_epoch`` with that epoch's history row. Ends with the weights of the best epoch. Models
-    without trainable weights are fit in closed form instead (``fit_closed_form(data)`` when
-    they have it, else ``prepare``) and validated once.
+    ``on_epoch`` with that epoch's history row. Ends with the weights of the best epoch.
+    ``closed_form`` models are fit by ``fit_closed_form(data)`` instead and validated once.
     """
     tf.keras.utils.set_random_seed(seed)
     metric, validate, higher_is_better = validator(model, data)
-    if not model.trainable_variables:
+    if model.fitting == "closed_form":
         return _fit_closed_form(model, data, metric, validate, on_epoch)
     rows = model.prepare(data.train)
     dataset = make_dataset(rows, int(model_cfg.batch_size), seed)
@@ -232,13 +221,9 @@ def _fit_closed_form(
     validate: Callable[[], float],
     on_epoch: Callable[[dict[str, float]], None] | None,
 ) -> TrainResult:
-    """Fit a model without trainable weights in one pass and validate it (history: one row, no loss)."""
+    """Fit a ``closed_form`` model in one pass and validate it (history: one row, no loss)."""
     start = time.perf_counter()
-    params: dict[str, Any] = {}
-    if hasattr(model, "fit_closed_form"):
-        params = model.fit_closed_form(data)
-    else:
-        model.prepare(data.train)
+    params = model.fit_closed_form(data)
     seconds = time.perf_counter() - start
     value = validate()
     row = {"epoch": 1, "loss": float("nan"), metric: value, "seconds": seconds}
@@ -319,43 +304,3 @@ def write_training_curve(result: TrainResult, path: Path) -> None:
     with atomic_file(path) as tmp:
         long.sort_values(["series", "epoch"], kind="stable").to_csv(tmp, index=False)
 
-
-def save_model(
-    model: RecModel,
-    model_cfg: Any,
-    n_users: int,
-    n_items: int,
-    path: Path,
-    context: Mapping[str, Any] | None = None,
-) -> None:
-    """Write the weights (TF checkpoint) and model_config.json to ``path``, atomically.
-
-    model_config.json holds what ``build`` needs to rebuild the model: its config, the vocabulary
-    sizes and any JSON-ready build ``context`` (e.g. a feature spec).
-    """
-    config = {
-        "model": OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig)
-        else dict(model_cfg),
-        "n_users": n_users,
-        "n_items": n_items,
-        "context": dict(context or {}),
-    }
-    with atomic_dir(path) as tmp:
-        model.save_weights(str(tmp / WEIGHTS))
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def load_model(path: Path) -> RecModel:
-    """Rebuild the model saved in ``path`` by ``save_model`` and load its weights."""
-    path = Path(path)
-    if not (path / CONFIG_FILE).exists():
-        raise RecpipeError(f"{path}: no trained model; run `recpipe train` (or `dvc repro`)")
-    config: Mapping[str, Any] = json.loads((path / CONFIG_FILE).read_text())
-    model = build(
-        OmegaConf.create(config["model"]),
-        n_users=config["n_users"],
-        n_items=config["n_items"],
-        **config.get("context", {}),
-    )
-    model.load_weights(str(path / WEIGHTS)).assert_existing_objects_matched()
-    return model

@@ -1,7 +1,7 @@
 """Full-catalog ranking evaluation: score every item for each user, mask seen items, take top-K.
 
 A scorer is any ``score_fn(user_idx: int32 [b]) -> float32 [b, n_items]`` (a model's
-``score_all``, or a baseline from ``recpipe.evaluation.baselines``), so models and baselines are
+``score_all``, or a baseline from ``recpipe.models.classic``), so models and baselines are
 measured by exactly the same code.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each item is a TF-IDF vector over its features (genres, release-year bucket, tit
 ``recpipe.features``), each feature's block L2-normalized and weighted by ``model.weights``, the
 whole vector L2-normalized. A user's profile is the normalized (optionally rating-weighted) sum of
 their train items' vectors, and an item's score is its cosine with the profile. No item id is
-learned, so items never seen in training rank like any other. Fit in closed form by ``prepare``.
+learned, so items never seen in training rank like any other. Fit in closed form (``fit_closed_form``).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 import tensorflow as tf
 
+from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.features import FeatureSpec, encode_items
 from recpipe.models.base import RecModel, register
@@ -108,6 +109,10 @@ class ContentModel(RecModel):
     """
 
     objective = "implicit"
+    fitting = "closed_form"
+    uses_features = True
+    embeds_new_items = True
+    feature_spec: FeatureSpec
 
     def __init__(
         self,
@@ -137,16 +142,16 @@ class ContentModel(RecModel):
             self.idf.assign(inverse_document_frequency(tf.concat(list(blocks.values()), axis=1)))
             self.item_matrix.assign(content_vectors(blocks, self.idf, self.block_weights))
 
-    def prepare(self, train: pd.DataFrame) -> pd.DataFrame:
-        """Fit: every user's profile from their train interactions. Returns those rows."""
-        rows = train[["user_idx", "item_idx", "rating"]]
+    def fit_closed_form(self, data: Processed) -> dict[str, Any]:
+        """Every user's profile from their train interactions; no hyperparameter is chosen."""
+        rows = data.train[["user_idx", "item_idx", "rating"]]
         self.profiles.assign(
             user_profiles(
                 self.item_matrix.numpy(), rows["user_idx"].to_numpy(), rows["item_idx"].to_numpy(),
                 interaction_weights(rows, self.weighting), self.n_users,
             )
         )
-        return rows
+        return {}
 
     def item_vectors_from_features(self, encoded: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """Content vectors of items given only by their encoded features (``ItemEncoder`` output)."""

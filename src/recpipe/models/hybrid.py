@@ -147,6 +147,10 @@ class Hybrid(TwoTower):
     ``items`` and ``users`` to encode; a loaded model gets the encoded features from its weights.
     """
 
+    uses_features = True
+    embeds_new_items = True
+    feature_spec: FeatureSpec
+
     def __init__(
         self,
         cfg: Any,

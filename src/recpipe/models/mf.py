@@ -8,7 +8,12 @@ import tensorflow as tf
 
 from recpipe.models.base import RecModel, register
 from recpipe.models.common import (
-    constant, mean_square_norm, normal_init, rating_rows, sampled_logistic_loss, uniform_negatives,
+    constant,
+    mean_square_norm,
+    normal_init,
+    rating_rows,
+    sampled_logistic_loss,
+    uniform_negatives,
 )
 
 
@@ -27,6 +32,7 @@ class MatrixFactorization(RecModel):
 
     predicts_ratings = True
     objective = "rating"
+    fitting = "gradient"
 
     def __init__(self, cfg: Any, n_users: int, n_items: int, **context: Any) -> None:
         super().__init__(name="mf")

@@ -9,7 +9,13 @@ import tensorflow as tf
 from recpipe.errors import RecpipeError
 from recpipe.models.base import RecModel, register
 from recpipe.models.common import (
-    constant, implicit_rows, mean_square_norm, normal_init, rating_rows, sampled_logistic_loss, uniform_negatives,
+    constant,
+    implicit_rows,
+    mean_square_norm,
+    normal_init,
+    rating_rows,
+    sampled_logistic_loss,
+    uniform_negatives,
 )
 
 OBJECTIVES = ("rating", "implicit")
@@ -25,6 +31,9 @@ class NeuralCF(RecModel):
     (optionally only those rated >= ``min_rating``) against ``num_negatives`` items drawn uniformly
     from the catalog, fresh every batch. L2 (``l2``) applies to the embeddings each batch uses.
     """
+
+    objective = "implicit"  # the class default; each instance takes model.objective
+    fitting = "gradient"
 
     def __init__(self, cfg: Any, n_users: int, n_items: int, **context: Any) -> None:
         super().__init__(name="ncf")

@@ -32,6 +32,7 @@ class TwoTower(tfrs.models.Model, RecModel):
     """
 
     objective = "implicit"
+    fitting = "gradient"
 
     def __init__(self, cfg: Any, n_users: int, n_items: int, **context: Any) -> None:
         super().__init__(name="two_tower")

@@ -24,7 +24,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from recpipe import tracking
 from recpipe.data.processed import Processed, load_processed
-from recpipe.evaluation import baselines as baseline_registry
 from recpipe.evaluation import metrics as M
 from recpipe.evaluation.bootstrap import ci_metrics, compare_to_baselines
 from recpipe.evaluation.cold import cold_items_of, cold_metrics, cold_users
@@ -39,6 +38,7 @@ from recpipe.evaluation.report import (
 from recpipe.evaluation.segments import describe_segments, segment_key, segment_metrics, user_segments
 from recpipe.io import atomic_dir, write_json
 from recpipe.models.base import RecModel
+from recpipe.models.classic import fit_baselines
 from recpipe.paths import Paths
 
 TABLE_METRICS = (
@@ -96,19 +96,6 @@ def evaluate_model(
     if cold is not None and len(cold):
         result.metrics.update(cold_metrics(score, evalset.truth, cold, ks, batch_size))
     return result
-
-
-def fit_baselines(
-    names: Sequence[str], data: Processed, seed: int, params: Mapping[str, Mapping[str, Any]] | None = None
-) -> dict[str, tuple[RecModel, dict[str, Any]]]:
-    """Each named baseline fit on train with ``params[name]``: name -> (model, hyperparameters used)."""
-    params = params or {}
-    fitted = {}
-    for name in names:
-        start = time.perf_counter()
-        fitted[name] = baseline_registry.build(name, data, seed, params.get(name))
-        print(f"fit baseline {name} in {time.perf_counter() - start:.1f} s", flush=True)
-    return fitted
 
 
 def metrics_at_k_table(
@@ -239,7 +226,7 @@ def system_name(model_name: str, baselines: Sequence[str]) -> str:
 
 def run(cfg: DictConfig, paths: Paths) -> None:
     """Evaluate models/model and the configured baselines on data/processed's test split."""
-    from recpipe.training import load_model
+    from recpipe.models.io import load_model
 
     start = time.perf_counter()
     ev: Any = cfg.evaluate
@@ -256,7 +243,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     segments = user_segments(train_counts, light_below)
     cold = cold_items_of(data)
 
-    fitted = fit_baselines(names, data, int(cfg.seed), ev.baseline_params)
+    fitted = fit_baselines(names, data, ev.baseline_models)
     results: dict[str, RankingEval] = {}
     for name, system in [(model_name, model), *((b, m) for b, (m, _) in fitted.items())]:
         t = time.perf_counter()

@@ -1,28 +1,29 @@
 """``recpipe export``: the trained model as a top-K serving SavedModel in models/export/.
 
-The SavedModel (see ``recpipe.serving``) is also logged to the active MLflow run and registered
+The SavedModel (see ``recpipe.serving.export``) is also logged to the active MLflow run and registered
 in the model registry as ``cfg.export.registered_model_name``.
 """
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from recpipe import serving
 from recpipe.data.processed import load_processed
 from recpipe.paths import Paths
+from recpipe.serving.export import build_server, register_server, save_server
+from recpipe.serving.load import load_export, recommend
 
 
 def run(cfg: DictConfig, paths: Paths) -> None:
     """Build the serving module from models/model and data/processed, save it, register it."""
-    from recpipe.training import load_model
+    from recpipe.models.io import load_model
 
     data = load_processed(paths.processed)
-    server = serving.build_server(load_model(paths.model), data, cfg.export)
+    server = build_server(load_model(paths.model), data, cfg.export)
     # register first, swap last: a failure leaves the previous models/export/ (and dvc.lock)
-    version = serving.register_server(server, cfg.export, example_user=str(data.users["user_id"].iloc[0]))
-    serving.save_server(server, paths.export, cfg.export.index)
+    version = register_server(server, cfg.export, example_user=str(data.users["user_id"].iloc[0]))
+    save_server(server, paths.export, cfg.export.index)
     registered = f"; registered as {cfg.export.registered_model_name} v{version}" if version else ""
     print(f"exported {cfg.export.index} top-k model ({data.n_users} users, {data.n_items} items, "
           f"k <= {server.k_cap}) to {paths.export}{registered}")
-    print(serving.recommend(serving.load_export(paths.export), [str(data.users["user_id"].iloc[0])], 5)
+    print(recommend(load_export(paths.export), [str(data.users["user_id"].iloc[0])], 5)
           .to_string(index=False))

@@ -16,8 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from recpipe import training
 from recpipe.data.processed import load_processed
-from recpipe.evaluation.headline import run_labels, train_headline
+from recpipe.evaluation.headline import train_headline
 from recpipe.io import atomic_dir, write_json
+from recpipe.models.io import save_model
 from recpipe.paths import Paths
 from recpipe.tracking import log_metrics
 
@@ -43,7 +44,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
         def staged(path: Path) -> Path:  # where ``path`` of models/train/ is, before the swap
             return tmp / path.relative_to(paths.train)
 
-        training.save_model(model, cfg.model, data.n_users, data.n_items, staged(paths.model), context)
+        save_model(model, cfg.model, data.n_users, data.n_items, staged(paths.model), context)
         write_json(staged(paths.train_summary), summary)
         write_json(staged(paths.train_metrics), run_labels(cfg) | train_headline(summary), sort_keys=False)
         training.write_training_curve(result, staged(paths.training_curve))

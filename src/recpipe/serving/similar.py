@@ -1,4 +1,4 @@
-"""Similar items for a new item known only by its features: ``recpipe similar``.
+"""Similar items for a new item known only by its features (the export's ``similar_items`` signature).
 
 ``SimilarItems`` wraps a model that can place an item from its features alone (``model=hybrid``:
 its candidate tower with the unknown-id row; ``model=content``: its TF-IDF vector) with the
@@ -10,7 +10,6 @@ item's vector.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,8 +26,7 @@ COLUMNS = ["rank", "item_id", "title", "score"]
 
 def supports_similar(model: RecModel) -> bool:
     """Whether ``model`` can place a new item from its features (and has item features to use)."""
-    spec = getattr(model, "feature_spec", None)
-    return hasattr(model, "item_vectors_from_features") and spec is not None and bool(spec.item)
+    return model.embeds_new_items and model.feature_spec is not None and bool(model.feature_spec.item)
 
 
 class SimilarItems(tf.Module):
@@ -46,6 +44,7 @@ class SimilarItems(tf.Module):
                 f"{type(model).__name__} cannot place an item from its features; similar items need "
                 "model=hybrid or model=content trained on data with item features"
             )
+        assert model.feature_spec is not None  # supports_similar checked it
         self.model = model
         self.encoder = ItemEncoder(model.feature_spec)
         vectors = tf.math.l2_normalize(tf.convert_to_tensor(model.candidate_vectors(), tf.float32), axis=1)
@@ -64,7 +63,8 @@ class SimilarItems(tf.Module):
         names = tf.strings.strip(tf.strings.split(genres, "|"))
         encoded = self.encoder(title, tf.ragged.boolean_mask(names, tf.strings.length(names) > 0), year)
         query = tf.math.l2_normalize(self.model.item_vectors_from_features(encoded), axis=1)
-        scores, items = tf.math.top_k(tf.matmul(query, self.catalog, transpose_b=True), tf.clip_by_value(k, 0, self.k_cap))
+        similarity = tf.matmul(query, self.catalog, transpose_b=True)
+        scores, items = tf.math.top_k(similarity, tf.clip_by_value(k, 0, self.k_cap))
         return {"item_ids": tf.gather(self.item_ids, items), "titles": tf.gather(self.titles, items), "scores": scores}
 
 
@@ -80,26 +80,3 @@ def similar_items(signature: Any, title: str, genres: str, year: float | None, k
          "title": [t.decode() for t in titles], "score": scores.astype(float)},
         columns=COLUMNS,
     )
-
-
-def similar_command(title: str, genres: str, year: int | None, k: int, export_dir: Path) -> int:
-    """``recpipe similar``: print the catalog items most like a new item, from the export's
-    ``similar_items`` signature."""
-    from recpipe.serving import load_export
-
-    if k < 1:
-        raise RecpipeError(f"-k must be at least 1 (got {k})")
-    export = load_export(export_dir)
-    if SIGNATURE not in export.signatures:
-        raise RecpipeError(
-            f"{export_dir} has no {SIGNATURE} signature: only model=hybrid and model=content exports "
-            "can place a new item from its features"
-        )
-    rows = similar_items(export.signatures[SIGNATURE], title, genres, year, k)
-    described = ", ".join(p for p in (repr(title), genres, None if year is None else str(year)) if p)
-    print(f"top {len(rows)} items similar to a new item ({described})")
-    width = max([4, *rows["item_id"].str.len()])
-    print(f"{'rank':>4}  {'item':<{width}}  {'score':>7}  title")
-    for r in rows.itertuples():
-        print(f"{r.rank:>4}  {r.item_id:<{width}}  {r.score:>7.4f}  {r.title}")
-    return 0

@@ -1,15 +1,13 @@
-"""The exported top-K recommender: a self-contained TensorFlow SavedModel, and the commands around it.
+"""The exported top-K recommender: a self-contained TensorFlow SavedModel (models/export/).
 
 ``build_server`` wraps a trained model with everything serving needs (user and item vocabularies,
 titles, train popularity, each user's seen items) in one ``tf.Module`` whose ``serving_default``
 signature is ``(user_id: string [None], k: int32 scalar) -> {item_ids, scores, titles}`` [batch, k],
 best first, never an item the user saw in train or val. Unknown users get the popularity ranking.
 k is capped at ``min(max_k, n_items)``; when fewer than k items are left for a user the last slots
-hold item id "" and score -inf. Models that can place a new item from its features (hybrid,
-content) also get a ``similar_items`` signature (``recpipe.similar``).
-
-Loading needs only TensorFlow (plus ``import tensorflow_recommenders`` or ``import scann`` for a
-ScaNN export, which registers ScaNN's ops): ``tf.saved_model.load(path).signatures["serving_default"]``.
+hold item id "" and score -inf. Models that embed new items from their features (hybrid, content)
+also get a ``similar_items`` signature (``recpipe.serving.similar``). ``recpipe.serving.load``
+reads an export back.
 """
 from __future__ import annotations
 
@@ -29,61 +27,13 @@ from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.io import atomic_dir
 from recpipe.models.base import RecModel
-from recpipe.similar import SIGNATURE as SIMILAR_SIGNATURE
-from recpipe.similar import SimilarItems, supports_similar
+from recpipe.serving.retrieval import NEG_INF, ExactRetriever, ScannRetriever, query_vectors
+from recpipe.serving.similar import SIGNATURE as SIMILAR_SIGNATURE
+from recpipe.serving.similar import SimilarItems, supports_similar
 
 SIGNATURE = "serving_default"
 INFO_FILE = "recpipe_export.json"
 INDEXES = ("brute_force", "scann")
-_NEG_INF = float("-inf")
-
-
-class ExactRetriever(tf.Module):
-    """Top-k by the model's own ``score_all`` over the whole catalog."""
-
-    def __init__(self, model: RecModel) -> None:
-        super().__init__(name="exact")
-        self.model = model
-
-    def top_k(self, user_idx: tf.Tensor, excluded: tf.Tensor, k: tf.Tensor, max_seen: tf.Tensor):
-        scores = tf.cast(self.model.score_all(user_idx), tf.float32)
-        return tf.math.top_k(tf.where(excluded, _NEG_INF, scores), k)
-
-
-class ScannRetriever(tf.Module):
-    """Approximate top-k: a ScaNN index over candidate vectors, queried with stored user vectors.
-
-    The index is asked for ``k + max_seen`` neighbours so that k remain after dropping seen items.
-    """
-
-    def __init__(self, query_vectors: np.ndarray, candidate_vectors: np.ndarray, scann_cfg: Any) -> None:
-        import tensorflow_recommenders as tfrs
-
-        super().__init__(name="scann")
-        n_items = len(candidate_vectors)
-        self.n_items = n_items
-        self.query_vectors = tf.Variable(query_vectors, trainable=False, name="query_vectors")
-        self.index = tfrs.layers.factorized_top_k.ScaNN(
-            k=min(10, n_items),
-            num_leaves=min(int(scann_cfg.num_leaves), n_items),
-            num_leaves_to_search=min(int(scann_cfg.num_leaves_to_search), int(scann_cfg.num_leaves), n_items),
-            training_iterations=int(scann_cfg.training_iterations),
-            dimensions_per_block=int(scann_cfg.dimensions_per_block),
-            num_reordering_candidates=scann_cfg.num_reordering_candidates,
-        )
-        self.index.index(tf.constant(candidate_vectors, tf.float32))
-
-    def top_k(self, user_idx: tf.Tensor, excluded: tf.Tensor, k: tf.Tensor, max_seen: tf.Tensor):
-        n_query = tf.clip_by_value(k + max_seen, 1, self.n_items)
-        dist, cand = self.index(tf.gather(self.query_vectors, user_idx), k=n_query)
-        cand = tf.cast(cand, tf.int32)
-        # ScaNN may find fewer neighbours than asked (few points in the searched leaves): pad
-        short = n_query - tf.shape(cand)[1]
-        dist = tf.pad(dist, [[0, 0], [0, short]], constant_values=_NEG_INF)
-        cand = tf.pad(cand, [[0, 0], [0, short]])
-        dist = tf.where(tf.gather(excluded, cand, batch_dims=1), _NEG_INF, dist)
-        vals, pos = tf.math.top_k(dist, k)
-        return vals, tf.gather(cand, pos, batch_dims=1)
 
 
 class TopKServer(tf.Module):
@@ -98,6 +48,7 @@ class TopKServer(tf.Module):
         seen: tf.RaggedTensor,
         retriever: tf.Module,
         max_k: int,
+        similar: SimilarItems | None = None,
     ) -> None:
         super().__init__(name="recpipe_top_k")
         self.n_users, self.n_items = len(user_ids), len(item_ids)
@@ -116,6 +67,7 @@ class TopKServer(tf.Module):
         self.seen_splits = tf.Variable(splits.astype(np.int64), trainable=False, name="seen_splits")
         self.seen_items = tf.Variable(seen.flat_values.numpy().astype(np.int32), trainable=False, name="seen_items")
         self.retriever = retriever
+        self.similar = similar  # model=hybrid / content: similar items for a new item's features
 
     @tf.function(
         input_signature=[tf.TensorSpec([None], tf.string, name="user_id"), tf.TensorSpec([], tf.int32, name="k")]
@@ -134,7 +86,7 @@ class TopKServer(tf.Module):
         pop_scores, pop_items = tf.math.top_k(self.popularity, k)
         scores = tf.where(known[:, None], scores, pop_scores[None, :])
         items = tf.where(known[:, None], items, pop_items[None, :])
-        found = scores > _NEG_INF
+        found = scores > NEG_INF
         return {
             "item_ids": tf.where(found, tf.gather(self.item_ids, items), ""),
             "scores": scores,
@@ -171,15 +123,6 @@ def item_titles(items: pd.DataFrame) -> np.ndarray:
     return titles.to_numpy(dtype=object)
 
 
-def query_vectors(model: RecModel, n_users: int, batch_size: int = 4096) -> np.ndarray:
-    """A factorized model's query vectors for every user index."""
-    parts = [
-        np.asarray(model.query_vectors(tf.range(s, min(s + batch_size, n_users), dtype=tf.int32)), np.float32)
-        for s in range(0, n_users, batch_size)
-    ]
-    return np.concatenate(parts)
-
-
 def build_server(model: RecModel, data: Processed, export_cfg: Any) -> TopKServer:
     """The serving module for ``model``: exact ``score_all`` ranking or a ScaNN index (export.index)."""
     index = export_cfg.index
@@ -205,9 +148,9 @@ def build_server(model: RecModel, data: Processed, export_cfg: Any) -> TopKServe
         seen=seen_items(data),
         retriever=retriever,
         max_k=int(export_cfg.max_k),
+        similar=SimilarItems(model, server_item_ids(data), item_titles(data.items), int(export_cfg.max_k))
+        if supports_similar(model) else None,
     )
-    if supports_similar(model):  # model=hybrid / content: similar items for a new item's features too
-        server.similar = SimilarItems(model, server_item_ids(data), item_titles(data.items), int(export_cfg.max_k))
     try:  # trace now: a model whose score_all needs a known batch size fails here, not mid-save
         server.top_k.get_concrete_function()
     except (TypeError, ValueError, NotImplementedError) as e:
@@ -239,7 +182,7 @@ def server_item_ids(data: Processed) -> np.ndarray:
 def signatures(server: TopKServer) -> dict[str, Any]:
     """The export's signatures: ``serving_default``, and ``similar_items`` when the model has it."""
     out = {SIGNATURE: server.top_k.get_concrete_function()}
-    if hasattr(server, "similar"):
+    if server.similar is not None:
         out[SIMILAR_SIGNATURE] = server.similar.top_k.get_concrete_function()
     return out
 
@@ -281,7 +224,8 @@ def register_server(server: TopKServer, export_cfg: Any, example_user: str) -> s
             TensorSpec(text, ranked, "titles"),
         ]),
     )
-    requirements = ["tensorflow", "tf-keras"] + (["tensorflow-recommenders", "scann"] if export_cfg.index == "scann" else [])
+    scann = ["tensorflow-recommenders", "scann"] if export_cfg.index == "scann" else []
+    requirements = ["tensorflow", "tf-keras", *scann]
     with _quiet_keras_save():
         info = mlflow.tensorflow.log_model(
             server,
@@ -296,52 +240,3 @@ def register_server(server: TopKServer, export_cfg: Any, example_user: str) -> s
             },
         )
     return None if info.registered_model_version is None else str(info.registered_model_version)
-
-
-def export_info(path: str | Path) -> dict[str, Any]:
-    """What ``save_server`` recorded about an export (index kind, sizes)."""
-    info = Path(path) / INFO_FILE
-    if not info.exists():
-        raise RecpipeError(f"{path}: no exported model; run `recpipe export` (or `dvc repro`)")
-    return json.loads(info.read_text())
-
-
-def load_export(path: str | Path) -> Any:
-    """Load an export (importing ScaNN's ops first when it needs them).
-
-    Keep the returned object alive while calling ``.signatures["serving_default"]``: the
-    signature only holds weak references to the variables.
-    """
-    if export_info(path)["index"] == "scann":
-        import scann.scann_ops.py.scann_ops  # noqa: F401  (registers the Scann ops)
-    return tf.saved_model.load(str(path))
-
-
-def recommend(export: Any, user_ids: list[str], k: int) -> pd.DataFrame:
-    """Top-k rows (user_id, rank, item_id, title, score) per user from a loaded export."""
-    out = export.signatures[SIGNATURE](user_id=tf.constant(user_ids, tf.string), k=tf.constant(k, tf.int32))
-    items, titles, scores = (out[name].numpy() for name in ("item_ids", "titles", "scores"))
-    rows = [
-        {"user_id": user, "rank": r + 1, "item_id": items[b, r].decode(),
-         "title": titles[b, r].decode(), "score": float(scores[b, r])}
-        for b, user in enumerate(user_ids)
-        for r in range(items.shape[1])
-        if items[b, r]
-    ]
-    return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "title", "score"])
-
-
-def recommend_command(user: str, k: int, export_dir: Path) -> int:
-    """``recpipe recommend``: print a user's top-k (rank, item id, title, score) from the export."""
-    if k < 1:
-        raise RecpipeError(f"-k must be at least 1 (got {k})")
-    export = load_export(export_dir)
-    recs = recommend(export, [user], k)
-    known = bool(export.is_known(tf.constant([user])).numpy()[0])
-    note = "" if known else " (unknown user: most popular items)"
-    print(f"top {len(recs)} for user {user}{note}")
-    width = max([4, *recs["item_id"].str.len()])
-    print(f"{'rank':>4}  {'item':<{width}}  {'score':>9}  title")
-    for r in recs.itertuples():
-        print(f"{r.rank:>4}  {r.item_id:<{width}}  {r.score:>9.4f}  {r.title}")
-    return 0
