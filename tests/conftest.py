@@ -8,7 +8,7 @@ import pytest
 import recpipe  # noqa: F401
 from recpipe.data.processed import Processed
 
-from .helpers import commit, copy_repo, run, toy_processed
+from .helpers import TINY_PIPELINE, commit, copy_repo, run, toy_processed
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -24,15 +24,10 @@ def _mlflow_tracking(tmp_path_factory: pytest.TempPathFactory):
         os.environ["MLFLOW_TRACKING_URI"] = old
 
 
-# A small synthetic pipeline run by real DVC in a throwaway git repository, shared by the DVC tests
-# (tests/test_dvc_views.py reads it; tests/test_integrity.py then fails and kills stages in it).
-TINY_PIPELINE = ["data=synthetic", "data.n_users=200", "data.n_items=100", "data.n_interactions=3000",
-                 "model.epochs=2", "evaluate.baselines=[popularity,item_knn]", "evaluate.bootstrap.n_resamples=50"]
-
-
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A repository copy where `dvc repro` ran on TINY_PIPELINE and dvc.lock is committed."""
+    """A repository copy where `dvc repro` ran on TINY_PIPELINE and dvc.lock is committed (shared by the
+    DVC tests: tests/test_dvc_views.py reads it; tests/test_integrity.py then fails and kills stages in it)."""
     repo = copy_repo(tmp_path_factory.mktemp("tiny_pipeline") / "repo")
     run(["recpipe", "compose", *TINY_PIPELINE], repo)
     commit(repo, "tiny config")

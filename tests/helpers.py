@@ -33,6 +33,10 @@ from recpipe.models.io import save_model
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
+# A small synthetic pipeline run by real DVC in a throwaway git repository (conftest.tiny_pipeline).
+TINY_PIPELINE = ["data=synthetic", "data.n_users=200", "data.n_items=100", "data.n_interactions=3000",
+                 "model.epochs=2", "evaluate.baselines=[popularity,item_knn]", "evaluate.bootstrap.n_resamples=50"]
+
 BIN = Path(sys.executable).parent
 # Not copied (top level only): environments, outputs, caches and local state.
 SKIP_TOP = {".venv", ".git", "data", "models", "reports", "mlflow.db", "mlartifacts", "outputs", ".recpipe",

@@ -8,7 +8,7 @@ import re
 
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS
 
-from .conftest import TINY_PIPELINE
+from .helpers import TINY_PIPELINE
 from .helpers import run
 
 BASELINES = ["popularity", "item_knn"]

@@ -9,7 +9,7 @@ import yaml
 
 from recpipe import stage_deps
 
-from .conftest import REPO
+from .helpers import REPO
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 

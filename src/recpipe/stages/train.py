@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recpipe import training
 from recpipe.data.processed import load_processed
-from recpipe.evaluation.headline import train_headline
+from recpipe.evaluation.headline import run_labels, train_headline
 from recpipe.io import atomic_dir, write_json
 from recpipe.models.io import save_model
 from recpipe.paths import Paths
