@@ -15,7 +15,7 @@ from recpipe import training
 from recpipe.data.processed import load_processed
 from recpipe.io import write_json
 from recpipe.paths import Paths
-from recpipe.tracking import log_metrics
+from recpipe.tracking import log_metrics, train_metrics
 
 
 def run(cfg: DictConfig, paths: Paths) -> None:
@@ -36,13 +36,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     summary = training.train_summary(cfg.model, model, result)
     write_json(paths.train_summary, summary)
     training.write_training_curve(result, paths.root / "models" / "training_curve.csv")
-    log_metrics({
-        f"best_{result.metric}": result.best_value,
-        "best_epoch": result.best_epoch,
-        "train_seconds": result.train_seconds,
-        "examples_per_second": result.examples_per_second,
-        "n_params": summary["n_params"],
-    })
+    log_metrics(train_metrics(summary))
     if mlflow.active_run() is not None:
         mlflow.log_artifact(str(paths.train_summary))
     print(f"best {result.metric} {result.best_value:.4f} at epoch {result.best_epoch}; "
