@@ -132,7 +132,7 @@ def check_sweep(workdir: Path, models: list[str]) -> list:
         assert run_.data.params["data.n_users"] == "200"
         job = workdir / sweep_dir / str(num)
         assert (job / "models/train_summary.json").exists()
-        reported = {k: v for k, v in json.loads((job / "reports/metrics.json").read_text()).items() if v is not None}
+        reported = tracking.headline_metrics(json.loads((job / "reports/detail.json").read_text()))
         assert {k: run_.data.metrics.get(k) for k in reported} == pytest.approx(reported)
     for dvc_out in ("data", "models", "reports"):
         assert not (workdir / dvc_out).exists()
