@@ -7,13 +7,14 @@ STAMP := $(VENV)/.recpipe-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: help setup repro test test-fast params bench screenshot clean
+.PHONY: help setup repro test test-fast params results bench screenshot clean
 
 help:
 	@echo "make repro      set up .venv, then run the DVC pipeline (dvc repro)"
 	@echo "make test       set up .venv, then run the whole test suite (slow tests included)"
 	@echo "make test-fast  the test suite without tests marked slow"
 	@echo "make params     regenerate params.yaml from conf/ (recpipe compose)"
+	@echo "make results    run every model on params.yaml's data, rewrite README's results table"
 	@echo "make bench      run the benchmark scripts in bench/"
 	@echo "make screenshot render MLflow's run comparison to docs/mlflow_compare.png"
 
@@ -50,6 +51,12 @@ test-fast: setup
 
 params: setup
 	$(BIN)/recpipe compose
+
+# README's results table: every model on the default data (one sweep), then the table of that group.
+MODELS := mf,ncf,two_tower,hybrid,content
+results: setup
+	$(BIN)/recpipe run -m model=$(MODELS)
+	$(BIN)/recpipe report --update-readme
 
 bench: setup
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -1,11 +1,29 @@
 """One pipeline run = one MLflow run across the stages of one dvc repro."""
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+
 import mlflow
 import pytest
 from omegaconf import OmegaConf
 
-from recpipe.tracking import flatten, log_metrics, pipeline_run
+from recpipe.tracking import (
+    TAG_HOST,
+    TAG_PID,
+    config_hash,
+    create_run,
+    ensure_experiment,
+    flatten,
+    log_metrics,
+    pipeline_run,
+    process_alive,
+    process_id,
+    process_tags,
+    reap_dead_runs,
+)
 
 
 @pytest.fixture
@@ -50,3 +68,29 @@ def test_failed_stage_marks_run_failed(tmp_path, monkeypatch, cfg):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
+
+
+def test_run_names_are_unique(tmp_path, monkeypatch, cfg):
+    monkeypatch.chdir(tmp_path)
+    cfg.mlflow.experiment = "t-tracking-names"
+    names = [mlflow.get_run(_run(cfg, "ingest")).info.run_name for _ in range(3)]
+    prefix = f"mf-{config_hash(cfg)[:6]}"
+    assert names == [f"{prefix}-1", f"{prefix}-2", f"{prefix}-3"]
+
+
+def test_runs_of_dead_processes_are_marked_killed(cfg):
+    """A run whose process died (SIGKILL: no chance to end it) is KILLED at the next start."""
+    experiment = ensure_experiment(cfg.mlflow.experiment)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    dead_tags = {TAG_PID: process_id(sleeper.pid), TAG_HOST: socket.gethostname()}
+    sleeper.send_signal(signal.SIGKILL)
+    sleeper.wait()
+    dead = create_run(experiment, "dead", dead_tags)
+    alive = create_run(experiment, "alive", process_tags())
+    reused = create_run(experiment, "reused", {**process_tags(), TAG_PID: f"{os.getpid()}:1"})  # pid reused
+    assert set(reap_dead_runs(experiment)) == {dead, reused}
+    client = mlflow.MlflowClient()
+    assert client.get_run(dead).info.status == "KILLED"
+    assert client.get_run(alive).info.status == "RUNNING"
+    client.set_terminated(alive)
+    assert not process_alive(dead_tags[TAG_PID]) and process_alive(process_id())

@@ -21,6 +21,7 @@ import math
 import os
 import socket
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -159,7 +160,7 @@ def session_id() -> str | None:
             ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             return None
-        if any(Path(a.decode(errors="replace")).name == "dvc" for a in argv[:2]):
+        if any(Path(a.decode(errors="replace")).name == "dvc" for a in argv[:3]):  # dvc, python dvc, python -m dvc
             return process_id(pid)
         pid = ppid
     return None
@@ -225,7 +226,8 @@ def create_run(experiment_id: str, prefix: str, tags: Mapping[str, str], parent_
             [experiment_id], f"attributes.run_name LIKE '{prefix}-%'", max_results=50000,
             run_view_type=ViewType.ALL,  # deleted runs keep their names
         )
-        numbers = [int(n) for r in taken if (n := (r.info.run_name or "")[len(prefix) + 1 :]).isdigit()]
+        suffixes = [name[len(prefix) + 1 :] for r in taken if (name := r.info.run_name or "").startswith(f"{prefix}-")]
+        numbers = [int(n) for n in suffixes if n.isdigit()]
         run = client.create_run(experiment_id, run_name=f"{prefix}-{max(numbers, default=0) + 1}", tags=tags)
     return run.info.run_id
 
@@ -312,9 +314,11 @@ def log_data(cfg: DictConfig, processed: Path) -> None:
     label = f"{config_tags(cfg)[TAG_DATA]}/{config_tags(cfg)[TAG_SPLIT]}"
     for part, context in (("train", "training"), ("test", "evaluation")):
         path = (processed / f"{part}.parquet").resolve()
-        dataset = mlflow.data.from_pandas(
-            pd.read_parquet(path), source=str(path), name=f"{label}/{part}", digest=lineage.dvc_hash(path),
-        )
+        with warnings.catch_warnings():  # MLflow's hint on integer columns in an inferred schema
+            warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
+            dataset = mlflow.data.from_pandas(
+                pd.read_parquet(path), source=str(path), name=f"{label}/{part}", digest=lineage.dvc_hash(path),
+            )
         mlflow.log_input(dataset, context=context)
 
 
@@ -329,6 +333,7 @@ def log_consistent_outputs(cfg: DictConfig, stage: str, paths: Paths) -> set[str
         log_data(cfg, paths.processed)
     if "train" in consistent - {stage} and paths.train_summary.exists():
         log_metrics(train_metrics(read_json(paths.train_summary)))
+        mlflow.log_artifact(str(paths.train_summary))
     detail = paths.reports / DETAIL_FILE
     if "evaluate" in consistent - {stage} and detail.exists():
         log_metrics(headline_metrics(read_json(detail)))
