@@ -3,6 +3,7 @@ real MLflow on sqlite, tiny synthetic data)."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -116,6 +117,17 @@ def test_outputs_of_another_config_are_not_logged(repo, client):
     (no dvc repro) logs none of them."""
     cfg = load_params(repo / "params.yaml")
     assert lineage.consistent_stages(cfg, None, repo) == set(tracking.STAGE_ORDER)
+    # files .dvcignore excludes count as little as for DVC
+    ignore, cache = repo / ".dvcignore", repo / "src/recpipe/models/__pycache__"
+    text = ignore.read_text()
+    ignore.write_text(text + "__pycache__\n")
+    cache.mkdir()
+    (cache / "base.cpython-311.pyc").write_bytes(b"\0")
+    try:
+        assert lineage.consistent_stages(cfg, None, repo) == set(tracking.STAGE_ORDER)
+    finally:
+        ignore.write_text(text)
+        shutil.rmtree(cache)
     cfg.model.epochs = 7
     assert lineage.consistent_stages(cfg, None, repo) == {"ingest", "preprocess"}
     # right after train ran with this config: downstream stages count when their inputs are

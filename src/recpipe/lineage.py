@@ -19,9 +19,9 @@ LOCK_FILE = "dvc.lock"
 PARAMS_FILE = "params.yaml"
 
 
-def dvc_hash(path: Path) -> str | None:
-    """The hash DVC records for ``path`` (``md5`` of a file, ``<md5>.dir`` of a directory);
-    None when it does not exist."""
+def dvc_hash(path: Path, ignore: Any = None) -> str | None:
+    """The hash DVC records for ``path`` (``md5`` of a file, ``<md5>.dir`` of a directory, without
+    what the ``ignore`` filter excludes); None when it does not exist."""
     if not Path(path).exists():
         return None
     from dvc_data.hashfile.build import build
@@ -30,8 +30,26 @@ def dvc_hash(path: Path) -> str | None:
     from dvc_objects.fs.local import LocalFileSystem
 
     staging = HashFileDB(MemoryFileSystem(), "memory://recpipe-staging")
-    _, _, obj = build(staging, str(path), LocalFileSystem(), "md5", dry_run=True)
+    _, _, obj = build(staging, str(Path(path).resolve()), LocalFileSystem(), "md5", dry_run=True, ignore=ignore)
     return obj.hash_info.value
+
+
+class RepoHasher:
+    """``dvc_hash`` of paths relative to a DVC repository root, with the repository's .dvcignore
+    applied as DVC does; each path hashed once."""
+
+    def __init__(self, root: Path) -> None:
+        from dvc.ignore import DvcIgnoreFilter
+        from dvc_objects.fs.local import LocalFileSystem
+
+        self.root = root
+        self.ignore = DvcIgnoreFilter(LocalFileSystem(), str(root.resolve()))
+        self.hashes: dict[str, str | None] = {}
+
+    def __call__(self, path: str) -> str | None:
+        if path not in self.hashes:
+            self.hashes[path] = dvc_hash(self.root / path, self.ignore)
+        return self.hashes[path]
 
 
 def read_lock(root: Path = Path(".")) -> dict[str, dict[str, Any]]:
@@ -54,20 +72,12 @@ def params_match(recorded: Mapping[str, Any], cfg: DictConfig) -> bool:
     return True
 
 
-def stage_up_to_date(
-    entry: Mapping[str, Any], cfg: DictConfig, root: Path = Path("."), hashes: dict[str, str | None] | None = None
-) -> bool:
-    """True when the locked stage ``entry`` matches ``cfg`` and the files under ``root``
-    (``hashes``: a memo of ``dvc_hash`` by path, shared between stages)."""
+def stage_up_to_date(entry: Mapping[str, Any], cfg: DictConfig, hasher: RepoHasher) -> bool:
+    """True when the locked stage ``entry`` matches ``cfg`` and the files under ``hasher.root``."""
     if not params_match((entry.get("params") or {}).get(PARAMS_FILE) or {}, cfg):
         return False
-    hashes = {} if hashes is None else hashes
-    for f in [*(entry.get("deps") or []), *(entry.get("outs") or [])]:
-        if f["path"] not in hashes:
-            hashes[f["path"]] = dvc_hash(root / f["path"])
-        if not f.get("md5") or hashes[f["path"]] != f["md5"]:
-            return False
-    return True
+    files = [*(entry.get("deps") or []), *(entry.get("outs") or [])]
+    return all(f.get("md5") and hasher(f["path"]) == f["md5"] for f in files)
 
 
 def upstream(lock: Mapping[str, Mapping[str, Any]]) -> dict[str, set[str]]:
@@ -84,8 +94,10 @@ def consistent_stages(cfg: DictConfig, ran: str | None = None, root: Path = Path
     stage consistent too. ``ran``, the stage that has just run with ``cfg`` (its lock entry is
     written by DVC after it exits), counts as consistent."""
     lock = read_lock(root)
-    hashes: dict[str, str | None] = {}
-    fresh = {name for name, e in lock.items() if stage_up_to_date(e, cfg, root, hashes)}
+    if not lock:
+        return {ran} if ran else set()
+    hasher = RepoHasher(root)
+    fresh = {name for name, e in lock.items() if stage_up_to_date(e, cfg, hasher)}
     parents = upstream(lock)
     done: dict[str, bool] = {}
 
@@ -101,3 +113,9 @@ def stage_outputs(stages: set[str], root: Path = Path(".")) -> list[str]:
     """The output paths dvc.lock records for ``stages``."""
     lock = read_lock(root)
     return sorted(o["path"] for s in stages for o in lock.get(s, {}).get("outs") or [])
+
+
+def locked_hashes(stages: set[str], root: Path = Path(".")) -> dict[str, str]:
+    """``{output path: hash}`` as dvc.lock records them for ``stages``."""
+    lock = read_lock(root)
+    return {o["path"]: o["md5"] for s in stages for o in lock.get(s, {}).get("outs") or [] if o.get("md5")}

@@ -338,8 +338,11 @@ def log_consistent_outputs(cfg: DictConfig, stage: str, paths: Paths) -> set[str
     if "evaluate" in consistent - {stage} and detail.exists():
         log_metrics(headline_metrics(read_json(detail)))
         mlflow.log_artifact(str(detail), artifact_path="reports")
-    outputs = lineage.stage_outputs(consistent, paths.root)
-    mlflow.set_tags({f"dvc.{p}": h for p in outputs if (h := lineage.dvc_hash(paths.root / p))})
+    hashes = lineage.locked_hashes(consistent - {stage}, paths.root)
+    if stage in consistent:  # its lock entry is written after it exits: hash what it wrote
+        hasher = lineage.RepoHasher(paths.root)
+        hashes |= {p: h for p in lineage.stage_outputs({stage}, paths.root) if (h := hasher(p))}
+    mlflow.set_tags({f"dvc.{p}": h for p, h in hashes.items()})
     return consistent
 
 
