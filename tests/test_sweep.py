@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from recpipe import tracking
+from recpipe.cli import main
 from recpipe.sweep import PROCESSED_SECTIONS, RAW_SECTIONS, prepare_data, section_hash
 
 from .conftest import REPO
@@ -185,7 +186,7 @@ def test_queued_dvc_experiments_log_to_the_repository_database(tmp_path):
 
 
 @pytest.mark.slow
-def test_optuna_search_improves_on_the_default_config(tmp_path):
+def test_optuna_search_improves_on_the_default_config(tmp_path, monkeypatch, capsys):
     recpipe_run(tmp_path, "model=mf", *SMALL)  # one job, not a sweep: a run without a parent
     parents, [default] = sweep_runs(tmp_path)
     assert not parents and "mlflow.parentRunId" not in default.data.tags
@@ -200,3 +201,9 @@ def test_optuna_search_improves_on_the_default_config(tmp_path):
     assert results.best_value == pytest.approx(min(values))
     assert parent.data.metrics["best_value"] == pytest.approx(results.best_value)
     assert results.best_value < default.data.metrics["objective"]
+    # `recpipe report` shows the search's best trial, labelled, not its last trial
+    best = min(trials, key=lambda t: t.data.metrics["objective"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["report", "--all"]) == 0
+    [mf_row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| mf |")]
+    assert best.info.run_id[:8] in mf_row and f"(best of {n_trials} trials by val_rmse)" in mf_row

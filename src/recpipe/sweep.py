@@ -50,7 +50,7 @@ TAG_OBJECTIVE = "recpipe.objective"  # the name of the value a job returns (metr
 
 
 def new_invocation_id() -> str:
-    """``<date>/<time>-<microseconds><random hex>``: unique per ``recpipe run`` invocation."""
+    """``<date>/<time>-<microseconds>-<6 random hex>``: unique per ``recpipe run`` invocation."""
     return f"{datetime.now():%Y-%m-%d/%H-%M-%S-%f}-{secrets.token_hex(3)}"
 
 

@@ -308,6 +308,7 @@ def log_data(cfg: DictConfig, processed: Path) -> None:
     named ``<data>/<split>/<train|test>``, digest = the file's md5)."""
     import mlflow
     import pandas as pd
+    from mlflow.data.sources import LocalArtifactDatasetSource
 
     mlflow.set_tag(TAG_FINGERPRINT, dataset_fingerprint(processed))
     log_metrics(stats_metrics(read_json(processed / "stats.json")))
@@ -317,9 +318,10 @@ def log_data(cfg: DictConfig, processed: Path) -> None:
         with warnings.catch_warnings():  # MLflow's hint on integer columns in an inferred schema
             warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
             dataset = mlflow.data.from_pandas(
-                pd.read_parquet(path), source=str(path), name=f"{label}/{part}", digest=lineage.dvc_hash(path),
+                pd.read_parquet(path), source=LocalArtifactDatasetSource(path.as_uri()), name=f"{label}/{part}",
+                digest=lineage.dvc_hash(path),
             )
-        mlflow.log_input(dataset, context=context)
+            mlflow.log_input(dataset, context=context)  # infers the schema
 
 
 def log_consistent_outputs(cfg: DictConfig, stage: str, paths: Paths) -> set[str]:
