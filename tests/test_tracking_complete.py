@@ -89,6 +89,7 @@ def test_full_repro_is_one_complete_run(repo, client):
     assert only.info.run_name.startswith("mf-") and only.info.run_name.endswith("-1")
 
 
+@pytest.mark.slow  # two repros (~80 s); test_repro_of_train_alone... covers the same mechanism fast
 def test_repro_from_train_with_evaluate_restored_from_run_cache(repo, client):
     """epochs=2 then back to 3: train and export run, DVC restores evaluate's cached outputs.
     The second run starts at train, yet holds the data statistics and evaluate's metrics."""
@@ -102,6 +103,20 @@ def test_repro_from_train_with_evaluate_restored_from_run_cache(repo, client):
     assert_complete(latest, repo)
     assert latest.data.metrics["ndcg_at_10"] == first.data.metrics["ndcg_at_10"]
     assert len({r.info.run_name for r in runs(client)}) == 3
+
+
+def test_repro_of_train_alone_holds_the_downstream_metrics(repo, client):
+    """A change to train's code only: train re-runs with an identical model, DVC skips evaluate and
+    export as unchanged; the run (train alone) still holds evaluate's metrics, whose inputs are
+    exactly what train just wrote."""
+    stage = repo / "src/recpipe/stages/train.py"
+    stage.write_text(stage.read_text() + "# a comment\n")
+    commit(repo, "comment in the train stage")
+    out = repro(repo)
+    assert ran(out) == ["train"]
+    latest = runs(client)[0]
+    assert latest.data.tags["recpipe.first_stage"] == latest.data.tags["recpipe.last_stage"] == "train"
+    assert_complete(latest, repo)
 
 
 def test_only_export_runs(repo, client):
