@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 
 import mlflow
 import pytest
@@ -23,6 +24,7 @@ from recpipe.tracking import (
     process_id,
     process_tags,
     reap_dead_runs,
+    session_id,
 )
 
 
@@ -94,3 +96,24 @@ def test_runs_of_dead_processes_are_marked_killed(cfg):
     assert client.get_run(alive).info.status == "RUNNING"
     client.set_terminated(alive)
     assert not process_alive(dead_tags[TAG_PID]) and process_alive(process_id())
+
+
+def test_session_is_the_dvc_process_above(tmp_path):
+    """Stages run by one `dvc` process share a session; outside DVC there is none."""
+    fake_dvc = tmp_path / "dvc"
+    code = "from recpipe.tracking import session_id; print(session_id())"
+    fake_dvc.write_text(f"#!/bin/sh\necho $$\n{sys.executable} -c '{code}'\n")
+    fake_dvc.chmod(0o755)
+    out = subprocess.run([str(fake_dvc)], capture_output=True, text=True, check=True, env=os.environ).stdout.split()
+    assert out[1].startswith(f"{out[0]}:")  # the shell script named dvc, with its start time
+    assert session_id() is None
+
+
+def test_a_new_pipeline_execution_opens_a_new_run(tmp_path, monkeypatch, cfg):
+    """Same config, later stage, but another `dvc repro` process: not the same pipeline execution."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("recpipe.tracking.session_id", lambda: "100:1")
+    first = _run(cfg, "ingest")
+    assert _run(cfg, "preprocess") == first
+    monkeypatch.setattr("recpipe.tracking.session_id", lambda: "200:1")
+    assert _run(cfg, "train") != first
