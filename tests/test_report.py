@@ -96,9 +96,9 @@ def test_cli_default_is_the_params_config_and_all_shows_each_group(experiment, t
     assert "| mf | 0.2000 [0.1500, 0.2500] | 0.9500 | 3.0 | mf-3000 " in tables[1] and "0.0450" not in tables[1]
     assert "| baseline: popularity | 0.1100 | - |" in tables[1]
 
-    assert main(["report", "--experiment", name, "--all", "--dataset", "bbbb"]) == 0
+    assert main(["report", "--experiment", name, "--dataset", "bbbb", "--params", str(params)]) == 0
     assert capsys.readouterr().out.count("Data `") == 1
-    assert main(["report", "--experiment", name, "--all", "--split", "temporal"]) == 2
+    assert main(["report", "--experiment", name, "--split", "temporal"]) == 2
 
 
 def test_cli_updates_readme_with_one_group_and_its_config_hash(experiment, tmp_path, capsys):
@@ -107,7 +107,7 @@ def test_cli_updates_readme_with_one_group_and_its_config_hash(experiment, tmp_p
     readme.write_text(f"# recpipe\n{START}\n{END}\n")
     assert main(["report", "--experiment", name, "--all", "--update-readme", str(readme)]) == 2
     assert "2 groups of runs match" in capsys.readouterr().err
-    assert main(["report", "--experiment", name, "--all", "--dataset", "ml-100k", "--update-readme", str(readme)]) == 0
+    assert main(["report", "--experiment", name, "--dataset", "ml-100k", "--update-readme", str(readme)]) == 0
     text = readme.read_text()
     assert readme_config_hash(text) == "c0ffee"
     assert "| mf | 0.2000 [0.1500, 0.2500]" in text and ids["ncf"][:8] in text and "0.0450" not in text

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Print like-for-like markdown tables of the evaluated MLflow runs (one per data set/split).",
         description="One markdown table per group of comparable runs (same dataset fingerprint, split "
         "and common config: seed, data, preprocess, split, evaluate); by default only the group of "
-        "params.yaml's config. Each model's row is its latest run, or the best trial of its latest "
+        "params.yaml's config, with --dataset/--split the groups of that data/split. Each model's row is its latest run, or the best trial of its latest "
         "sweep by the sweep's validation objective (labelled); baselines follow. --update-readme "
         "rewrites the block between <!-- results:start --> and <!-- results:end --> in README.md "
         "with one group and records its config hash.",

@@ -5,7 +5,7 @@ fingerprint (the DVC hash of the processed data, tag ``recpipe.dataset_fingerpri
 common config hash (seed, data, preprocess, split, evaluate: ``tracking.common_config_hash``) and
 prints one table per group, never two groups in one table. By default only the group(s) of the
 current params.yaml's common config are shown (``--all`` shows every group; ``--dataset`` and
-``--split`` filter).
+``--split`` choose groups instead).
 
 In a table, each model's row is its latest *entry*: a single run, or a sweep (the child runs of one
 parent) reduced to its best trial by the sweep's validation objective (metric ``objective``, its
@@ -259,7 +259,7 @@ def report_command(
     metrics = list(metrics or DEFAULT_METRICS)
     runs = evaluated_runs(experiment, metrics, parent_run_id)
     directions = {r.info.run_id: r.data.tags.get("recpipe.direction", "") for r in _parents(runs)}
-    config_hash = None if all_groups else current_config_hash(params)
+    config_hash = None if all_groups or dataset or split else current_config_hash(params)
     groups = select(group_runs(runs, directions), config_hash, dataset, split)
     if not groups:
         where = f" with the config of {params} (hash {config_hash}; --all shows every group)" if config_hash else ""
