@@ -166,8 +166,9 @@ class Report:
 
 def write_reports(dest: Path, report: Report, training_curve: Path | None = None) -> None:
     """Write the reports directory ``dest`` as a whole (atomically): metrics.json, baselines.json,
-    intervals.json, evaluation.json, detail.json, evaluation.md and plots/ (metrics_at_k.csv, metric_vs_k.png with a
-    panel per ranking metric, popularity.png, training_curve.csv when train wrote one)."""
+    intervals.json, evaluation.json, detail.json, evaluation.md and plots/ (metrics_at_k.csv,
+    metric_vs_k.png with a panel per ranking metric, popularity.png, training_curve.csv when train
+    wrote one)."""
     with atomic_dir(dest) as tmp:
         write_json(tmp / "metrics.json", _json_ready(report.metrics))
         write_json(tmp / "baselines.json", {b: _json_ready(v) for b, v in report.baselines.items()})
