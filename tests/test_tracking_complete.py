@@ -87,6 +87,9 @@ def test_full_repro_is_one_complete_run(repo, client):
     assert_complete(only, repo)
     assert only.data.tags["recpipe.first_stage"] == "ingest" and only.data.tags["recpipe.last_stage"] == "export"
     assert only.info.run_name.startswith("mf-") and only.info.run_name.endswith("-1")
+    # every output of every stage, as dvc.lock records it (export's too, hashed before DVC wrote it)
+    assert {f"dvc.{p}": h for p, h in lineage.locked_hashes(set(tracking.STAGE_ORDER), repo).items()} == {
+        k: v for k, v in only.data.tags.items() if k.startswith("dvc.")}
 
 
 @pytest.mark.slow  # two repros (~80 s); test_repro_of_train_alone... covers the same mechanism fast

@@ -109,10 +109,14 @@ def consistent_stages(cfg: DictConfig, ran: str | None = None, root: Path = Path
     return {name for name in lock if consistent(name)} | ({ran} if ran else set())
 
 
-def stage_outputs(stages: set[str], root: Path = Path(".")) -> list[str]:
-    """The output paths dvc.lock records for ``stages``."""
-    lock = read_lock(root)
-    return sorted(o["path"] for s in stages for o in lock.get(s, {}).get("outs") or [])
+def declared_outputs(stage: str, root: Path = Path(".")) -> list[str]:
+    """The outputs, metrics and plots files that ``root/dvc.yaml`` declares for ``stage``."""
+    dvc_yaml = root / "dvc.yaml"
+    if not dvc_yaml.exists():
+        return []
+    spec = ((yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}).get(stage) or {}
+    entries = [*(spec.get("outs") or []), *(spec.get("metrics") or []), *(spec.get("plots") or [])]
+    return sorted(e if isinstance(e, str) else next(iter(e)) for e in entries)
 
 
 def locked_hashes(stages: set[str], root: Path = Path(".")) -> dict[str, str]:

@@ -343,7 +343,7 @@ def log_consistent_outputs(cfg: DictConfig, stage: str, paths: Paths) -> set[str
     hashes = lineage.locked_hashes(consistent - {stage}, paths.root)
     if stage in consistent:  # its lock entry is written after it exits: hash what it wrote
         hasher = lineage.RepoHasher(paths.root)
-        hashes |= {p: h for p in lineage.stage_outputs({stage}, paths.root) if (h := hasher(p))}
+        hashes |= {p: h for p in lineage.declared_outputs(stage, paths.root) if (h := hasher(p))}
     mlflow.set_tags({f"dvc.{p}": h for p, h in hashes.items()})
     return consistent
 
