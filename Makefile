@@ -7,7 +7,7 @@ STAMP := $(VENV)/.recpipe-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: help setup repro test test-fast lint params bench screenshot clean
+.PHONY: help setup repro test test-fast lint params results bench screenshot clean
 
 help:
 	@echo "make repro      set up .venv, then run the DVC pipeline (dvc repro)"
@@ -15,6 +15,7 @@ help:
 	@echo "make test-fast  the test suite without slow tests and without DVC/Hydra/MLflow/recpipe subprocesses"
 	@echo "make lint       ruff (lint and format check) over src tests scripts bench, mypy over src"
 	@echo "make params     regenerate params.yaml from conf/ (recpipe compose)"
+	@echo "make results    run every model on params.yaml's data, rewrite README's results table"
 	@echo "make bench      run the benchmark scripts in bench/"
 	@echo "make screenshot render MLflow's run comparison to docs/mlflow_compare.png"
 
@@ -58,6 +59,12 @@ lint: setup
 
 params: setup
 	$(BIN)/recpipe compose
+
+# README's results table: every model on the default data (one sweep), then the table of that group.
+MODELS := mf,ncf,two_tower,hybrid,content
+results: setup
+	$(BIN)/recpipe run -m model=$(MODELS)
+	$(BIN)/recpipe report --update-readme
 
 bench: setup
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import tensorflow as tf
 from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from recpipe import tracking
 from recpipe.config import compose
 from recpipe.data.preprocess import preprocess, write_processed
 from recpipe.data.processed import Processed, load_processed
@@ -312,7 +314,7 @@ def check_sweep(workdir: Path, models: list[str]) -> list:
         assert run_.data.params["data.n_users"] == "200"
         job = workdir / sweep_dir / str(num)
         assert (job / "models/train/train_summary.json").exists()
-        reported = {k: v for k, v in json.loads((job / "reports/metrics.json").read_text()).items() if v is not None}
+        reported = tracking.headline_metrics(json.loads((job / "reports/detail.json").read_text()))
         assert {k: run_.data.metrics.get(k) for k in reported} == pytest.approx(reported)
     for dvc_out in ("data", "models", "reports"):
         assert not (workdir / dvc_out).exists()
@@ -357,3 +359,38 @@ def changed_deps(repo: Path) -> dict[str, set[str]]:
 def snapshot(*dirs: Path) -> dict[str, bytes]:
     """Every file under ``dirs`` (path -> bytes), to compare outputs before and after."""
     return {str(f): f.read_bytes() for d in dirs for f in sorted(d.rglob("*")) if f.is_file()}
+
+
+# --- GroupLens releases in their three file layouts (tiny; the same content in each) -------------
+RATINGS = [("1", "10", "4", "881250949"), ("1", "20", "3", "881250950"), ("2", "10", "5", "881250951"),
+           ("3", "30", "1", "881250952")]
+ML100K_FILES = {
+    "u.data": "".join("\t".join(r) + "\n" for r in RATINGS),
+    # id | title | release date | video date | url | 19 genre flags (unknown, Action, Adventure, Animation, ...)
+    "u.item": "10|Café Society (1995)|01-Jan-1995||http://x|0|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
+              "20|Heat (1995)|01-Jan-1995||http://x|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|1|0|0\n"
+              "30|unknown||||1|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0\n",
+    "u.user": "1|24|M|technician|85711\n2|53|F|other|94043\n3|23|M|writer|32067\n",
+}
+ML1M_FILES = {
+    "ratings.dat": "".join("::".join(r) + "\n" for r in RATINGS),
+    "movies.dat": "10::Café Society (1995)::Action|Adventure\n20::Heat (1995)::Thriller\n30::Mystery Movie::\n",
+    "users.dat": "1::M::25::17::85711\n2::F::50::0::94043\n3::M::18::20::32067\n",
+}
+CSV_FILES = {
+    "ratings.csv": "userId,movieId,rating,timestamp\n" + "".join(",".join(r) + "\n" for r in RATINGS),
+    "movies.csv": 'movieId,title,genres\n10,"Café Society, The (1995)",Action|Adventure\n'
+                  "20,Heat (1995),Thriller\n30,Mystery Movie,(no genres listed)\n",
+    "links.csv": "movieId,imdbId,tmdbId\n10,1,2\n",
+}
+LAYOUTS = {"ml-100k": ML100K_FILES, "ml-1m": ML1M_FILES, "ml-latest-small": CSV_FILES}
+# ML-100K and ML-1M are latin-1 files; the CSV releases are UTF-8.
+ENCODING = {"u.item": "latin-1", "movies.dat": "latin-1"}
+
+
+def make_zip(path: Path, name: str) -> Path:
+    """A release zip as GroupLens publishes it: every file under a folder named like the release."""
+    with zipfile.ZipFile(path, "w") as z:
+        for file, text in LAYOUTS[name].items():
+            z.writestr(f"{name}/{file}", text.encode(ENCODING.get(file, "utf-8")))
+    return path

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import changed_deps, commit, copy_repo, run
-from .test_grouplens import CSV_FILES, make_zip
+from .helpers import CSV_FILES, make_zip
 
 RATINGS = "user_id,item_id,rating,timestamp\n" + "".join(
     f"{u},{i},{1 + (u + i) % 5},{1000 + 7 * u + i}\n" for u in range(12) for i in range(10) if (u * i) % 3

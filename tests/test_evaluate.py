@@ -16,7 +16,7 @@ from recpipe.errors import RecpipeError
 from recpipe.evaluation import metrics
 from recpipe.evaluation.bootstrap import compare_to_baselines
 from recpipe.evaluation.cold import cold_items_of, cold_metrics
-from recpipe.evaluation.headline import HEADLINE_METRICS
+from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS
 from recpipe.evaluation.ranking import EvalSet, rank_metrics
 from recpipe.evaluation.segments import user_segments
 from recpipe.models.classic import fit_baselines
@@ -183,10 +183,12 @@ def test_write_reports(tmp_path):
                        "ndcg_at_10_ci_low": low, "ndcg_at_10_ci_high": high}
     assert json.loads((reports / "baselines.json").read_text()) == {
         "popularity": {"ndcg_at_10": 0.2}, "random": {"ndcg_at_10": 0.01}}
-    detail = json.loads((reports / "detail.json").read_text())
-    assert detail == {"model": {**report.metrics, "diversity_at_10": None}, "baselines": report.baselines}
     assert json.loads((reports / "intervals.json").read_text()) == report.intervals
     assert json.loads((reports / "evaluation.json").read_text()) == report.summary
+    detail = json.loads((reports / "detail.json").read_text())
+    assert detail == evaluate.detail(report)
+    assert detail["model"]["ndcg_at_10_ci_low"] == report.intervals["ci"]["mf"]["ndcg_at_10"][0]
+    assert detail["baselines"]["popularity"]["ndcg_at_10"] == 0.2
     md = (reports / "evaluation.md").read_text()
     assert "| ndcg_at_10 | **0.4000** [" in md and "| light_users.ndcg_at_10 | **0.2000** | — | — |" in md
     assert "| cold_ndcg_at_10 | **0.0500** |" in md and "- random: seed=0" in md
@@ -198,15 +200,18 @@ def test_write_reports(tmp_path):
 
 
 def test_mlflow_metric_names():
+    """MLflow gets the headline set only; everything else is in detail.json (an artifact)."""
     report = make_report()
     flat = evaluate.mlflow_metrics(report, 1.5)
     low, high = report.intervals["ci"]["mf"]["ndcg_at_10"]
     assert flat["ndcg_at_10_ci_low"] == low and flat["ndcg_at_10_ci_high"] == high
     assert flat["baseline.popularity.ndcg_at_10"] == 0.2
-    assert "baseline.random.ndcg_at_10_ci_low" in flat
+    model_keys = {k for k in flat if not k.startswith("baseline.")} - {"time_evaluate_s"}
+    assert model_keys <= set(HEADLINE_METRICS)
+    assert {k.rsplit(".", 1)[1] for k in flat if k.startswith("baseline.")} <= set(HEADLINE_BASELINE_METRICS)
+    assert "ndcg_at_5" not in flat and "baseline.random.ndcg_at_10_ci_low" not in flat
     diff = report.intervals["vs_best_baseline"]["ndcg_at_10"]
-    assert flat["ndcg_at_10_vs_best_baseline"] == diff["diff"]
-    assert flat["ndcg_at_10_vs_best_baseline_ci_low"] == diff["low"]
+    assert evaluate.detail(report)["model"]["ndcg_at_10_vs_best_baseline_ci_low"] == diff["low"]
     assert "diversity_at_10" not in flat and flat["time_evaluate_s"] == 1.5  # NaN is not logged
     assert evaluate.system_name("ease", ["popularity", "ease"]) == "ease_model"
     assert evaluate.system_name("mf", ["popularity", "ease"]) == "mf"
@@ -248,9 +253,10 @@ def test_stage_writes_reports_and_logs_to_mlflow(tmp_path, capsys):
     logged = mlflow.get_run(run.info.run_id)
     assert logged.data.metrics["ndcg_at_10"] == pytest.approx(saved["ndcg_at_10"])
     assert {"baseline.popularity.ndcg_at_10", "time_evaluate_s", "ndcg_at_10_ci_low",
-            "recall_at_10_vs_best_baseline"} <= set(logged.data.metrics)
+            "mrr_at_10", "coverage_at_10"} <= set(logged.data.metrics)
+    assert "recall_at_10_vs_best_baseline" not in logged.data.metrics  # detail: in detail.json
     assert logged.data.params["baseline.ease.lam"] == str(summary["baseline_params"]["ease"]["lam"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "reports")}
-    assert {"reports/metrics.json", "reports/baselines.json", "reports/evaluation.md", "reports/plots"} <= artifacts
+    assert {"reports/metrics.json", "reports/detail.json", "reports/evaluation.md", "reports/plots"} <= artifacts
     out = capsys.readouterr().out
     assert "tiny" in out and "popularity" in out and "ndcg_at_10" in out

@@ -20,39 +20,7 @@ from recpipe.data.movielens import load_grouplens
 from recpipe.data.raw import write_raw
 from recpipe.errors import RecpipeError
 
-# Three users, three movies; the same content in every layout.
-RATINGS = [("1", "10", "4", "881250949"), ("1", "20", "3", "881250950"), ("2", "10", "5", "881250951"),
-           ("3", "30", "1", "881250952")]
-ML100K_FILES = {
-    "u.data": "".join("\t".join(r) + "\n" for r in RATINGS),
-    # id | title | release date | video date | url | 19 genre flags (unknown, Action, Adventure, Animation, ...)
-    "u.item": "10|Café Society (1995)|01-Jan-1995||http://x|0|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
-              "20|Heat (1995)|01-Jan-1995||http://x|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|1|0|0\n"
-              "30|unknown||||1|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0\n",
-    "u.user": "1|24|M|technician|85711\n2|53|F|other|94043\n3|23|M|writer|32067\n",
-}
-ML1M_FILES = {
-    "ratings.dat": "".join("::".join(r) + "\n" for r in RATINGS),
-    "movies.dat": "10::Café Society (1995)::Action|Adventure\n20::Heat (1995)::Thriller\n30::Mystery Movie::\n",
-    "users.dat": "1::M::25::17::85711\n2::F::50::0::94043\n3::M::18::20::32067\n",
-}
-CSV_FILES = {
-    "ratings.csv": "userId,movieId,rating,timestamp\n" + "".join(",".join(r) + "\n" for r in RATINGS),
-    "movies.csv": 'movieId,title,genres\n10,"Café Society, The (1995)",Action|Adventure\n'
-                  "20,Heat (1995),Thriller\n30,Mystery Movie,(no genres listed)\n",
-    "links.csv": "movieId,imdbId,tmdbId\n10,1,2\n",
-}
-LAYOUTS = {"ml-100k": ML100K_FILES, "ml-1m": ML1M_FILES, "ml-latest-small": CSV_FILES}
-# ML-100K and ML-1M are latin-1 files; the CSV releases are UTF-8.
-ENCODING = {"u.item": "latin-1", "movies.dat": "latin-1"}
-
-
-def make_zip(path: Path, name: str) -> Path:
-    """A release zip as GroupLens publishes it: every file under a folder named like the release."""
-    with zipfile.ZipFile(path, "w") as z:
-        for file, text in LAYOUTS[name].items():
-            z.writestr(f"{name}/{file}", text.encode(ENCODING.get(file, "utf-8")))
-    return path
+from .helpers import CSV_FILES, LAYOUTS, ML1M_FILES, ML100K_FILES, make_zip
 
 
 def grouplens_cfg(name: str, **kw) -> OmegaConf:

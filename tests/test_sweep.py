@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from recpipe import tracking
+from recpipe.cli import main
 from recpipe.sweep import PROCESSED_SECTIONS, RAW_SECTIONS, prepare_data, section_hash
 
 from .helpers import MODELS, REPO, SMALL, check_sweep, commit, copy_repo, recpipe_run, run, sweep_runs
@@ -149,3 +150,9 @@ def test_optuna_search_improves_on_the_default_config(tmp_path):
     assert results.best_value == pytest.approx(min(values))
     assert parent.data.metrics["best_value"] == pytest.approx(results.best_value)
     assert results.best_value < default.data.metrics["objective"]
+    # `recpipe report` shows the search's best trial, labelled, not its last trial
+    best = min(trials, key=lambda t: t.data.metrics["objective"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["report", "--all"]) == 0
+    [mf_row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| mf |")]
+    assert best.info.run_id[:8] in mf_row and f"(best of {n_trials} trials by val_rmse)" in mf_row

@@ -91,14 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser(
         "report",
-        help="Print a markdown table of each model's latest evaluated MLflow run.",
-        description="Markdown table of the latest finished run of each model in the MLflow "
-        "experiment (metrics with intervals when logged, train time). --update-readme rewrites "
-        "the block between <!-- results:start --> and <!-- results:end --> in README.md.",
+        help="Print like-for-like markdown tables of the evaluated MLflow runs (one per data set/split).",
+        description="One markdown table per group of comparable runs (same dataset fingerprint, split "
+        "and common config: seed, data, preprocess, split, evaluate); by default only the group of "
+        "params.yaml's config, with --dataset/--split the groups of that data/split. Each model's row is its latest run, or the best trial of its latest "
+        "sweep by the sweep's validation objective (labelled); baselines follow. --update-readme "
+        "rewrites the block between <!-- results:start --> and <!-- results:end --> in README.md "
+        "with one group and records its config hash.",
     )
     p.add_argument("--experiment", default="recpipe", help="MLflow experiment (default: recpipe)")
     p.add_argument("--metrics", nargs="+", metavar="NAME", help="columns (default: the @10 metrics, rmse, mae)")
     p.add_argument("--sweep", metavar="PARENT_RUN_ID", help="only the runs of this sweep")
+    p.add_argument("--all", action="store_true", dest="all_groups",
+                   help="every group, not only params.yaml's config")
+    p.add_argument("--dataset", metavar="FINGERPRINT|DATA",
+                   help="only this data: a dataset fingerprint (prefix) or a data name such as ml-100k")
+    p.add_argument("--split", metavar="NAME", help="only this split (random, temporal, leave_last)")
+    p.add_argument("--params", default="params.yaml", type=Path,
+                   help="config whose group is shown by default (default: params.yaml)")
     p.add_argument(
         "--update-readme", nargs="?", const=Path("README.md"), type=Path, metavar="PATH",
         help="write the table into PATH (default: README.md) instead of printing it",
@@ -121,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from recpipe.report import report_command
 
-            return report_command(args.experiment, args.metrics, args.sweep, args.update_readme)
+            return report_command(
+                args.experiment, args.metrics, args.sweep, args.update_readme, dataset=args.dataset,
+                split=args.split, all_groups=args.all_groups, params=args.params,
+            )
         if args.command == "compose":
             from recpipe.config import compose_command
 

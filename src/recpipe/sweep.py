@@ -6,16 +6,24 @@ composed config. Raw and preprocessed data are shared between jobs through
 so parallel workers build each one once. Models and reports go to the job's Hydra output folder,
 never to the DVC outputs data/, models/, reports/.
 
+Isolation: every ``recpipe run`` invocation gets its own id (``invocation_id``: time to the
+microsecond plus a random part), resolved in its Hydra output folders
+(``outputs/hydra/multirun/<date>/<time>-<random>``), so concurrent invocations never share a folder.
+
 Tracking: a sweep is one MLflow parent run (made by ``MlflowSweepCallback`` before any job starts,
-its id left in the sweep folder) and each job one child run with the flattened config and the
-stages' metrics. The job returns its objective (a value from the job's models/train/train_summary.json),
-which the Optuna sweeper optimises.
+tagged with the invocation id and recorded in a file named after it) and each job one child run of
+the parent of its own invocation, with the flattened config and the stages' metrics. The job
+returns its objective (a value from the job's models/train/train_summary.json), which the Optuna sweeper
+optimises.
 """
 from __future__ import annotations
 
 import atexit
 import importlib
+import os
+import secrets
 import sys
+from datetime import datetime
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,9 +42,30 @@ CACHE_DIR = Path("outputs") / "cache"
 # The config sections each data stage reads (as in dvc.yaml's params); a cache entry is keyed by them.
 RAW_SECTIONS = ("data",)
 PROCESSED_SECTIONS = ("data", "preprocess", "split")
-PARENT_RUN_FILE = "mlflow_parent_run.json"
 STAGE_METRICS_SUFFIX = ".metrics.json"
 JOB_STAGES = ("train", "evaluate")
+INVOCATION_ENV = "RECPIPE_INVOCATION"
+TAG_INVOCATION = "recpipe.invocation"
+TAG_OBJECTIVE = "recpipe.objective"  # the name of the value a job returns (metric ``objective``)
+
+
+def new_invocation_id() -> str:
+    """``<date>/<time>-<microseconds>-<6 random hex>``: unique per ``recpipe run`` invocation."""
+    return f"{datetime.now():%Y-%m-%d/%H-%M-%S-%f}-{secrets.token_hex(3)}"
+
+
+def invocation_id() -> str:
+    """This invocation's id (the Hydra resolver ``${recpipe_invocation:}``): set by ``main`` and
+    inherited by launcher workers through the environment, made here when missing."""
+    return os.environ.setdefault(INVOCATION_ENV, new_invocation_id())
+
+
+def parent_run_file(sweep_dir: Path) -> Path:
+    """Where the sweep's parent run id is left for the jobs of this invocation."""
+    return sweep_dir / f"mlflow_parent_run.{invocation_id().replace('/', '_')}.json"
+
+
+OmegaConf.register_new_resolver("recpipe_invocation", invocation_id, replace=True)
 
 
 def main(args: Sequence[str], config_dir: str | Path = "conf") -> int:
@@ -47,6 +76,7 @@ def main(args: Sequence[str], config_dir: str | Path = "conf") -> int:
     if not (config_dir / "run.yaml").exists():
         raise RecpipeError(f"{config_dir}/run.yaml not found; run from the repository root")
     sys.argv = ["recpipe run", *args]
+    os.environ[INVOCATION_ENV] = new_invocation_id()
     hydra.main(version_base="1.3", config_path=str(config_dir), config_name="run")(run_job)()
     return 0
 
@@ -56,6 +86,7 @@ def run_job(cfg: DictConfig) -> float:
 
     Returns the job's objective (see ``objective``), which the Optuna sweeper optimises.
     """
+    import mlflow
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -63,7 +94,7 @@ def run_job(cfg: DictConfig) -> float:
     out = Path(hc.runtime.output_dir)
     parent = None
     if hc.mode == RunMode.MULTIRUN:
-        parent_file = Path(hc.sweep.dir) / PARENT_RUN_FILE
+        parent_file = parent_run_file(Path(hc.sweep.dir))
         if not parent_file.exists():
             raise RecpipeError(f"{parent_file} not found: sweeps need conf/run.yaml's hydra.callbacks")
         parent = read_json(parent_file)
@@ -72,15 +103,19 @@ def run_job(cfg: DictConfig) -> float:
         "recpipe.job_dir": str(out),
         "recpipe.job_num": str(job_num),
         "recpipe.overrides": " ".join(hc.overrides.task),
+        TAG_INVOCATION: invocation_id(),
     }
-    with job_run(cfg, parent=parent, run_name=f"{cfg.model.name}-{job_num}", tags=tags):
+    with job_run(cfg, parent=parent, tags=tags):
         data_root = prepare_data(cfg)
         link = out / "data"
         if not link.exists():
             link.symlink_to((data_root / "data").resolve(), target_is_directory=True)
+        tracking.log_data(cfg, Paths(root=out).processed)
         run_stages(cfg, Paths(root=out), JOB_STAGES)
-        value = objective(read_json(Paths(root=out).train_summary), cfg.sweep.objective)
+        summary = read_json(Paths(root=out).train_summary)
+        value = objective(summary, cfg.sweep.objective)
         tracking.log_metrics({"objective": value})
+        mlflow.set_tag(TAG_OBJECTIVE, cfg.sweep.objective or summary["metric"])
     return value
 
 
@@ -157,24 +192,18 @@ def active_metrics() -> dict[str, float]:
 
 
 @contextmanager
-def job_run(
-    cfg: DictConfig, *, parent: dict[str, str] | None, run_name: str, tags: dict[str, str]
-) -> Iterator[Any]:
-    """An active MLflow run for one job, a child of ``parent`` (``{"run_id", "experiment_id"}``)
-    when given, with the flattened config as params."""
+def job_run(cfg: DictConfig, *, parent: dict[str, str] | None, tags: dict[str, str]) -> Iterator[Any]:
+    """An active MLflow run for one job (named ``<model>-<config hash>-<n>``), a child of
+    ``parent`` (``{"run_id", "experiment_id"}``) when given, with the flattened config as params."""
     import mlflow
 
-    experiment_id = parent["experiment_id"] if parent else tracking.ensure_experiment(cfg.mlflow.experiment)
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=run_name,
-        parent_run_id=parent["run_id"] if parent else None,
-        tags={**tags, **tracking.git_info(), "model": cfg.model.name,
-              "recpipe.config_hash": tracking.config_hash(cfg)},
-    ) as run:
-        container = OmegaConf.to_container(cfg, resolve=True)
-        mlflow.log_params({k: str(v)[:6000] for k, v in tracking.flatten(container).items()})
+    experiment_id = tracking.ensure_experiment(cfg.mlflow.experiment)
+    if parent and parent["experiment_id"] != experiment_id:
+        raise RecpipeError(f"sweep parent run {parent['run_id']} is in another experiment than mlflow.experiment")
+    all_tags = {**tags, **tracking.git_info(), **tracking.config_tags(cfg), **tracking.process_tags()}
+    run_id = tracking.create_run(experiment_id, tracking.run_prefix(cfg), all_tags, parent and parent["run_id"])
+    with mlflow.start_run(run_id=run_id) as run:
+        tracking.log_config(cfg)
         yield run
 
 
@@ -186,23 +215,20 @@ class MlflowSweepCallback(Callback):
         self.run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlflow import MlflowClient
-
         sweep_dir = Path(str(config.hydra.sweep.dir))
         experiment_id = tracking.ensure_experiment(config.mlflow.experiment)
-        client = MlflowClient(tracking.tracking_uri())
-        run = client.create_run(
-            experiment_id,
-            run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
-            tags={
-                "recpipe.sweep_dir": str(sweep_dir),
-                "recpipe.overrides": " ".join(config.hydra.overrides.task),
-                "recpipe.sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1],
-                **tracking.git_info(),
-            },
-        )
-        self.run_id = run.info.run_id
-        write_json(sweep_dir / PARENT_RUN_FILE, {"run_id": self.run_id, "experiment_id": experiment_id})
+        direction = OmegaConf.select(config, "hydra.sweeper.direction")
+        tags = {
+            "recpipe.sweep_dir": str(sweep_dir),
+            TAG_INVOCATION: invocation_id(),
+            "recpipe.overrides": " ".join(config.hydra.overrides.task),
+            "recpipe.sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1],
+            **({"recpipe.direction": str(direction)} if direction else {}),
+            **tracking.git_info(),
+            **tracking.process_tags(),
+        }
+        self.run_id = tracking.create_run(experiment_id, f"sweep-{datetime.now():%Y-%m-%d}", tags)
+        write_json(parent_run_file(sweep_dir), {"run_id": self.run_id, "experiment_id": experiment_id})
         atexit.register(self._end, "FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -161,22 +161,23 @@ def write_reports(dest: Path, report: Report) -> None:
 
     metrics.json and baselines.json hold the headline metrics only (``recpipe.evaluation.headline``;
     what ``dvc metrics show`` / ``dvc exp show`` display); detail.json holds every metric of every
-    system, ``{"model": {...}, "baselines": {name: {...}}}``. Also intervals.json, evaluation.json,
-    evaluation.md and plots/ (metrics_at_k.csv for ``dvc plots``, metric_vs_k.png with a panel per
-    ranking metric, popularity.png).
+    system (``detail``). Also intervals.json, evaluation.json, evaluation.md and plots/
+    (metrics_at_k.csv for ``dvc plots``, metric_vs_k.png with a panel per ranking metric, popularity.png).
     """
-    model = _json_ready(report.metrics)
-    baselines = {b: _json_ready(v) for b, v in report.baselines.items()}
+    everything = detail(report)
     with atomic_dir(dest) as tmp:
-        with_ci = model | ci_metrics(report.intervals, report.model_name)
         # headline files keep the order of the headline lists: the column order of dvc metrics/exp show
-        write_json(tmp / "metrics.json", headline(with_ci, HEADLINE_METRICS), sort_keys=False)
-        write_json(tmp / "baselines.json", {b: headline(v, HEADLINE_BASELINE_METRICS) for b, v in baselines.items()},
-                   sort_keys=False)
-        write_json(tmp / "detail.json", {"model": model, "baselines": baselines})
+        write_json(tmp / "metrics.json", headline(everything["model"], HEADLINE_METRICS), sort_keys=False)
+        write_json(tmp / "baselines.json", {
+            b: headline(v, HEADLINE_BASELINE_METRICS) for b, v in everything["baselines"].items()
+        }, sort_keys=False)
+        write_json(tmp / tracking.DETAIL_FILE, everything)
         write_json(tmp / "intervals.json", report.intervals)
         write_json(tmp / "evaluation.json", report.summary)
-        markdown = render_markdown(report.model_name, model, baselines, report.intervals, report.summary)
+        markdown = render_markdown(
+            report.model_name, _json_ready(report.metrics),
+            {b: _json_ready(v) for b, v in report.baselines.items()}, report.intervals, report.summary,
+        )
         (tmp / "evaluation.md").write_text(markdown + "\n", encoding="utf-8")
         plots = tmp / "plots"
         plots.mkdir()
@@ -188,23 +189,30 @@ def write_reports(dest: Path, report: Report) -> None:
             plot_popularity(report.recommended, plots / "popularity.png", report.item_popularity)
 
 
-def mlflow_metrics(report: Report, seconds: float) -> dict[str, float]:
-    """The flat MLflow metrics of ``report``: the model's under their own names, each baseline's as
-    ``baseline.<name>.<metric>``, intervals as ``<metric>_ci_low`` / ``_ci_high``, the difference
-    to the best baseline as ``<metric>_vs_best_baseline`` (+ ``_ci_low`` / ``_ci_high``)."""
-    flat = dict(report.metrics) | ci_metrics(report.intervals, report.model_name)
-    for name, values in report.baselines.items():
-        for key, value in (dict(values) | ci_metrics(report.intervals, name)).items():
-            flat[f"baseline.{name}.{key}"] = value
+def detail(report: Report) -> dict[str, Any]:
+    """reports/detail.json: every metric of the model and of each baseline (``{"model": {...},
+    "baselines": {name: {...}}}``), with intervals as ``<metric>_ci_low`` / ``_ci_high`` and the
+    model's difference to the best baseline as ``<metric>_vs_best_baseline`` (+ ``_ci_low`` /
+    ``_ci_high``); undefined values are null."""
+    model = dict(report.metrics) | ci_metrics(report.intervals, report.model_name)
     for metric, c in report.intervals.get("vs_best_baseline", {}).items():
-        flat[f"{metric}_vs_best_baseline"] = c["diff"]
-        flat[f"{metric}_vs_best_baseline_ci_low"], flat[f"{metric}_vs_best_baseline_ci_high"] = c["low"], c["high"]
-    return {k: v for k, v in flat.items() if math.isfinite(v)} | {"time_evaluate_s": seconds}
+        model[f"{metric}_vs_best_baseline"] = c["diff"]
+        model[f"{metric}_vs_best_baseline_ci_low"], model[f"{metric}_vs_best_baseline_ci_high"] = c["low"], c["high"]
+    return {
+        "model": _json_ready(model),
+        "baselines": {b: _json_ready(dict(v) | ci_metrics(report.intervals, b)) for b, v in report.baselines.items()},
+    }
+
+
+def mlflow_metrics(report: Report, seconds: float) -> dict[str, float]:
+    """The MLflow metrics of ``report``: the headline set (``tracking.headline_metrics``, the
+    same numbers a run backfilled from reports/detail.json holds) and the stage's time."""
+    return tracking.headline_metrics(detail(report)) | {"time_evaluate_s": seconds}
 
 
 def log_to_mlflow(report: Report, reports: Path, seconds: float) -> None:
     """Metrics (``mlflow_metrics``), the baselines' scalar hyperparameters as ``baseline.<name>.<param>``
-    params, and the reports directory as artifacts."""
+    params, and the reports directory (with the full detail.json) as artifacts."""
     import mlflow
 
     if mlflow.active_run() is None:

@@ -7,7 +7,7 @@ from recpipe.data.preprocess import preprocess, summary, write_processed
 from recpipe.data.splits import NEEDS_TIMESTAMPS
 from recpipe.data.validate import read_raw
 from recpipe.paths import Paths
-from recpipe.tracking import flatten, log_metrics
+from recpipe.tracking import log_metrics, stats_metrics
 
 
 def run(cfg: DictConfig, paths: Paths) -> None:
@@ -20,6 +20,6 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     )
     result = preprocess(raw, cfg.preprocess, cfg.split, progress=True)
     write_processed(result, paths.processed)
-    log_metrics({f"data.{k}": v for k, v in flatten(result.stats).items() if v is not None})
+    log_metrics(stats_metrics(result.stats))
     print(summary(result.stats))
     print(f"split={split}: wrote {paths.processed}")

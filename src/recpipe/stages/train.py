@@ -20,7 +20,7 @@ from recpipe.evaluation.headline import run_labels, train_headline
 from recpipe.io import atomic_dir, write_json
 from recpipe.models.io import save_model
 from recpipe.paths import Paths
-from recpipe.tracking import log_metrics
+from recpipe.tracking import log_metrics, train_metrics
 
 
 def run(cfg: DictConfig, paths: Paths) -> None:
@@ -48,13 +48,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
         write_json(staged(paths.train_summary), summary)
         write_json(staged(paths.train_metrics), run_labels(cfg) | train_headline(summary), sort_keys=False)
         training.write_training_curve(result, staged(paths.training_curve))
-        log_metrics({
-            f"best_{result.metric}": result.best_value,
-            "best_epoch": result.best_epoch,
-            "train_seconds": result.train_seconds,
-            "examples_per_second": result.examples_per_second,
-            "n_params": summary["n_params"],
-        })
+        log_metrics(train_metrics(summary))
         if mlflow.active_run() is not None:
             mlflow.log_artifact(str(staged(paths.train_summary)))
     print(f"best {result.metric} {result.best_value:.4f} at epoch {result.best_epoch}; "
