@@ -118,7 +118,8 @@ def test_outputs_of_another_config_are_not_logged(repo, client):
     """A changed model config makes train, evaluate and export's outputs stale: a stage run by hand
     (no dvc repro) logs none of them."""
     cfg = load_params(repo / "params.yaml")
-    assert lineage.consistent_stages(cfg, None, repo) == set(tracking.STAGE_ORDER)
+    every_stage = set(lineage.read_lock(repo))  # the pipeline's stages and the plots page
+    assert lineage.consistent_stages(cfg, None, repo) == every_stage
     # files .dvcignore excludes count as little as for DVC
     ignore, cache = repo / ".dvcignore", repo / "src/recpipe/models/__pycache__"
     text = ignore.read_text()
@@ -126,24 +127,24 @@ def test_outputs_of_another_config_are_not_logged(repo, client):
     cache.mkdir()
     (cache / "base.cpython-311.pyc").write_bytes(b"\0")
     try:
-        assert lineage.consistent_stages(cfg, None, repo) == set(tracking.STAGE_ORDER)
+        assert lineage.consistent_stages(cfg, None, repo) == every_stage
     finally:
         ignore.write_text(text)
         shutil.rmtree(cache)
     cfg.model.epochs = 7
-    assert lineage.consistent_stages(cfg, None, repo) == {"ingest", "preprocess"}
+    assert lineage.consistent_stages(cfg, None, repo) == {"ingest", "preprocess", "plots_page"}
     # right after train ran with this config: downstream stages count when their inputs are
     # train's new outputs (an identical model), not when train wrote something else
-    assert lineage.consistent_stages(cfg, "train", repo) == set(tracking.STAGE_ORDER)
-    curve = repo / "models/training_curve.csv"
-    before = curve.read_bytes()
-    curve.write_bytes(before + b"99,0.1,0.1\n")
+    assert lineage.consistent_stages(cfg, "train", repo) == every_stage
+    saved = repo / "models/train/model/model_config.json"
+    before = saved.read_bytes()
+    saved.write_bytes(before + b" ")
     try:
-        assert lineage.consistent_stages(cfg, "train", repo) == {"ingest", "preprocess", "train", "export"}
+        assert lineage.consistent_stages(cfg, "train", repo) == {"ingest", "preprocess", "train", "plots_page"}
     finally:
-        curve.write_bytes(before)
+        saved.write_bytes(before)
     cfg.data.n_users = 201
-    assert lineage.consistent_stages(cfg, None, repo) == set()
+    assert lineage.consistent_stages(cfg, None, repo) == {"plots_page"}  # it reads code only
 
 
 def test_killed_stage_leaves_no_running_run(repo, client):

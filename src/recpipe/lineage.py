@@ -9,7 +9,7 @@ file on disk now — DVC's own definition, so outputs of an up-to-date stage bel
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -81,10 +81,16 @@ def stage_up_to_date(entry: Mapping[str, Any], cfg: DictConfig, hasher: RepoHash
 
 
 def upstream(lock: Mapping[str, Mapping[str, Any]]) -> dict[str, set[str]]:
-    """Each locked stage's direct upstream stages: those whose outputs it depends on."""
-    producers = {o["path"]: name for name, e in lock.items() for o in e.get("outs") or []}
+    """Each locked stage's direct upstream stages: those whose outputs it depends on (an output
+    itself or a path inside an output directory, e.g. ``models/train/model`` of ``models/train``)."""
+    producers = {PurePosixPath(o["path"]): name for name, e in lock.items() for o in e.get("outs") or []}
+
+    def producer(dep: str) -> str | None:
+        path = PurePosixPath(dep)
+        return next((name for out, name in producers.items() if path == out or out in path.parents), None)
+
     return {
-        name: {producers[d["path"]] for d in e.get("deps") or [] if d["path"] in producers}
+        name: {p for d in e.get("deps") or [] if (p := producer(d["path"])) is not None}
         for name, e in lock.items()
     }
 
