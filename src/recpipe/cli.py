@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import recpipe  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from recpipe import logs
 from recpipe.errors import RecpipeError
+
+log = logging.getLogger(__name__)
+INT32_MAX = 2**31 - 1
+VERBOSE_FLAGS = ("-v", "--verbose")
 
 STAGES: dict[str, str] = {
     "ingest": "Read the configured source (data=...) into data/raw/*.parquet.",
@@ -32,23 +39,44 @@ or in one step with `dvc exp run -S model=ncf`.
 """
 
 
+def bounded_int(lo: int, hi: int = INT32_MAX) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi] (argparse turns the ValueError into exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi}, got {text}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        *VERBOSE_FLAGS, action="store_true", default=argparse.SUPPRESS,
+        help="show debug messages and TensorFlow's own start-up/GPU/XLA messages",
+    )
     parser = argparse.ArgumentParser(
         prog="recpipe",
         description="Reproducible recommender-system pipeline: "
         "ingest -> preprocess -> train -> evaluate -> export.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in STAGES.items():
-        p = sub.add_parser(name, help=text, description=text)
+        p = sub.add_parser(name, help=text, description=text, parents=[common])
         p.add_argument(
             "--params", default="params.yaml", type=Path,
             help="composed configuration to read (default: params.yaml)",
         )
     p = sub.add_parser(
-        "compose",
+        "compose", parents=[common],
         help="Compose conf/ with Hydra overrides and write params.yaml.",
         description="Compose conf/config.yaml with Hydra overrides and write the result to "
         "params.yaml, the only configuration DVC stages read. Example: recpipe compose "
@@ -62,16 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not write; exit 1 if the output file differs from the composed config",
     )
     p = sub.add_parser(
-        "recommend",
+        "recommend", parents=[common],
         help="Print top-k recommendations for a user from models/export.",
         description="Load the exported SavedModel and print a user's top-k items with titles. "
         "Users the model has never seen get the most popular items.",
     )
     p.add_argument("--user", required=True, help="user id as in the source data, e.g. 42")
-    p.add_argument("-k", type=int, default=10, help="number of items (default: 10)")
+    p.add_argument(
+        "-k", type=bounded_int(1), default=10,
+        help="number of items, at most the export's max_k (default: 10)",
+    )
     p.add_argument("--export-dir", default="models/export", type=Path)
     p = sub.add_parser(
-        "similar",
+        "similar", parents=[common],
         help="Print the catalog items most like a new item given only by its features (hybrid/content export).",
         description="Score a new item's feature-only vector (model=hybrid or model=content) against the "
         "catalog in models/export and print the k most similar items. Example: recpipe similar "
@@ -79,8 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--title", required=True, help="the new item's title")
     p.add_argument("--genres", default="", help='"|"-separated genres, e.g. "Action|Sci-Fi"')
-    p.add_argument("--year", type=int, default=None, help="release year (optional)")
-    p.add_argument("-k", type=int, default=10, help="number of items (default: 10)")
+    p.add_argument("--year", type=bounded_int(1, 9999), default=None, help="release year (optional)")
+    p.add_argument(
+        "-k", type=bounded_int(1), default=10,
+        help="number of items, at most the export's max_k (default: 10)",
+    )
     p.add_argument("--export-dir", default="models/export", type=Path)
     sub.add_parser(
         "run",
@@ -90,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Takes Hydra's arguments; see `recpipe run --help`.",
     )
     p = sub.add_parser(
-        "report",
+        "report", parents=[common],
         help="Print a markdown table of each model's latest evaluated MLflow run.",
         description="Markdown table of the latest finished run of each model in the MLflow "
         "experiment (metrics with intervals when logged, train time). --update-readme rewrites "
@@ -107,46 +141,77 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``recpipe`` command. Errors a user can fix (:class:`RecpipeError`) print one message and
+    exit 2; anything else is a bug in recpipe and keeps its traceback.
+
+    ``argv`` None means the real command line: then TensorFlow's native start-up messages are also
+    filtered (``recpipe.logs``), which in-process callers (tests) do not want on their stderr.
+    """
+    process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = False
+    while argv[:1] and argv[0] in VERBOSE_FLAGS:  # `recpipe -v run ...`: before Hydra's arguments
+        verbose, argv = True, argv[1:]
     if argv[:1] == ["run"]:  # Hydra parses its own arguments (overrides, -m, --help, ...)
         from recpipe.sweep import main as run_main
 
-        try:
-            return run_main(argv[1:])
-        except RecpipeError as e:
-            print(f"recpipe run: error: {e}", file=sys.stderr)
-            return 2
+        _configure(verbose, process)
+        return _guarded("run", lambda: run_main(argv[1:]))
     args = build_parser().parse_args(argv)
+    _configure(verbose or getattr(args, "verbose", False), process)
+    return _guarded(args.command, lambda: _dispatch(args))
+
+
+def _configure(verbose: bool, process: bool) -> None:
+    logs.configure(verbose)
+    if process and not verbose:
+        logs.filter_native_stderr()
+
+
+def _guarded(command: str, call: Callable[[], int]) -> int:
+    """Run ``call``; a RecpipeError becomes one message and exit code 2, Ctrl-C exit code 130."""
     try:
-        if args.command == "report":
-            from recpipe.report import report_command
-
-            return report_command(args.experiment, args.metrics, args.sweep, args.update_readme)
-        if args.command == "compose":
-            from recpipe.config import compose_command
-
-            return compose_command(args.overrides, args.config_dir, args.output, check=args.check)
-        if args.command == "similar":
-            from recpipe.similar import similar_command
-
-            return similar_command(args.title, args.genres, args.year, args.k, args.export_dir)
-        if args.command == "recommend":
-            from recpipe.serving import recommend_command
-
-            return recommend_command(args.user, args.k, args.export_dir)
-        return run_stage(args.command, args.params)
+        return call()
     except RecpipeError as e:
-        print(f"recpipe {args.command}: error: {e}", file=sys.stderr)
+        log.error("recpipe %s: error: %s", command, e)
         return 2
+    except KeyboardInterrupt:
+        log.error("recpipe %s: interrupted; outputs of the interrupted stage were not replaced", command)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the subcommand ``args.command``."""
+    if args.command == "report":
+        from recpipe.report import report_command
+
+        return report_command(args.experiment, args.metrics, args.sweep, args.update_readme)
+    if args.command == "compose":
+        from recpipe.config import compose_command
+
+        return compose_command(args.overrides, args.config_dir, args.output, check=args.check)
+    if args.command == "similar":
+        from recpipe.similar import similar_command
+
+        return similar_command(args.title, args.genres, args.year, args.k, args.export_dir)
+    if args.command == "recommend":
+        from recpipe.serving import recommend_command
+
+        return recommend_command(args.user, args.k, args.export_dir)
+    return run_stage(args.command, args.params)
 
 
 def run_stage(name: str, params: Path) -> int:
     """Run stage ``name`` with the config in ``params`` inside the pipeline's MLflow run."""
     from recpipe import tracking
     from recpipe.config import load_params
+    from recpipe.outputs import STAGE_OUTPUTS, check_outputs
     from recpipe.paths import Paths
+    from recpipe.schema import validate
 
     cfg = load_params(params)
+    validate(cfg, source=str(params))
+    check_outputs(STAGE_OUTPUTS[name](Paths()))
     stage = importlib.import_module(f"recpipe.stages.{name}")
     with tracking.pipeline_run(cfg, name):
         stage.run(cfg, Paths())

@@ -54,8 +54,12 @@ def load_params(path: str | Path = "params.yaml") -> DictConfig:
 def compose_command(
     overrides: Sequence[str], config_dir: Path, output: Path, *, check: bool = False
 ) -> int:
-    """``recpipe compose``: write (or with ``check``, compare) the composed config."""
-    text = to_yaml(compose(overrides, config_dir))
+    """``recpipe compose``: write (or with ``check``, compare) the composed config, once it validates."""
+    from recpipe.schema import validate
+
+    cfg = compose(overrides, config_dir)
+    validate(cfg, source=f"{config_dir}/ or the overrides")
+    text = to_yaml(cfg)
     if check:
         current = output.read_text() if output.exists() else ""
         if current != text:

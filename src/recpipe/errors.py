@@ -38,3 +38,22 @@ class DataError(RecpipeError):
         if hint:
             msg += f". {hint}"
         super().__init__(msg)
+
+
+class ConfigError(RecpipeError):
+    """A configuration value that is missing, unknown, of the wrong type or out of range.
+
+    ``key`` is the dotted path in params.yaml / conf/ (``model.epochs``).
+    """
+
+    def __init__(self, key: str, problem: str, *, hint: str | None = None) -> None:
+        self.key, self.problem = key, problem
+        super().__init__(f"{key}: {problem}" + (f". {hint}" if hint else ""))
+
+
+class UsageError(RecpipeError):
+    """A command-line value out of its range (``recpipe recommend -k 0``)."""
+
+
+class OutputError(RecpipeError):
+    """An output location a stage cannot write: names the path and what is wrong with it."""

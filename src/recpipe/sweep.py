@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +30,9 @@ from recpipe import tracking
 from recpipe.errors import RecpipeError
 from recpipe.io import read_json, write_json
 from recpipe.paths import Paths
+from recpipe.schema import validate
+
+log = logging.getLogger(__name__)
 
 CACHE_DIR = Path("outputs") / "cache"
 # The config sections each data stage reads (as in dvc.yaml's params); a cache entry is keyed by them.
@@ -54,8 +58,19 @@ def main(args: Sequence[str], config_dir: str | Path = "conf") -> int:
 def run_job(cfg: DictConfig) -> float:
     """Hydra task: one pipeline job in the job's output folder, tracked as one MLflow run.
 
-    Returns the job's objective (see ``objective``), which the Optuna sweeper optimises.
+    Returns the job's objective (see ``objective``), which the Optuna sweeper optimises. The
+    config is validated first; a RecpipeError ends the command with its message and exit code 2
+    (Hydra would print it with a traceback).
     """
+    try:
+        validate(cfg, source="conf/ or the overrides")
+        return _run_job(cfg)
+    except RecpipeError as e:
+        log.error("recpipe run: error: %s", e)
+        raise SystemExit(2) from None
+
+
+def _run_job(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
