@@ -24,7 +24,8 @@ class DataError(RecpipeError):
         hint: str | None = None,
     ) -> None:
         self.file, self.problem, self.column = str(file), problem, column
-        self.n_rows, self.row, self.example = n_rows, row, dict(example) if example else None
+        self.n_rows, self.row = n_rows, row
+        self.example = {k: _plain(v) for k, v in example.items()} if example else None
         parts = [f"{self.file}"]
         if column is not None:
             parts.append(f"column '{column}'")
@@ -38,6 +39,11 @@ class DataError(RecpipeError):
         if hint:
             msg += f". {hint}"
         super().__init__(msg)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python values, so messages show ``1e+30``, not ``np.float64(1e+30)``."""
+    return value.item() if type(value).__module__ == "numpy" and hasattr(value, "item") else value
 
 
 class ConfigError(RecpipeError):
