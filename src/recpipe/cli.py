@@ -207,10 +207,10 @@ def run_stage(name: str, params: Path) -> int:
     from recpipe.config import load_params
     from recpipe.outputs import STAGE_OUTPUTS, check_outputs
     from recpipe.paths import Paths
-    from recpipe.schema import validate
+    from recpipe.schema import STAGE_SECTIONS, validate
 
     cfg = load_params(params)
-    validate(cfg, source=str(params))
+    validate(cfg, source=str(params), sections=STAGE_SECTIONS[name])
     check_outputs(STAGE_OUTPUTS[name](Paths()))
     stage = importlib.import_module(f"recpipe.stages.{name}")
     with tracking.pipeline_run(cfg, name):

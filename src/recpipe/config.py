@@ -6,7 +6,7 @@ params.yaml equal to the composed defaults.
 """
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from recpipe.errors import RecpipeError
 from recpipe.io import atomic_file
+
+log = logging.getLogger(__name__)
 
 
 def compose(overrides: Sequence[str] = (), config_dir: str | Path = "conf") -> DictConfig:
@@ -63,11 +65,11 @@ def compose_command(
     if check:
         current = output.read_text() if output.exists() else ""
         if current != text:
-            print(f"{output} differs from the composed config; run `recpipe compose`", file=sys.stderr)
+            log.error("%s differs from the composed config; run `recpipe compose`", output)
             return 1
-        print(f"{output} is up to date")
+        log.info(f"{output} is up to date")
         return 0
     with atomic_file(output) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    print(f"wrote {output}" + (f" ({' '.join(overrides)})" if overrides else ""))
+    log.info(f"wrote {output}" + (f" ({' '.join(overrides)})" if overrides else ""))
     return 0

@@ -9,7 +9,7 @@ checked strictly (the YAML string ``"10"`` is not an integer).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
@@ -331,26 +331,36 @@ class Sweep(Section):
     objective: Name | None = None
 
 
-class Config(Section):
-    """params.yaml (and the job config of ``recpipe run``, which adds ``sweep``)."""
-
-    data: dict[str, Any]
-    split: dict[str, Any]
-    model: dict[str, Any]
+class Seed(BaseModel):
+    model_config = ConfigDict(strict=True)
     seed: NonNegativeInt
-    preprocess: Preprocess
-    evaluate: Evaluate
-    export: Export
-    mlflow: Mlflow
-    sweep: Sweep | None = None
+
+
+SECTIONS: dict[str, type[BaseModel] | None] = {
+    "data": None, "split": None, "model": None,  # variants: DATA, SPLITS, MODELS
+    "seed": Seed, "preprocess": Preprocess, "evaluate": Evaluate, "export": Export, "mlflow": Mlflow,
+}
+OPTIONAL_SECTIONS: dict[str, type[BaseModel]] = {"sweep": Sweep}  # recpipe run's job config adds it
+# The sections each stage reads (as its params in dvc.yaml; mlflow names the run's experiment).
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "ingest": ("data", "mlflow"),
+    "preprocess": ("data", "split", "preprocess", "mlflow"),
+    "train": ("data", "model", "seed", "mlflow"),
+    "evaluate": ("data", "model", "seed", "evaluate", "mlflow"),
+    "export": ("export", "mlflow"),
+}
 
 
 # --- validation ---------------------------------------------------------------------------------
 
-def validate(cfg: DictConfig | Mapping[str, Any], *, source: str = "the configuration") -> None:
-    """Check the whole composed config; raise a ConfigError naming the first bad key's path.
+def validate(
+    cfg: DictConfig | Mapping[str, Any], *, source: str = "the configuration", sections: Sequence[str] | None = None
+) -> None:
+    """Check the composed config; raise a ConfigError naming the first bad key's path.
 
-    ``source`` (e.g. "params.yaml") is named in the message.
+    ``sections`` (default: all of ``SECTIONS``) must be present and valid; any other section present
+    is checked too, and an unknown top-level key is an error. ``source`` (e.g. "params.yaml") is
+    named in the message.
     """
     try:
         tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
@@ -359,11 +369,22 @@ def validate(cfg: DictConfig | Mapping[str, Any], *, source: str = "the configur
     if not isinstance(tree, dict):
         raise ConfigError("config", f"expected a mapping at the top of {source}")
     hint = f"Fix it in {source}" + (" (or recompose it with `recpipe compose`)" if source.endswith(".yaml") else "")
-    _check(Config, tree, (), hint)
-    _check_variant("data", "source", DATA, tree["data"], hint)
-    _check_variant("split", "name", SPLITS, tree["split"], hint)
-    _check_variant("model", "name", MODELS, tree["model"], hint)
-    for name, params in (tree["evaluate"].get("baseline_params") or {}).items():
+    known = {**SECTIONS, **OPTIONAL_SECTIONS}
+    for key in tree:
+        if key not in known:
+            raise ConfigError(str(key), f"unknown section; expected one of {', '.join(known)}", hint=hint)
+    for key in sections if sections is not None else SECTIONS:
+        if key not in tree:
+            raise ConfigError(key, "missing (required section)", hint=hint)
+    for key, value in tree.items():
+        variants = {"data": ("source", DATA), "split": ("name", SPLITS), "model": ("name", MODELS)}.get(key)
+        if variants is not None:
+            _check_variant(key, *variants, value, hint)
+        elif key == "seed":
+            _check(Seed, {"seed": value}, (), hint)
+        else:
+            _check(known[key], value, (key,), hint)  # type: ignore[arg-type]
+    for name, params in ((tree.get("evaluate") or {}).get("baseline_params") or {}).items():
         _check(MODELS[name], {"name": name, **(params or {})}, ("evaluate", "baseline_params", name), hint)
 
 

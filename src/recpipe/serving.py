@@ -24,13 +24,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 
 from recpipe.data.processed import Processed
-from recpipe.errors import RecpipeError
+from recpipe.errors import RecpipeError, UsageError
 from recpipe.io import atomic_dir
 from recpipe.models.base import RecModel
 from recpipe.similar import SIGNATURE as SIMILAR_SIGNATURE
 from recpipe.similar import SimilarItems, supports_similar
+from recpipe.terminal import print_ranked
 
 SIGNATURE = "serving_default"
 INFO_FILE = "recpipe_export.json"
@@ -301,9 +303,15 @@ def register_server(server: TopKServer, export_cfg: Any, example_user: str) -> s
 def export_info(path: str | Path) -> dict[str, Any]:
     """What ``save_server`` recorded about an export (index kind, sizes)."""
     info = Path(path) / INFO_FILE
-    if not info.exists():
+    if not info.is_file():
         raise RecpipeError(f"{path}: no exported model; run `recpipe export` (or `dvc repro`)")
-    return json.loads(info.read_text())
+    try:
+        data = json.loads(info.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RecpipeError(f"{info}: unreadable ({e}); re-run `recpipe export` (or `dvc repro export`)") from None
+    if not isinstance(data, dict) or not isinstance(data.get("max_k"), int) or "index" not in data:
+        raise RecpipeError(f"{info}: not an export description; re-run `recpipe export` (or `dvc repro export`)")
+    return data
 
 
 def load_export(path: str | Path) -> Any:
@@ -314,7 +322,14 @@ def load_export(path: str | Path) -> Any:
     """
     if export_info(path)["index"] == "scann":
         import scann.scann_ops.py.scann_ops  # noqa: F401  (registers the Scann ops)
-    return tf.saved_model.load(str(path))
+    try:
+        return tf.saved_model.load(str(path))
+    except (OSError, tf.errors.OpError, DecodeError) as e:
+        reason = " ".join(str(e).split())[:300]
+        raise RecpipeError(
+            f"{path}: cannot load the exported model ({type(e).__name__}: {reason}); "
+            "re-run `recpipe export` (or `dvc repro export`)"
+        ) from None
 
 
 def recommend(export: Any, user_ids: list[str], k: int) -> pd.DataFrame:
@@ -333,15 +348,22 @@ def recommend(export: Any, user_ids: list[str], k: int) -> pd.DataFrame:
 
 def recommend_command(user: str, k: int, export_dir: Path) -> int:
     """``recpipe recommend``: print a user's top-k (rank, item id, title, score) from the export."""
-    if k < 1:
-        raise RecpipeError(f"-k must be at least 1 (got {k})")
+    check_k(k, export_dir)
     export = load_export(export_dir)
     recs = recommend(export, [user], k)
     known = bool(export.is_known(tf.constant([user])).numpy()[0])
     note = "" if known else " (unknown user: most popular items)"
-    print(f"top {len(recs)} for user {user}{note}")
-    width = max([4, *recs["item_id"].str.len()])
-    print(f"{'rank':>4}  {'item':<{width}}  {'score':>9}  title")
-    for r in recs.itertuples():
-        print(f"{r.rank:>4}  {r.item_id:<{width}}  {r.score:>9.4f}  {r.title}")
+    print_ranked(f"top {len(recs)} for user {user}{note}", recs, 9)
     return 0
+
+
+def check_k(k: int, export_dir: str | Path) -> None:
+    """Refuse a ``-k`` outside [1, the export's max_k] (an export never returns more than max_k items,
+    and k is an int32 in the signature); the message says how to get more."""
+    most = int(export_info(export_dir)["max_k"])
+    if not 1 <= k <= most:
+        raise UsageError(
+            f"-k {k}: {export_dir} returns at most {most} items (export.max_k, capped at the catalog size); "
+            f"use -k 1..{most}, or re-export with a larger max_k (`recpipe compose export.max_k=N`, then "
+            "`dvc repro export`)"
+        )

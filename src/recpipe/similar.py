@@ -85,10 +85,10 @@ def similar_items(signature: Any, title: str, genres: str, year: float | None, k
 def similar_command(title: str, genres: str, year: int | None, k: int, export_dir: Path) -> int:
     """``recpipe similar``: print the catalog items most like a new item, from the export's
     ``similar_items`` signature."""
-    from recpipe.serving import load_export
+    from recpipe.serving import check_k, load_export
+    from recpipe.terminal import print_ranked
 
-    if k < 1:
-        raise RecpipeError(f"-k must be at least 1 (got {k})")
+    check_k(k, export_dir)
     export = load_export(export_dir)
     if SIGNATURE not in export.signatures:
         raise RecpipeError(
@@ -97,9 +97,5 @@ def similar_command(title: str, genres: str, year: int | None, k: int, export_di
         )
     rows = similar_items(export.signatures[SIGNATURE], title, genres, year, k)
     described = ", ".join(p for p in (repr(title), genres, None if year is None else str(year)) if p)
-    print(f"top {len(rows)} items similar to a new item ({described})")
-    width = max([4, *rows["item_id"].str.len()])
-    print(f"{'rank':>4}  {'item':<{width}}  {'score':>7}  title")
-    for r in rows.itertuples():
-        print(f"{r.rank:>4}  {r.item_id:<{width}}  {r.score:>7.4f}  {r.title}")
+    print_ranked(f"top {len(rows)} items similar to a new item ({described})", rows, 7)
     return 0

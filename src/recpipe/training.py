@@ -14,6 +14,7 @@ Models without trainable weights (the classic ones, content) are fit in closed f
 """
 from __future__ import annotations
 
+import logging
 import inspect
 import json
 import time
@@ -33,6 +34,8 @@ from recpipe.evaluation.ranking import rank_metrics
 from recpipe.features import fit_feature_spec
 from recpipe.io import atomic_dir, atomic_file
 from recpipe.models import RecModel, build, get
+
+log = logging.getLogger(__name__)
 
 VAL_K = 10
 CONFIG_FILE = "model_config.json"
@@ -198,7 +201,7 @@ def fit(
         improved = value > best_value if higher_is_better else value < best_value
         if improved:
             best_value, best_epoch, best_weights = value, epoch, model.get_weights()
-        print(
+        log.info(
             f"epoch {epoch:3d}/{model_cfg.epochs}  loss {loss:.4f}  {metric} {value:.4f}"
             f"{' *' if improved else '  '}  {seconds:.1f}s",
             flush=True,
@@ -206,7 +209,7 @@ def fit(
         if on_epoch is not None:
             on_epoch(row)
         if epoch - best_epoch >= int(model_cfg.patience):
-            print(f"early stop: no {metric} improvement in {model_cfg.patience} epochs", flush=True)
+            log.info(f"early stop: no {metric} improvement in {model_cfg.patience} epochs")
             break
     model.set_weights(best_weights)
     return TrainResult(
@@ -242,7 +245,7 @@ def _fit_closed_form(
     seconds = time.perf_counter() - start
     value = validate()
     row = {"epoch": 1, "loss": float("nan"), metric: value, "seconds": seconds}
-    print(f"fit in closed form{f' {params}' if params else ''}  {metric} {value:.4f}  {seconds:.1f}s", flush=True)
+    log.info(f"fit in closed form{f' {params}' if params else ''}  {metric} {value:.4f}  {seconds:.1f}s")
     if on_epoch is not None:
         on_epoch(row)
     return TrainResult(

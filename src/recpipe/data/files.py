@@ -24,6 +24,7 @@ from recpipe.data.raw import (
     split_genres,
 )
 from recpipe.errors import DataError, RecpipeError
+from recpipe.terminal import printable
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
@@ -63,7 +64,7 @@ def read_table(
             if column is not None and column not in present:
                 raise DataError(
                     str(path), f"no such column (data.{key}.{name})", column=column,
-                    hint=f"Columns present: {', '.join(repr(str(c)) for c in present[:50])}",
+                    hint=f"Columns present: {', '.join(printable(c) for c in present[:50])}",
                 )
         columns = None if all_columns else list(dict.fromkeys(c for c in mapping.values() if c is not None))
         if parquet:

@@ -34,6 +34,7 @@ from recpipe.data.raw import (
     split_title_year,
 )
 from recpipe.errors import DataError, RecpipeError
+from recpipe.terminal import printable
 
 RECBOLE = "recbole==1.2.1"
 BUILTIN_DIR = "recbole/dataset_example/ml-100k"
@@ -262,7 +263,7 @@ def _require(table: pd.DataFrame, columns: Sequence[str], file: str) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise DataError(file, "missing column(s) of this release's layout", column=", ".join(missing),
-                        hint=f"Columns present: {', '.join(repr(str(c)) for c in table.columns[:50])}")
+                        hint=f"Columns present: {', '.join(printable(c) for c in table.columns[:50])}")
 
 
 LAYOUTS: dict[str, Callable[[Release], Tables]] = {

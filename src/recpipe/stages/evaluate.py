@@ -9,6 +9,7 @@ Writes the reports directory as a whole (see ``write_reports``) and logs it to t
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 import shutil
@@ -40,6 +41,8 @@ from recpipe.evaluation.segments import describe_segments, segment_key, segment_
 from recpipe.io import atomic_dir, write_json
 from recpipe.models.base import RecModel
 from recpipe.paths import Paths
+
+log = logging.getLogger(__name__)
 
 TABLE_METRICS = (
     "ndcg_at_10", "recall_at_10", "precision_at_10", "map_at_10", "mrr_at_10", "hit_rate_at_10",
@@ -105,7 +108,7 @@ def fit_baselines(
     for name in names:
         start = time.perf_counter()
         fitted[name] = baseline_registry.build(name, data, seed, params.get(name))
-        print(f"fit baseline {name} in {time.perf_counter() - start:.1f} s", flush=True)
+        log.info(f"fit baseline {name} in {time.perf_counter() - start:.1f} s")
     return fitted
 
 
@@ -250,7 +253,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     for name, system in [(model_name, model), *((b, m) for b, (m, _) in fitted.items())]:
         t = time.perf_counter()
         results[name] = evaluate_model(system, data, evalset, ks, batch_size, rating_scale, segments, cold)
-        print(f"evaluated {name} in {time.perf_counter() - t:.1f} s", flush=True)
+        log.info(f"evaluated {name} in {time.perf_counter() - t:.1f} s")
 
     boot = ev.bootstrap
     intervals = compare_to_baselines(
@@ -284,5 +287,5 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     write_reports(paths.reports, report, paths.root / "models" / "training_curve.csv")
     seconds = time.perf_counter() - start
     log_to_mlflow(report, paths.reports, seconds)
-    print(f"{len(users)} test users, {data.n_items} items, {len(cold)} cold items, {seconds:.1f} s")
-    print(format_table(report.systems))
+    log.info(f"{len(users)} test users, {data.n_items} items, {len(cold)} cold items, {seconds:.1f} s")
+    log.info(format_table(report.systems))

@@ -5,11 +5,15 @@ in the model registry as ``cfg.export.registered_model_name``.
 """
 from __future__ import annotations
 
+import logging
+
 from omegaconf import DictConfig
 
 from recpipe import serving
 from recpipe.data.processed import load_processed
 from recpipe.paths import Paths
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, paths: Paths) -> None:
@@ -21,7 +25,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     serving.save_server(server, paths.export, cfg.export.index)
     version = serving.register_server(server, cfg.export, example_user=str(data.users["user_id"].iloc[0]))
     registered = f"; registered as {cfg.export.registered_model_name} v{version}" if version else ""
-    print(f"exported {cfg.export.index} top-k model ({data.n_users} users, {data.n_items} items, "
+    log.info(f"exported {cfg.export.index} top-k model ({data.n_users} users, {data.n_items} items, "
           f"k <= {server.k_cap}) to {paths.export}{registered}")
-    print(serving.recommend(serving.load_export(paths.export), [str(data.users["user_id"].iloc[0])], 5)
+    log.info(serving.recommend(serving.load_export(paths.export), [str(data.users["user_id"].iloc[0])], 5)
           .to_string(index=False))

@@ -6,6 +6,7 @@ reports/plots/), and logs the curve and summary to the MLflow run.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import mlflow
@@ -17,13 +18,15 @@ from recpipe.io import write_json
 from recpipe.paths import Paths
 from recpipe.tracking import log_metrics
 
+log = logging.getLogger(__name__)
+
 
 def run(cfg: DictConfig, paths: Paths) -> None:
     """Train, keep the best epoch's weights, save the model and what training did."""
     data = load_processed(paths.processed)
     model, context = training.build_model(cfg.model, data, int(cfg.seed), OmegaConf.select(cfg, "data.features"))
-    print(f"training {cfg.model.name} on {len(data.train)} interactions "
-          f"({data.n_users} users, {data.n_items} items)", flush=True)
+    log.info(f"training {cfg.model.name} on {len(data.train)} interactions "
+          f"({data.n_users} users, {data.n_items} items)")
 
     def log_epoch(row: dict[str, float]) -> None:
         values = {"train_loss": row["loss"], "epoch_seconds": row["seconds"], **{
@@ -45,5 +48,5 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     })
     if mlflow.active_run() is not None:
         mlflow.log_artifact(str(paths.train_summary))
-    print(f"best {result.metric} {result.best_value:.4f} at epoch {result.best_epoch}; "
+    log.info(f"best {result.metric} {result.best_value:.4f} at epoch {result.best_epoch}; "
           f"{result.examples_per_second:,.0f} examples/s; saved to {paths.model}")
