@@ -23,7 +23,7 @@ NATIVE_NOISE = re.compile(
     rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IW] "  # tsl INFO/WARNING (when TF_CPP_MIN_LOG_LEVEL < 2)
     rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: E \S*cuda\S*\] failed call to cuInit"  # no GPU here
     rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: E \S*\] Unable to register cu(?:DNN|FFT|BLAS) factory"
-    rb"|[IW]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] "  # absl INFO/WARNING
+    rb"|[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] "  # absl INFO/WARNING
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     rb")"
 )

@@ -203,8 +203,7 @@ def fit(
             best_value, best_epoch, best_weights = value, epoch, model.get_weights()
         log.info(
             f"epoch {epoch:3d}/{model_cfg.epochs}  loss {loss:.4f}  {metric} {value:.4f}"
-            f"{' *' if improved else '  '}  {seconds:.1f}s",
-            flush=True,
+            f"{' *' if improved else '  '}  {seconds:.1f}s"
         )
         if on_epoch is not None:
             on_epoch(row)
