@@ -18,19 +18,19 @@ from recpipe.io import atomic_file
 log = logging.getLogger(__name__)
 
 
-def compose(overrides: Sequence[str] = (), config_dir: str | Path = "conf") -> DictConfig:
-    """Compose ``config_dir/config.yaml`` with Hydra ``overrides`` and resolve interpolations."""
+def compose(overrides: Sequence[str] = (), config_dir: str | Path = "conf", config_name: str = "config") -> DictConfig:
+    """Compose ``config_dir/<config_name>.yaml`` with Hydra ``overrides`` and resolve interpolations."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     config_dir = Path(config_dir).resolve()
-    if not (config_dir / "config.yaml").exists():
-        raise RecpipeError(f"{config_dir}/config.yaml not found; run from the repository root")
+    if not (config_dir / f"{config_name}.yaml").exists():
+        raise RecpipeError(f"{config_dir}/{config_name}.yaml not found; run from the repository root")
     try:
         with initialize_config_dir(str(config_dir), version_base=None):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as e:
         raise RecpipeError(f"cannot compose config with overrides {list(overrides)}: {e}") from e

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import itertools
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from recpipe import tracking
+from recpipe.config import compose
 from recpipe.errors import RecpipeError
 from recpipe.io import read_json, write_json
 from recpipe.paths import Paths
@@ -41,6 +43,7 @@ PROCESSED_SECTIONS = ("data", "preprocess", "split")
 PARENT_RUN_FILE = "mlflow_parent_run.json"
 STAGE_METRICS_SUFFIX = ".metrics.json"
 JOB_STAGES = ("train", "evaluate")
+MAX_PRECHECKED_JOBS = 64  # job configs validated before a sweep starts
 
 
 def main(args: Sequence[str], config_dir: str | Path = "conf") -> int:
@@ -50,9 +53,39 @@ def main(args: Sequence[str], config_dir: str | Path = "conf") -> int:
     config_dir = Path(config_dir).resolve()
     if not (config_dir / "run.yaml").exists():
         raise RecpipeError(f"{config_dir}/run.yaml not found; run from the repository root")
+    for overrides in job_overrides(args):  # every job's config, before Hydra starts any of them
+        validate(compose(overrides, config_dir, config_name="run"), source="conf/ or the overrides")
     sys.argv = ["recpipe run", *args]
     hydra.main(version_base="1.3", config_path=str(config_dir), config_name="run")(run_job)()
     return 0
+
+
+def job_overrides(args: Sequence[str], limit: int = MAX_PRECHECKED_JOBS) -> list[list[str]]:
+    """The job overrides a ``recpipe run`` command line describes, discrete sweeps (``model=mf,ncf``,
+    ``range(...)``) expanded, at most ``limit`` jobs; ``hydra.*`` overrides and Optuna intervals
+    left out. Empty when the line holds Hydra options other than ``-m`` or does not parse: Hydra then
+    reports it, and each job still validates its config as it starts (``run_job``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return []
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    except HydraException:
+        return []
+    prefix = {OverrideType.ADD: "+", OverrideType.FORCE_ADD: "++", OverrideType.DEL: "~"}
+    choices: list[list[str]] = []
+    for o in parsed:
+        if o.key_or_group.startswith("hydra") or (o.is_sweep_override() and not o.is_discrete_sweep()):
+            continue
+        head = f"{prefix.get(o.type, '')}{o.key_or_group}"
+        if o.is_sweep_override():
+            choices.append([f"{head}={v}" for v in o.sweep_string_iterator()])
+        else:
+            choices.append([o.input_line])
+    return [list(c) for c in itertools.islice(itertools.product(*choices), limit)]
 
 
 def run_job(cfg: DictConfig) -> float:
