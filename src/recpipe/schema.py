@@ -392,7 +392,7 @@ def _check_variant(group: str, tag: str, variants: Mapping[str, type[Section]], 
     if not isinstance(section, dict):
         raise ConfigError(group, f"expected a mapping, got {_show(section)}", hint=hint)
     choice = section.get(tag)
-    if choice not in variants:
+    if not isinstance(choice, str) or choice not in variants:
         raise ConfigError(
             f"{group}.{tag}", f"expected one of {', '.join(variants)}, got {_show(choice)}", hint=hint
         )
