@@ -3,6 +3,7 @@ in-process or as a subprocess, snapshot outputs byte for byte, make a folder unw
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import subprocess
@@ -17,11 +18,11 @@ from recpipe.config import compose, to_yaml
 from .conftest import REPO
 
 BIN = Path(sys.executable).parent
-# A tiny, fast configuration (synthetic data, 2 epochs, one baseline).
+# A tiny, fast configuration: synthetic data (TINY_DATA), 2 epochs, one baseline.
+TINY_DATA = ["data=synthetic", "data.n_users=40", "data.n_items=30", "data.n_interactions=400"]
 TINY = [
-    "data=synthetic", "data.n_users=40", "data.n_items=30", "data.n_interactions=400", "model.epochs=2",
-    "model.batch_size=256", "evaluate.baselines=[popularity]", "evaluate.bootstrap.n_resamples=10",
-    "export.max_k=20",
+    "model.epochs=2", "model.batch_size=256", "evaluate.baselines=[popularity]",
+    "evaluate.bootstrap.n_resamples=10", "export.max_k=20",
 ]
 
 
@@ -36,9 +37,14 @@ class Result:
         return self.out + self.err
 
 
-def params_text(*overrides: str) -> str:
-    """params.yaml for the TINY config plus ``overrides``, as ``recpipe compose`` writes it."""
-    return to_yaml(compose([*TINY, *overrides], REPO / "conf"))
+def params_text(*overrides: str, data: Sequence[str] = TINY_DATA) -> str:
+    """params.yaml for the TINY config with ``data`` overrides plus ``overrides``, as ``recpipe compose`` writes it."""
+    return _composed((*data, *TINY, *overrides))
+
+
+@functools.lru_cache(maxsize=256)
+def _composed(overrides: tuple[str, ...]) -> str:
+    return to_yaml(compose(overrides, REPO / "conf"))
 
 
 @contextlib.contextmanager

@@ -36,6 +36,8 @@ def configure(verbose: bool = False) -> None:
     to stderr, libraries at WARNING (absl and TensorFlow's Python loggers at ERROR) unless ``verbose``."""
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:  # MLflow configures its own logger when imported (later, by the stages)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
     logging.getLogger("recpipe").setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in LIBRARY_LOGGERS:

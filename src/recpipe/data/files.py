@@ -81,6 +81,8 @@ def load_files(cfg: DictConfig) -> RawData:
         raise RecpipeError("data.columns.user and data.columns.item must name the id columns")
     na_values = cfg.get("na_values")
     df = read_table(cfg.interactions, cols, key="columns", sep=sep, text=(cols.user, cols.item), na_values=na_values)
+    if df.empty:
+        raise DataError(str(cfg.interactions), "no interactions (the file has a header but no rows)", n_rows=0)
     interactions = interactions_frame(
         df[cols.user], df[cols.item],
         df[cols.rating] if cols.get("rating") else None,

@@ -181,10 +181,10 @@ class Release:
         member = self.find(name)
         self.opened.append(member)
         if self.path.is_dir():
-            with reading(self.path / member), open(self.path / member, "rb") as f:
+            with reading(self.where(name)), open(self.path / member, "rb") as f:
                 yield f
         else:
-            with reading(f"{self.path}:{member}"), zipfile.ZipFile(self.path) as z, z.open(member) as f:
+            with reading(self.where(name)), zipfile.ZipFile(self.path) as z, z.open(member) as f:
                 yield f
 
     def checksums(self) -> dict[str, str]:
@@ -199,8 +199,16 @@ class Release:
             data: IO[bytes] = f
             if sep == "::":
                 data, sep = io.BytesIO(f.read().replace(b"::", b"\t")), "\t"
-            return pd.read_csv(data, sep=sep, header=None, names=names, dtype=str, encoding=encoding,
-                               quoting=csv.QUOTE_NONE, keep_default_na=False)
+            table = pd.read_csv(data, sep=sep, header=None, names=names, dtype=str, encoding=encoding,
+                                quoting=csv.QUOTE_NONE, keep_default_na=False)
+        if table.empty:
+            raise DataError(self.where(name), "the file has no rows", hint="Re-download or re-extract the release")
+        return table
+
+    def where(self, name: str) -> str:
+        """File ``name`` of the release as messages show it: ``folder/member`` or ``release.zip:member``."""
+        member = self.find(name)
+        return str(self.path / member) if self.path.is_dir() else f"{self.path}:{member}"
 
 
 def _ml100k(rel: Release) -> Tables:
@@ -208,10 +216,10 @@ def _ml100k(rel: Release) -> Tables:
     item = rel.read_table("u.item", ["item", "title", "date", "video_date", "url", *ML100K_GENRES], "|", "latin-1")
     user = rel.read_table("u.user", ["user", "age", "gender", "occupation", "zip"], "|")
     title, year = split_title_year(item["title"])
-    flags = genre_flags(item[list(ML100K_GENRES)], f"{rel.path}/u.item")
+    flags = genre_flags(item[list(ML100K_GENRES)], rel.where("u.item"))
     genres = [[g for g, on in zip(ML100K_GENRES, row) if on and g not in NO_GENRE] for row in flags]
     return (
-        interactions_frame(data["user"], data["item"], data["rating"], data["timestamp"], file=f"{rel.path}/u.data"),
+        interactions_frame(data["user"], data["item"], data["rating"], data["timestamp"], file=rel.where("u.data")),
         items_frame(item["item"], title, year, pd.Series(genres, dtype=object)),
         users_frame(user["user"], user["age"], user["gender"], user["occupation"], user["zip"]),
     )
@@ -237,7 +245,7 @@ def _ml1m(rel: Release) -> Tables:
     occupation = codes.map(lambda c: ML1M_OCCUPATIONS[int(c)] if 0 <= c < len(ML1M_OCCUPATIONS) else str(c))
     return (
         interactions_frame(data["user"], data["item"], data["rating"], data["timestamp"],
-                           file=f"{rel.path}/ratings.dat"),
+                           file=rel.where("ratings.dat")),
         items_frame(movies["item"], title, year, split_genres(movies["genres"], "|")),
         users_frame(user["user"], user["age"], user["gender"], occupation, user["zip"]),
     )
@@ -248,22 +256,25 @@ def _csv_release(rel: Release) -> Tables:
         data = pd.read_csv(f, dtype=str)  # ratings and timestamps are checked by interactions_frame
     with rel.open("movies.csv") as f:
         movies = pd.read_csv(f, dtype=str, keep_default_na=False, encoding="utf-8")
-    _require(data, ("userId", "movieId", "rating", "timestamp"), f"{rel.path}:ratings.csv")
-    _require(movies, ("movieId", "title", "genres"), f"{rel.path}:movies.csv")
+    _require(data, ("userId", "movieId", "rating", "timestamp"), rel.where("ratings.csv"))
+    _require(movies, ("movieId", "title", "genres"), rel.where("movies.csv"))
     title, year = split_title_year(movies["title"])
     return (
         interactions_frame(data["userId"], data["movieId"], data["rating"], data["timestamp"],
-                           file=f"{rel.path}/ratings.csv"),
+                           file=rel.where("ratings.csv")),
         items_frame(movies["movieId"], title, year, split_genres(movies["genres"], "|")),
         None,
     )
 
 
 def _require(table: pd.DataFrame, columns: Sequence[str], file: str) -> None:
+    """``table`` (a CSV release file) must have ``columns`` and at least one row."""
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise DataError(file, "missing column(s) of this release's layout", column=", ".join(missing),
                         hint=f"Columns present: {', '.join(printable(c) for c in table.columns[:50])}")
+    if table.empty:
+        raise DataError(file, "the file has no rows", hint="Re-download or re-extract the release")
 
 
 LAYOUTS: dict[str, Callable[[Release], Tables]] = {
