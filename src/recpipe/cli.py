@@ -157,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
 
         _configure(verbose, process)
         return _guarded("run", lambda: run_main(argv[1:]))
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for dest, flag in (("k", "-k"), ("year", "--year")):
+        if isinstance(getattr(args, dest, None), list):  # argparse drops a "--" value (`-k=--`)
+            parser.error(f"argument {flag}: expected an integer, got '--'")
     _configure(verbose or getattr(args, "verbose", False), process)
     return _guarded(args.command, lambda: _dispatch(args))
 
