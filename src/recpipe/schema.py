@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from recpipe.evaluation.metrics import BEYOND_ACCURACY_K, RANKING_METRICS
+
 from recpipe.errors import ConfigError
 
 INT32_MAX = 2**31 - 1
@@ -282,6 +284,7 @@ MODELS: dict[str, type[Section]] = {
     "popularity": Popularity, "random": RandomModel, "item_knn": KNN, "user_knn": KNN, "ease": EASE,
 }
 BASELINES = ("popularity", "random", "item_knn", "user_knn", "ease")
+PER_USER_BEYOND_ACCURACY = ("novelty", "popularity", "diversity")  # recpipe.evaluation.metrics.beyond_accuracy
 
 
 # --- the other groups ---------------------------------------------------------------------------
@@ -384,8 +387,25 @@ def validate(
             _check(Seed, {"seed": value}, (), hint)
         else:
             _check(known[key], value, (key,), hint)  # type: ignore[arg-type]
-    for name, params in ((tree.get("evaluate") or {}).get("baseline_params") or {}).items():
-        _check(MODELS[name], {"name": name, **(params or {})}, ("evaluate", "baseline_params", name), hint)
+    if "evaluate" in tree:
+        for name, params in (tree["evaluate"].get("baseline_params") or {}).items():
+            _check(MODELS[name], {"name": name, **(params or {})}, ("evaluate", "baseline_params", name), hint)
+        _check_bootstrap_metrics(tree["evaluate"], hint)
+
+
+def _check_bootstrap_metrics(evaluate: Mapping[str, Any], hint: str) -> None:
+    """Every bootstrap metric is a per-user metric evaluate computes (a typo would get no interval)."""
+    ks = evaluate["ks"]
+    known = [f"{m}_at_{k}" for m in RANKING_METRICS for k in ks]
+    known += [f"{m}_at_{BEYOND_ACCURACY_K}" for m in PER_USER_BEYOND_ACCURACY]
+    for i, name in enumerate((evaluate.get("bootstrap") or {}).get("metrics") or []):
+        if name not in known:
+            raise ConfigError(
+                f"evaluate.bootstrap.metrics[{i}]",
+                f"expected a per-user metric: one of {', '.join(RANKING_METRICS)} at a k of evaluate.ks "
+                f"(e.g. ndcg_at_{ks[0]}), or {', '.join(PER_USER_BEYOND_ACCURACY)} at {BEYOND_ACCURACY_K}; "
+                f"got {_show(name)}", hint=hint,
+            )
 
 
 def _check_variant(group: str, tag: str, variants: Mapping[str, type[Section]], section: Any, hint: str) -> None:
@@ -447,6 +467,7 @@ def describe(error: Mapping[str, Any]) -> str:
                    f"{ctx.get('min_length', ctx.get('max_length'))} item(s)"
     elif kind == "value_error":
         return str(ctx.get("error", error["msg"]))
+
     else:
         expected = error["msg"][0].lower() + error["msg"][1:]
     return f"expected {expected}, got {_show(got)}"
