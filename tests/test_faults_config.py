@@ -157,3 +157,22 @@ def test_recpipe_run_validates_every_job_before_starting(tmp_path):
     assert not (tmp_path / "outputs").exists()
     bad_choice = run_recpipe(["run", "model=nope"], tmp_path)
     assert_clean_failure(bad_choice, "model/nope")
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.one_of(
+    st.binary(max_size=200),
+    st.text(max_size=200).map(str.encode),
+    st.sampled_from([b"model: {epochs: [", b"a: 1\na: 2\n", b"- 1\n- 2\n", b"just text", b"\xff\xfe\x00",
+                     b"data: &a [*a]\n", b"model: !!python/object:os.system {}\n", b"seed: ${nothing}\n"]),
+))
+def test_garbage_params_yaml(tmp_path_factory, garbage):
+    """Whatever bytes params.yaml holds, every stage exits 2 naming it (or a key in it)."""
+    root = tmp_path_factory.mktemp("garbage")
+    (root / "params.yaml").write_bytes(garbage)
+    before = fake_outputs(root)
+    for stage in STAGE_SECTIONS:
+        result = cli([stage], root)
+        assert result.code == 2 and "Traceback" not in result.text, result.text
+        assert "params.yaml" in result.err, result.err
+        assert outputs(root) == before

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -189,6 +190,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         from recpipe.report import report_command
 
+        check_tracking_uri()
         return report_command(args.experiment, args.metrics, args.sweep, args.update_readme)
     if args.command == "compose":
         from recpipe.config import compose_command
@@ -205,6 +207,24 @@ def _dispatch(args: argparse.Namespace) -> int:
     return run_stage(args.command, args.params)
 
 
+# URI schemes MLflow 3 stores accept (an SQLAlchemy dialect may add a driver: postgresql+psycopg2).
+MLFLOW_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks",
+                  "databricks-uc", "uc")
+
+
+def check_tracking_uri() -> None:
+    """Refuse an MLFLOW_TRACKING_URI whose scheme MLflow cannot store runs in (else: a traceback
+    from deep inside MLflow once the stage logs)."""
+    from urllib.parse import urlparse
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and urlparse(uri).scheme.split("+")[0] not in MLFLOW_SCHEMES:
+        raise RecpipeError(
+            f"MLFLOW_TRACKING_URI={uri!r}: MLflow cannot store runs there; use a path, sqlite:///mlflow.db, "
+            "http(s)://<server> or a database URI, or unset it (default: sqlite mlflow.db at the project root)"
+        )
+
+
 def run_stage(name: str, params: Path) -> int:
     """Run stage ``name`` with the config in ``params`` inside the pipeline's MLflow run."""
     from recpipe import tracking
@@ -216,6 +236,7 @@ def run_stage(name: str, params: Path) -> int:
     cfg = load_params(params)
     validate(cfg, source=str(params), sections=STAGE_SECTIONS[name])
     check_outputs(STAGE_OUTPUTS[name](Paths()))
+    check_tracking_uri()
     stage = importlib.import_module(f"recpipe.stages.{name}")
     with tracking.pipeline_run(cfg, name):
         stage.run(cfg, Paths())

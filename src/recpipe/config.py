@@ -44,12 +44,22 @@ def to_yaml(cfg: DictConfig) -> str:
 
 def load_params(path: str | Path = "params.yaml") -> DictConfig:
     """Load a composed params.yaml."""
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
     path = Path(path)
     if not path.exists():
         raise RecpipeError(f"{path} not found; create it with `recpipe compose` from the repository root")
-    cfg = OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError, OmegaConfBaseException) as e:
+        reason = " ".join(str(e).split())[:400]
+        raise RecpipeError(
+            f"{path}: not a readable YAML file ({type(e).__name__}: {reason}); fix it or recreate it with "
+            "`recpipe compose`"
+        ) from None
     if not isinstance(cfg, DictConfig):
-        raise RecpipeError(f"{path}: expected a mapping at the top level")
+        raise RecpipeError(f"{path}: expected a mapping at the top level; recreate it with `recpipe compose`")
     return cfg
 
 

@@ -368,10 +368,12 @@ def validate(
     try:
         tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     except OmegaConfBaseException as e:  # e.g. an interpolation ${...} that names nothing
-        raise ConfigError(getattr(e, "full_key", None) or "config", f"cannot resolve: {e}") from None
+        problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(getattr(e, "full_key", None) or "config", f"cannot resolve an interpolation: {problem}",
+                          hint=_hint(source)) from None
     if not isinstance(tree, dict):
         raise ConfigError("config", f"expected a mapping at the top of {source}")
-    hint = f"Fix it in {source}" + (" (or recompose it with `recpipe compose`)" if source.endswith(".yaml") else "")
+    hint = _hint(source)
     known = {**SECTIONS, **OPTIONAL_SECTIONS}
     for key in tree:
         if key not in known:
@@ -406,6 +408,10 @@ def _check_bootstrap_metrics(evaluate: Mapping[str, Any], hint: str) -> None:
                 f"(e.g. ndcg_at_{ks[0]}), or {', '.join(PER_USER_BEYOND_ACCURACY)} at {BEYOND_ACCURACY_K}; "
                 f"got {_show(name)}", hint=hint,
             )
+
+
+def _hint(source: str) -> str:
+    return f"Fix it in {source}" + (" (or recompose it with `recpipe compose`)" if source.endswith(".yaml") else "")
 
 
 def _check_variant(group: str, tag: str, variants: Mapping[str, type[Section]], section: Any, hint: str) -> None:
