@@ -273,3 +273,25 @@ def test_sha256_with_a_folder_is_refused_and_a_wrong_one_with_a_zip(tmp_path):
     source = grouplens_project(tmp_path, "ml-100k", path)
     assert cli(["ingest"], source).code == 0
     assert json.loads((tmp_path / "data" / "raw" / "source.json").read_text())["sha256"]
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(df=interactions(), days=st.lists(st.integers(-200_000, 2_900_000), min_size=25, max_size=25),
+       fmt=st.sampled_from(["csv", "parquet"]))
+def test_dates_of_any_year_become_seconds(tmp_path_factory, df, days, fmt):
+    """Date timestamps (text or a Parquet datetime column) from year 1400 to 9900: exact seconds."""
+    dates = pd.Series(pd.to_datetime(days[: len(df)], unit="D").astype("datetime64[s]"))
+    df = df.assign(timestamp=dates.dt.strftime("%Y-%m-%d") if fmt == "csv" else dates)
+    root = tmp_path_factory.mktemp("dates")
+    file = root / f"interactions.{fmt}"
+    file.write_bytes(encode(df, fmt))
+    assert ingest_checked(files_project(root, file), file, must_fail=False).code == 0
+    stored = pd.read_parquet(root / "data" / "raw" / "interactions.parquet")["timestamp"]
+    assert stored.tolist() == [d * 86400 for d in days[: len(df)]]
+
+
+def test_nested_parquet_ids_are_refused(tmp_path):
+    file = tmp_path / "interactions.parquet"
+    pd.DataFrame({"user_id": [[1], [2]], "item_id": [1, 2], "rating": [5, 4], "timestamp": [1, 2]}).to_parquet(file)
+    result = ingest_checked(files_project(tmp_path, file), file, must_fail=True)
+    assert "column 'user_id': list<" in result.err and "data.columns.user" in result.err

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
@@ -49,6 +50,9 @@ def read_table(
     the file and listing the columns present; an empty or corrupt file raises one naming the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise RecpipeError(f"{path} is a folder; data.{'interactions' if key == 'columns' else key.split('_')[0] + 's'} "
+                           "must name a CSV or Parquet file")
     if not path.is_file():
         raise RecpipeError(f"{path} not found")
     suffixes = [s.lower() for s in path.suffixes]
@@ -68,9 +72,18 @@ def read_table(
                 )
         columns = None if all_columns else list(dict.fromkeys(c for c in mapping.values() if c is not None))
         if parquet:
+            _check_flat(pq.read_schema(path), mapping, path, key)
             return pd.read_parquet(path, columns=columns)
         text_columns = {c: str for c in text if c is not None}
         return pd.read_csv(path, sep=sep, usecols=columns, dtype=text_columns, **na)
+
+
+def _check_flat(schema: pa.Schema, mapping: Mapping[str, str | None], path: Path, key: str) -> None:
+    """Mapped Parquet columns hold single values (genres may be lists), not lists, structs or maps."""
+    for name, column in mapping.items():
+        if column is not None and name != "genres" and pa.types.is_nested(schema.field(column).type):
+            raise DataError(str(path), f"{schema.field(column).type} values where single values are expected "
+                            f"(data.{key}.{name})", column=column)
 
 
 def load_files(cfg: DictConfig) -> RawData:

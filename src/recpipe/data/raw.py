@@ -191,12 +191,35 @@ def timestamps(values: pd.Series | None, n: int, *, file: str = "") -> pd.Series
 
 
 def _date_seconds(values: pd.Series, file: str, column: str) -> pd.Series:
-    """Seconds since the epoch of datetimes or date strings; a value that is no date raises a DataError."""
-    parsed = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+    """Seconds since the epoch of datetimes or date strings; a value that is no date, or one outside
+    the years pandas can hold as a date (1677-2262), raises a DataError."""
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return _datetime_seconds(values)
+    try:
+        parsed = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+    except (pd.errors.OutOfBoundsDatetime, OverflowError):
+        bad = np.array([_out_of_bounds(v) for v in values])
+        _bad_timestamps(values, bad, file, column, "date outside the years 1677-2262",
+                        "Give such timestamps as seconds since 1970")
+        raise
     _bad_timestamps(values, parsed.isna() & values.notna(), file, column,
                     "timestamps that are neither numbers (seconds) nor dates")
-    seconds = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
-    return seconds.astype("Int64")
+    return _datetime_seconds(parsed)
+
+
+def _datetime_seconds(values: pd.Series) -> pd.Series:
+    """Seconds since the epoch of a datetime column, in its own unit (no nanosecond overflow)."""
+    utc = values.dt.tz_convert("UTC").dt.tz_localize(None) if values.dt.tz is not None else values
+    seconds = utc.to_numpy().astype("datetime64[s]").astype(np.int64)
+    return pd.Series(pd.array(seconds, dtype="Int64")).mask(values.isna().to_numpy())
+
+
+def _out_of_bounds(value: Any) -> bool:
+    try:
+        pd.to_datetime(value, utc=True, errors="coerce")
+    except (pd.errors.OutOfBoundsDatetime, OverflowError):
+        return True
+    return False
 
 
 def _bad_timestamps(
