@@ -22,6 +22,7 @@ from recpipe.outputs import STAGE_OUTPUTS
 from recpipe.paths import Paths
 from recpipe.terminal import printable
 
+from .conftest import REPO
 from .fault_helpers import (
     assert_clean_failure,
     cli,
@@ -206,3 +207,12 @@ def test_train_is_quiet_by_default_and_verbose_with_v(tmp_path):
     verbose = run_recpipe(["train", "-v"], tmp_path)
     assert verbose.code == 0, verbose.text
     assert "Compiled cluster using XLA" in verbose.err  # mf trains with jit_compile: XLA says so
+
+
+def test_compose_and_report_outputs_in_the_way(tmp_path):
+    (tmp_path / "params.yaml").mkdir()
+    result = cli(["compose", "--config-dir", str(REPO / "conf")], tmp_path)
+    assert_clean_failure(result, "params.yaml is a folder", "move or delete")
+    (tmp_path / "README.md").mkdir()
+    result = cli(["report", "--update-readme"], tmp_path)
+    assert_clean_failure(result, "README.md is a folder")

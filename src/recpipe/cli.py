@@ -188,9 +188,12 @@ def _guarded(command: str, call: Callable[[], int]) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the subcommand ``args.command``."""
     if args.command == "report":
+        from recpipe.outputs import Output, check_outputs
         from recpipe.report import report_command
 
         check_tracking_uri()
+        if args.update_readme is not None:
+            check_outputs([Output(args.update_readme, folder=False)])
         return report_command(args.experiment, args.metrics, args.sweep, args.update_readme)
     if args.command == "compose":
         from recpipe.config import compose_command

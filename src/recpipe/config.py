@@ -67,6 +67,7 @@ def compose_command(
     overrides: Sequence[str], config_dir: Path, output: Path, *, check: bool = False
 ) -> int:
     """``recpipe compose``: write (or with ``check``, compare) the composed config, once it validates."""
+    from recpipe.outputs import Output, check_outputs
     from recpipe.schema import validate
 
     cfg = compose(overrides, config_dir)
@@ -79,6 +80,7 @@ def compose_command(
             return 1
         log.info(f"{output} is up to date")
         return 0
+    check_outputs([Output(output, folder=False)])
     with atomic_file(output) as tmp:
         tmp.write_text(text, encoding="utf-8")
     log.info(f"wrote {output}" + (f" ({' '.join(overrides)})" if overrides else ""))

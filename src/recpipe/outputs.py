@@ -51,11 +51,11 @@ def check_output(out: Output) -> None:
     if path.exists() or path.is_symlink():
         if out.folder and not path.is_dir():
             raise OutputError(
-                f"{path} is a file, but this stage writes the folder {path}/ there; move or delete the file"
+                f"{path} is a file, but recpipe writes the folder {path}/ there; move or delete the file"
             )
         if not out.folder and path.is_dir():
             raise OutputError(
-                f"{path} is a folder, but this stage writes the file {path} there; move or delete the folder"
+                f"{path} is a folder, but recpipe writes the file {path} there; move or delete the folder"
             )
     parent = path.parent
     while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
