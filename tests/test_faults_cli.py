@@ -216,3 +216,35 @@ def test_compose_and_report_outputs_in_the_way(tmp_path):
     (tmp_path / "README.md").mkdir()
     result = cli(["report", "--update-readme"], tmp_path)
     assert_clean_failure(result, "README.md is a folder")
+
+
+@pytest.fixture(scope="module")
+def pipeline_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data/processed and an (untrained) models/model, as train writes them."""
+    root = tmp_path_factory.mktemp("pipeline")
+    data = processed_data(root)
+    save_mf(data, Paths(root).model)
+    (root / "params.yaml").write_text(params_text())
+    return root
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_damaged_stage_outputs_are_named_by_the_next_stage(pipeline_root, tmp_path_factory, data):
+    """A damaged data/processed file or saved model: the stage reading it exits 2, names the file
+    or folder and says which stage to re-run; nothing is written."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("damaged")
+    shutil.copytree(pipeline_root, root, dirs_exist_ok=True)
+    files = sorted(str(p.relative_to(root)) for p in (root / "data" / "processed").glob("*.parquet"))
+    files += sorted(str(p.relative_to(root)) for p in (root / "models" / "model").iterdir() if p.is_file()
+                    and p.name != "checkpoint")
+    name = data.draw(st.sampled_from(files))
+    raw = (root / name).read_bytes()
+    (root / name).write_bytes(raw[: data.draw(st.integers(0, max(0, len(raw) // 2)))])
+    stage = "train" if name.startswith("data/") else data.draw(st.sampled_from(["evaluate", "export"]))
+    before = outputs(root)
+    result = cli([stage], root)
+    assert_clean_failure(result, name if name.startswith("data/") else "models/model", "-run `recpipe ")
+    assert outputs(root) == before

@@ -233,16 +233,17 @@ def _bad_timestamps(
 
 
 @contextmanager
-def reading(file: str | os.PathLike) -> Iterator[None]:
+def reading(
+    file: str | os.PathLike,
+    hint: str = "Check that it is complete and of the type its name says; re-export or re-download it",
+) -> Iterator[None]:
     """Turn a reader's failure on an empty, truncated or corrupt ``file`` into a DataError naming it."""
     try:
         yield
     except READ_ERRORS as e:
         if isinstance(e, FileNotFoundError) and e.filename is not None and str(e.filename) != str(file):
             raise
-        raise DataError(str(file), f"cannot read the file: {read_problem(e)}",
-                        hint="Check that it is complete and of the type its name says; re-export or "
-                             "re-download it") from None
+        raise DataError(str(file), f"cannot read the file: {read_problem(e)}", hint=hint) from None
 
 
 def read_problem(e: BaseException) -> str:
