@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from recpipe.errors import ConfigError
 from recpipe.schema import validate
 
-from .fault_helpers import Result, assert_clean_failure, cli, fake_outputs, outputs, params_text
+from .fault_helpers import Result, assert_clean_failure, cli, fake_outputs, outputs, params_text, run_recpipe
 from .test_grouplens import ENCODING, LAYOUTS
 
 FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -295,3 +295,20 @@ def test_nested_parquet_ids_are_refused(tmp_path):
     pd.DataFrame({"user_id": [[1], [2]], "item_id": [1, 2], "rating": [5, 4], "timestamp": [1, 2]}).to_parquet(file)
     result = ingest_checked(files_project(tmp_path, file), file, must_fail=True)
     assert "column 'user_id': list<" in result.err and "data.columns.user" in result.err
+
+
+def test_damaged_inputs_as_subprocesses(tmp_path):
+    """The console script itself: an empty CSV and a zip with a damaged member, exit 2, no traceback."""
+    file = tmp_path / "interactions.csv"
+    file.write_bytes(b"")
+    before = fake_outputs(files_project(tmp_path, file))
+    result = run_recpipe(["ingest"], tmp_path)
+    assert_clean_failure(result, "interactions.csv: cannot read the file: it is empty")
+    path = release_zip(tmp_path / "ml-1m.zip", "ml-1m", zipfile.ZIP_DEFLATED)
+    start, size = member_data(path, "ml-1m/ratings.dat")
+    raw = bytearray(path.read_bytes())
+    raw[start + size // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    result = run_recpipe(["ingest"], grouplens_project(tmp_path, "ml-1m", path))
+    assert_clean_failure(result, "ml-1m.zip:ml-1m/ratings.dat: cannot read the file")
+    assert outputs(tmp_path) == before
