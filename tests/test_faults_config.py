@@ -24,9 +24,11 @@ from .fault_helpers import assert_clean_failure, cli, fake_outputs, outputs, par
 
 VARIANTS = [
     [f"data={d}", f"split={s}", f"model={m}"]
-    for d, s, m in [("synthetic", "random", "mf"), ("files", "temporal", "ncf"), ("grouplens", "leave_last", "two_tower"),
-                    ("ml100k", "random", "hybrid"), ("synthetic", "temporal", "content"), ("synthetic", "random", "ease"),
-                    ("synthetic", "random", "item_knn"), ("synthetic", "random", "random")]
+    for d, s, m in [
+        ("synthetic", "random", "mf"), ("files", "temporal", "ncf"), ("grouplens", "leave_last", "two_tower"),
+        ("ml100k", "random", "hybrid"), ("synthetic", "temporal", "content"), ("synthetic", "random", "ease"),
+        ("synthetic", "random", "item_knn"), ("synthetic", "random", "random"),
+    ]
 ]
 CONFIGS = [yaml.safe_load(to_yaml(compose(v, REPO / "conf"))) for v in VARIANTS]
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -51,8 +51,8 @@ def read_table(
     """
     path = Path(path)
     if path.is_dir():
-        raise RecpipeError(f"{path} is a folder; data.{'interactions' if key == 'columns' else key.split('_')[0] + 's'} "
-                           "must name a CSV or Parquet file")
+        setting = "interactions" if key == "columns" else key.split("_")[0] + "s"  # item_columns -> items
+        raise RecpipeError(f"{path} is a folder; data.{setting} must name a CSV or Parquet file")
     if not path.is_file():
         raise RecpipeError(f"{path} not found")
     suffixes = [s.lower() for s in path.suffixes]
