@@ -181,7 +181,7 @@ def _guarded(command: str, call: Callable[[], int]) -> int:
         log.error("recpipe %s: error: %s", command, e)
         return 2
     except KeyboardInterrupt:
-        log.error("recpipe %s: interrupted; outputs of the interrupted stage were not replaced", command)
+        log.error("recpipe %s: interrupted", command)
         return 130
 
 
