@@ -14,6 +14,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 
 from recpipe.config import compose, to_yaml
 from recpipe.errors import ConfigError
@@ -108,7 +109,7 @@ def test_cli_stage_refuses_a_hand_edited_params_yaml(tmp_path_factory, case):
     """The real CLI, every stage that reads the broken section: exit 2, the key, nothing touched."""
     cfg, key = case
     root = tmp_path_factory.mktemp("stage")
-    (root / "params.yaml").write_text(yaml.safe_dump(cfg))
+    (root / "params.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))  # what OmegaConf reads back
     before = fake_outputs(root)
     section = key.split(".")[0].split("[")[0]
     stages = [s for s, sections in STAGE_SECTIONS.items() if section in sections] or list(STAGE_SECTIONS)
