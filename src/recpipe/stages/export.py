@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from recpipe import serving
 from recpipe.data.processed import load_processed
 from recpipe.paths import Paths
+from recpipe.terminal import printable
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,6 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     version = serving.register_server(server, cfg.export, example_user=str(data.users["user_id"].iloc[0]))
     registered = f"; registered as {cfg.export.registered_model_name} v{version}" if version else ""
     log.info(f"exported {cfg.export.index} top-k model ({data.n_users} users, {data.n_items} items, "
-          f"k <= {server.k_cap}) to {paths.export}{registered}")
-    log.info(serving.recommend(serving.load_export(paths.export), [str(data.users["user_id"].iloc[0])], 5)
-          .to_string(index=False))
+             f"k <= {server.k_cap}) to {paths.export}{registered}")
+    sample = serving.recommend(serving.load_export(paths.export), [str(data.users["user_id"].iloc[0])], 5)
+    log.info(sample.map(lambda v: printable(v) if isinstance(v, str) else v).to_string(index=False))

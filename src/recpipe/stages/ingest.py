@@ -19,5 +19,5 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     s = write_raw(raw, paths.raw)
     label = " ".join(str(raw.source[k]) for k in ("source", "name") if k in raw.source)
     log.info(f"ingest: {label}: {s['interactions']:,} interactions, {s['users']:,} users, "
-          f"{s['items']:,} items -> {paths.raw}")
+             f"{s['items']:,} items -> {paths.raw}")
     log_metrics({f"raw_{k}": v for k, v in s.items()})

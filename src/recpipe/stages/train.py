@@ -26,7 +26,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     data = load_processed(paths.processed)
     model, context = training.build_model(cfg.model, data, int(cfg.seed), OmegaConf.select(cfg, "data.features"))
     log.info(f"training {cfg.model.name} on {len(data.train)} interactions "
-          f"({data.n_users} users, {data.n_items} items)")
+             f"({data.n_users} users, {data.n_items} items)")
 
     def log_epoch(row: dict[str, float]) -> None:
         values = {"train_loss": row["loss"], "epoch_seconds": row["seconds"], **{
@@ -49,4 +49,4 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     if mlflow.active_run() is not None:
         mlflow.log_artifact(str(paths.train_summary))
     log.info(f"best {result.metric} {result.best_value:.4f} at epoch {result.best_epoch}; "
-          f"{result.examples_per_second:,.0f} examples/s; saved to {paths.model}")
+             f"{result.examples_per_second:,.0f} examples/s; saved to {paths.model}")
