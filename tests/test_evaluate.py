@@ -225,7 +225,8 @@ def test_format_table():
     assert lines[2].split() == ["rmse", "0.9000", "-"]
 
 
-def test_stage_writes_reports_and_logs_to_mlflow(tmp_path, capsys):
+def test_stage_writes_reports_and_logs_to_mlflow(tmp_path, caplog):
+    caplog.set_level("INFO", logger="recpipe")
     paths = Paths(tmp_path)
     data = toy_processed(paths.processed.parent)
     save_mf(data, paths.model)
@@ -258,5 +259,5 @@ def test_stage_writes_reports_and_logs_to_mlflow(tmp_path, capsys):
     assert logged.data.params["baseline.ease.lam"] == str(summary["baseline_params"]["ease"]["lam"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "reports")}
     assert {"reports/metrics.json", "reports/detail.json", "reports/evaluation.md", "reports/plots"} <= artifacts
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "tiny" in out and "popularity" in out and "ndcg_at_10" in out

@@ -131,12 +131,13 @@ def test_register_in_mlflow_and_load_back(tmp_path, toy_data):
     assert pred["item_ids"].numpy().tolist() == expected["item_ids"].numpy().tolist()
 
 
-def test_export_stage_saves_a_loadable_model(tmp_path, capsys):
+def test_export_stage_saves_a_loadable_model(tmp_path, caplog):
+    caplog.set_level("INFO", logger="recpipe")
     paths = Paths(tmp_path)
     toy_data = toy_processed(paths.processed.parent)
     model = save_mf(toy_data, paths.model)
     export_stage.run(OmegaConf.create({"export": export_cfg(max_k=20)}), paths)
-    assert "exported brute_force top-k model" in capsys.readouterr().out
+    assert "exported brute_force top-k model" in caplog.text
     assert export_info(paths.export) == {"index": "brute_force", "n_users": toy_data.n_users,
                                                  "n_items": toy_data.n_items, "max_k": 20}
     recs = recommend(load_export(paths.export), [toy_data.users["user_id"].iloc[0]], 5)

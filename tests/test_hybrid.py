@@ -153,8 +153,9 @@ def test_export_serves_similar_items(data: Processed, trained: Hybrid, tmp_path:
     save_server(build_server(plain, data, export_cfg), tmp_path / "plain", "brute_force")
     with pytest.raises(RecpipeError, match="has no similar_items signature"):
         similar_command("Anything", "", None, 3, tmp_path / "plain")
-    with pytest.raises(RecpipeError, match="-k must be at least 1"):
-        similar_command("Anything", "", None, 0, tmp_path / "export")
+    for k in (0, 21):
+        with pytest.raises(RecpipeError, match=f"-k {k}: .* returns at most 20 items"):
+            similar_command("Anything", "", None, k, tmp_path / "export")
 
 
 @pytest.mark.slow

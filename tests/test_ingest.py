@@ -84,10 +84,11 @@ def test_write_raw_leaves_old_output_when_the_source_is_broken(tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_stage_writes_raw_and_prints_summary(tmp_path, capsys):
+def test_stage_writes_raw_and_prints_summary(tmp_path, caplog):
+    caplog.set_level("INFO", logger="recpipe")
     cfg = OmegaConf.create({"data": SMALL_SYNTHETIC})
     ingest.run(cfg, Paths(tmp_path))
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "500 interactions, 40 users" in out
     raw = tmp_path / "data" / "raw"
     assert len(pd.read_parquet(raw / "interactions.parquet")) == 500

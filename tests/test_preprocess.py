@@ -184,7 +184,8 @@ def config(split: dict | None = None, **preprocess) -> DictConfig:
     })
 
 
-def test_stage_writes_the_contract_outputs_and_exact_stats(tmp_path: Path, capsys) -> None:
+def test_stage_writes_the_contract_outputs_and_exact_stats(tmp_path: Path, caplog) -> None:
+    caplog.set_level("INFO", logger="recpipe")
     make_raw(tmp_path)
     run(config(), Paths(tmp_path))
     out = Paths(tmp_path).processed
@@ -228,7 +229,7 @@ def test_stage_writes_the_contract_outputs_and_exact_stats(tmp_path: Path, capsy
         },
         "dropped": {"duplicates": 1, "min_rating": 0, "min_user_interactions": 1, "min_item_interactions": 1},
     }
-    printed = capsys.readouterr().out
+    printed = caplog.text
     assert "kept:     8 interactions, 3 users, 3 items" in printed
     assert "the item table lacks 1 of these items" in printed
 

@@ -7,11 +7,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import recpipe  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from recpipe import logs
 from recpipe.errors import RecpipeError
+
+log = logging.getLogger(__name__)
+INT32_MAX = 2**31 - 1
+VERBOSE_FLAGS = ("-v", "--verbose")
 
 STAGES: dict[str, str] = {
     "ingest": "Read the configured source (data=...) into data/raw/*.parquet.",
@@ -32,23 +40,44 @@ or in one step with `dvc exp run -S model=ncf`.
 """
 
 
+def bounded_int(lo: int, hi: int = INT32_MAX) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi] (argparse turns the ValueError into exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi}, got {text}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        *VERBOSE_FLAGS, action="store_true", default=argparse.SUPPRESS,
+        help="show debug messages and TensorFlow's own start-up/GPU/XLA messages",
+    )
     parser = argparse.ArgumentParser(
         prog="recpipe",
         description="Reproducible recommender-system pipeline: "
         "ingest -> preprocess -> train -> evaluate -> export.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in STAGES.items():
-        p = sub.add_parser(name, help=text, description=text)
+        p = sub.add_parser(name, help=text, description=text, parents=[common])
         p.add_argument(
             "--params", default="params.yaml", type=Path,
             help="composed configuration to read (default: params.yaml)",
         )
     p = sub.add_parser(
-        "compose",
+        "compose", parents=[common],
         help="Compose conf/ with Hydra overrides and write params.yaml.",
         description="Compose conf/config.yaml with Hydra overrides and write the result to "
         "params.yaml, the only configuration DVC stages read. Example: recpipe compose "
@@ -62,16 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not write; exit 1 if the output file differs from the composed config",
     )
     p = sub.add_parser(
-        "recommend",
+        "recommend", parents=[common],
         help="Print top-k recommendations for a user from models/export.",
         description="Load the exported SavedModel and print a user's top-k items with titles. "
         "Users the model has never seen get the most popular items.",
     )
     p.add_argument("--user", required=True, help="user id as in the source data, e.g. 42")
-    p.add_argument("-k", type=int, default=10, help="number of items (default: 10)")
+    p.add_argument(
+        "-k", type=bounded_int(1), default=10,
+        help="number of items, at most the export's max_k (default: 10)",
+    )
     p.add_argument("--export-dir", default="models/export", type=Path)
     p = sub.add_parser(
-        "similar",
+        "similar", parents=[common],
         help="Print the catalog items most like a new item given only by its features (hybrid/content export).",
         description="Score a new item's feature-only vector (model=hybrid or model=content) against the "
         "catalog in models/export and print the k most similar items. Example: recpipe similar "
@@ -79,8 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--title", required=True, help="the new item's title")
     p.add_argument("--genres", default="", help='"|"-separated genres, e.g. "Action|Sci-Fi"')
-    p.add_argument("--year", type=int, default=None, help="release year (optional)")
-    p.add_argument("-k", type=int, default=10, help="number of items (default: 10)")
+    p.add_argument("--year", type=bounded_int(1, 9999), default=None, help="release year (optional)")
+    p.add_argument(
+        "-k", type=bounded_int(1), default=10,
+        help="number of items, at most the export's max_k (default: 10)",
+    )
     p.add_argument("--export-dir", default="models/export", type=Path)
     sub.add_parser(
         "run",
@@ -90,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Takes Hydra's arguments; see `recpipe run --help`.",
     )
     p = sub.add_parser(
-        "report",
+        "report", parents=[common],
         help="Print like-for-like markdown tables of the evaluated MLflow runs (one per data set/split).",
         description="One markdown table per group of comparable runs (same dataset fingerprint, split "
         "and common config: seed, data, preprocess, split, evaluate); by default only the group of "
@@ -117,40 +152,93 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``recpipe`` command. Errors a user can fix (:class:`RecpipeError`) print one message and
+    exit 2; anything else is a bug in recpipe and keeps its traceback.
+
+    ``argv`` None means the real command line: then TensorFlow's native start-up messages are also
+    filtered (``recpipe.logs``), which in-process callers (tests) do not want on their stderr.
+    """
+    process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = False
+    while argv[:1] and argv[0] in VERBOSE_FLAGS:  # `recpipe -v run ...`: before Hydra's arguments
+        verbose, argv = True, argv[1:]
     if argv[:1] == ["run"]:  # Hydra parses its own arguments (overrides, -m, --help, ...)
         from recpipe.sweep import main as run_main
 
-        try:
-            return run_main(argv[1:])
-        except RecpipeError as e:
-            print(f"recpipe run: error: {e}", file=sys.stderr)
-            return 2
-    args = build_parser().parse_args(argv)
+        _configure(verbose, process)
+        return _guarded("run", lambda: run_main(argv[1:]))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for dest, flag in (("k", "-k"), ("year", "--year")):
+        if isinstance(getattr(args, dest, None), list):  # argparse drops a "--" value (`-k=--`)
+            parser.error(f"argument {flag}: expected an integer, got '--'")
+    _configure(verbose or getattr(args, "verbose", False), process)
+    return _guarded(args.command, lambda: _dispatch(args))
+
+
+def _configure(verbose: bool, process: bool) -> None:
+    logs.configure(verbose)
+    if process and not verbose:
+        logs.filter_native_stderr()
+
+
+def _guarded(command: str, call: Callable[[], int]) -> int:
+    """Run ``call``; a RecpipeError becomes one message and exit code 2, Ctrl-C exit code 130."""
     try:
-        if args.command == "report":
-            from recpipe.report import report_command
-
-            return report_command(
-                args.experiment, args.metrics, args.sweep, args.update_readme, dataset=args.dataset,
-                split=args.split, all_groups=args.all_groups, params=args.params,
-            )
-        if args.command == "compose":
-            from recpipe.config import compose_command
-
-            return compose_command(args.overrides, args.config_dir, args.output, check=args.check)
-        if args.command == "similar":
-            from recpipe.serving.client import similar_command
-
-            return similar_command(args.title, args.genres, args.year, args.k, args.export_dir)
-        if args.command == "recommend":
-            from recpipe.serving.client import recommend_command
-
-            return recommend_command(args.user, args.k, args.export_dir)
-        return run_stage(args.command, args.params)
+        return call()
     except RecpipeError as e:
-        print(f"recpipe {args.command}: error: {e}", file=sys.stderr)
+        log.error("recpipe %s: error: %s", command, e)
         return 2
+    except KeyboardInterrupt:
+        log.error("recpipe %s: interrupted", command)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the subcommand ``args.command``."""
+    if args.command == "report":
+        from recpipe.outputs import Output, check_outputs
+        from recpipe.report import report_command
+
+        check_tracking_uri()
+        if args.update_readme is not None:
+            check_outputs([Output(args.update_readme, folder=False)])
+        return report_command(
+            args.experiment, args.metrics, args.sweep, args.update_readme, dataset=args.dataset,
+            split=args.split, all_groups=args.all_groups, params=args.params,
+        )
+    if args.command == "compose":
+        from recpipe.config import compose_command
+
+        return compose_command(args.overrides, args.config_dir, args.output, check=args.check)
+    if args.command == "similar":
+        from recpipe.serving.client import similar_command
+
+        return similar_command(args.title, args.genres, args.year, args.k, args.export_dir)
+    if args.command == "recommend":
+        from recpipe.serving.client import recommend_command
+
+        return recommend_command(args.user, args.k, args.export_dir)
+    return run_stage(args.command, args.params)
+
+
+# URI schemes MLflow 3 stores accept (an SQLAlchemy dialect may add a driver: postgresql+psycopg2).
+MLFLOW_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks",
+                  "databricks-uc", "uc")
+
+
+def check_tracking_uri() -> None:
+    """Refuse an MLFLOW_TRACKING_URI whose scheme MLflow cannot store runs in (else: a traceback
+    from deep inside MLflow once the stage logs)."""
+    from urllib.parse import urlparse
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and urlparse(uri).scheme.split("+")[0] not in MLFLOW_SCHEMES:
+        raise RecpipeError(
+            f"MLFLOW_TRACKING_URI={uri!r}: MLflow cannot store runs there; use a path, sqlite:///mlflow.db, "
+            "http(s)://<server> or a database URI, or unset it (default: sqlite mlflow.db at the project root)"
+        )
 
 
 def run_stage(name: str, params: Path) -> int:
@@ -162,10 +250,15 @@ def run_stage(name: str, params: Path) -> int:
     from recpipe import tracking
     from recpipe.config import load_params
     from recpipe.io import recover_dir
+    from recpipe.outputs import STAGE_OUTPUTS, check_outputs
     from recpipe.paths import Paths
+    from recpipe.schema import STAGE_SECTIONS, validate
 
     cfg = load_params(params)
+    validate(cfg, source=str(params), sections=STAGE_SECTIONS[name])
     paths = Paths()
+    check_outputs(STAGE_OUTPUTS[name](paths))
+    check_tracking_uri()
     recover_dir(paths.output(name))
     stage = importlib.import_module(f"recpipe.stages.{name}")
     with tracking.pipeline_run(cfg, name):

@@ -6,7 +6,7 @@ params.yaml equal to the composed defaults.
 """
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,20 +15,22 @@ from omegaconf import DictConfig, OmegaConf
 from recpipe.errors import RecpipeError
 from recpipe.io import atomic_file
 
+log = logging.getLogger(__name__)
 
-def compose(overrides: Sequence[str] = (), config_dir: str | Path = "conf") -> DictConfig:
-    """Compose ``config_dir/config.yaml`` with Hydra ``overrides`` and resolve interpolations."""
+
+def compose(overrides: Sequence[str] = (), config_dir: str | Path = "conf", config_name: str = "config") -> DictConfig:
+    """Compose ``config_dir/<config_name>.yaml`` with Hydra ``overrides`` and resolve interpolations."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     config_dir = Path(config_dir).resolve()
-    if not (config_dir / "config.yaml").exists():
-        raise RecpipeError(f"{config_dir}/config.yaml not found; run from the repository root")
+    if not (config_dir / f"{config_name}.yaml").exists():
+        raise RecpipeError(f"{config_dir}/{config_name}.yaml not found; run from the repository root")
     try:
         with initialize_config_dir(str(config_dir), version_base=None):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as e:
         raise RecpipeError(f"cannot compose config with overrides {list(overrides)}: {e}") from e
@@ -42,28 +44,44 @@ def to_yaml(cfg: DictConfig) -> str:
 
 def load_params(path: str | Path = "params.yaml") -> DictConfig:
     """Load a composed params.yaml."""
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
     path = Path(path)
     if not path.exists():
         raise RecpipeError(f"{path} not found; create it with `recpipe compose` from the repository root")
-    cfg = OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError, OmegaConfBaseException) as e:
+        reason = " ".join(str(e).split())[:400]
+        raise RecpipeError(
+            f"{path}: not a readable YAML file ({type(e).__name__}: {reason}); fix it or recreate it with "
+            "`recpipe compose`"
+        ) from None
     if not isinstance(cfg, DictConfig):
-        raise RecpipeError(f"{path}: expected a mapping at the top level")
+        raise RecpipeError(f"{path}: expected a mapping at the top level; recreate it with `recpipe compose`")
     return cfg
 
 
 def compose_command(
     overrides: Sequence[str], config_dir: Path, output: Path, *, check: bool = False
 ) -> int:
-    """``recpipe compose``: write (or with ``check``, compare) the composed config."""
-    text = to_yaml(compose(overrides, config_dir))
+    """``recpipe compose``: write (or with ``check``, compare) the composed config, once it validates."""
+    from recpipe.outputs import Output, check_outputs
+    from recpipe.schema import validate
+
+    cfg = compose(overrides, config_dir)
+    validate(cfg, source=f"{config_dir}/ or the overrides")
+    text = to_yaml(cfg)
     if check:
         current = output.read_text() if output.exists() else ""
         if current != text:
-            print(f"{output} differs from the composed config; run `recpipe compose`", file=sys.stderr)
+            log.error("%s differs from the composed config; run `recpipe compose`", output)
             return 1
-        print(f"{output} is up to date")
+        log.info(f"{output} is up to date")
         return 0
+    check_outputs([Output(output, folder=False)])
     with atomic_file(output) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    print(f"wrote {output}" + (f" ({' '.join(overrides)})" if overrides else ""))
+    log.info(f"wrote {output}" + (f" ({' '.join(overrides)})" if overrides else ""))
     return 0

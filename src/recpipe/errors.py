@@ -24,7 +24,8 @@ class DataError(RecpipeError):
         hint: str | None = None,
     ) -> None:
         self.file, self.problem, self.column = str(file), problem, column
-        self.n_rows, self.row, self.example = n_rows, row, dict(example) if example else None
+        self.n_rows, self.row = n_rows, row
+        self.example = {k: _plain(v) for k, v in example.items()} if example else None
         parts = [f"{self.file}"]
         if column is not None:
             parts.append(f"column '{column}'")
@@ -38,3 +39,27 @@ class DataError(RecpipeError):
         if hint:
             msg += f". {hint}"
         super().__init__(msg)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python values, so messages show ``1e+30``, not ``np.float64(1e+30)``."""
+    return value.item() if type(value).__module__ == "numpy" and hasattr(value, "item") else value
+
+
+class ConfigError(RecpipeError):
+    """A configuration value that is missing, unknown, of the wrong type or out of range.
+
+    ``key`` is the dotted path in params.yaml / conf/ (``model.epochs``).
+    """
+
+    def __init__(self, key: str, problem: str, *, hint: str | None = None) -> None:
+        self.key, self.problem = key, problem
+        super().__init__(f"{key}: {problem}" + (f". {hint}" if hint else ""))
+
+
+class UsageError(RecpipeError):
+    """A command-line value out of its range (``recpipe recommend -k 0``)."""
+
+
+class OutputError(RecpipeError):
+    """An output location a stage cannot write: names the path and what is wrong with it."""

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import itertools
+import logging
 import os
 import secrets
 import sys
@@ -34,9 +36,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from recpipe import tracking
+from recpipe.config import compose
 from recpipe.errors import RecpipeError
 from recpipe.io import read_json, write_json
 from recpipe.paths import Paths
+from recpipe.schema import validate
+
+log = logging.getLogger(__name__)
 
 CACHE_DIR = Path("outputs") / "cache"
 # The config sections each data stage reads (as in dvc.yaml's params); a cache entry is keyed by them.
@@ -66,6 +72,7 @@ def parent_run_file(sweep_dir: Path) -> Path:
 
 
 OmegaConf.register_new_resolver("recpipe_invocation", invocation_id, replace=True)
+MAX_PRECHECKED_JOBS = 64  # job configs validated before a sweep starts
 
 
 def main(args: Sequence[str], config_dir: str | Path = "conf") -> int:
@@ -75,17 +82,58 @@ def main(args: Sequence[str], config_dir: str | Path = "conf") -> int:
     config_dir = Path(config_dir).resolve()
     if not (config_dir / "run.yaml").exists():
         raise RecpipeError(f"{config_dir}/run.yaml not found; run from the repository root")
+    for overrides in job_overrides(args):  # every job's config, before Hydra starts any of them
+        validate(compose(overrides, config_dir, config_name="run"), source="conf/ or the overrides")
     sys.argv = ["recpipe run", *args]
     os.environ[INVOCATION_ENV] = new_invocation_id()
     hydra.main(version_base="1.3", config_path=str(config_dir), config_name="run")(run_job)()
     return 0
 
 
+def job_overrides(args: Sequence[str], limit: int = MAX_PRECHECKED_JOBS) -> list[list[str]]:
+    """The job overrides a ``recpipe run`` command line describes, discrete sweeps (``model=mf,ncf``,
+    ``range(...)``) expanded, at most ``limit`` jobs; ``hydra.*`` overrides and Optuna intervals
+    left out. Empty when the line holds Hydra options other than ``-m`` or does not parse: Hydra then
+    reports it, and each job still validates its config as it starts (``run_job``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return []
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    except HydraException:
+        return []
+    prefix = {OverrideType.ADD: "+", OverrideType.FORCE_ADD: "++", OverrideType.DEL: "~"}
+    choices: list[list[str]] = []
+    for o in parsed:
+        if o.key_or_group.startswith("hydra") or (o.is_sweep_override() and not o.is_discrete_sweep()):
+            continue
+        head = f"{prefix.get(o.type, '')}{o.key_or_group}"
+        if o.is_sweep_override():
+            choices.append([f"{head}={v}" for v in o.sweep_string_iterator()])
+        else:
+            choices.append([o.input_line])
+    return [list(c) for c in itertools.islice(itertools.product(*choices), limit)]
+
+
 def run_job(cfg: DictConfig) -> float:
     """Hydra task: one pipeline job in the job's output folder, tracked as one MLflow run.
 
-    Returns the job's objective (see ``objective``), which the Optuna sweeper optimises.
+    Returns the job's objective (see ``objective``), which the Optuna sweeper optimises. The
+    config is validated first; a RecpipeError ends the command with its message and exit code 2
+    (Hydra would print it with a traceback).
     """
+    try:
+        validate(cfg, source="conf/ or the overrides")
+        return _run_job(cfg)
+    except RecpipeError as e:
+        log.error("recpipe run: error: %s", e)
+        raise SystemExit(2) from None
+
+
+def _run_job(cfg: DictConfig) -> float:
     import mlflow
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

@@ -9,6 +9,7 @@ models, content) by ``fit_closed_form``; ``objective`` picks the validation metr
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from recpipe.evaluation.ranking import rank_metrics
 from recpipe.features import fit_feature_spec
 from recpipe.io import atomic_file
 from recpipe.models import RecModel, build, get
+
+log = logging.getLogger(__name__)
 
 VAL_K = 10
 
@@ -187,15 +190,14 @@ def fit(
         improved = value > best_value if higher_is_better else value < best_value
         if improved:
             best_value, best_epoch, best_weights = value, epoch, model.get_weights()
-        print(
+        log.info(
             f"epoch {epoch:3d}/{model_cfg.epochs}  loss {loss:.4f}  {metric} {value:.4f}"
-            f"{' *' if improved else '  '}  {seconds:.1f}s",
-            flush=True,
+            f"{' *' if improved else '  '}  {seconds:.1f}s"
         )
         if on_epoch is not None:
             on_epoch(row)
         if epoch - best_epoch >= int(model_cfg.patience):
-            print(f"early stop: no {metric} improvement in {model_cfg.patience} epochs", flush=True)
+            log.info(f"early stop: no {metric} improvement in {model_cfg.patience} epochs")
             break
     model.set_weights(best_weights)
     return TrainResult(
@@ -227,7 +229,7 @@ def _fit_closed_form(
     seconds = time.perf_counter() - start
     value = validate()
     row = {"epoch": 1, "loss": float("nan"), metric: value, "seconds": seconds}
-    print(f"fit in closed form{f' {params}' if params else ''}  {metric} {value:.4f}  {seconds:.1f}s", flush=True)
+    log.info(f"fit in closed form{f' {params}' if params else ''}  {metric} {value:.4f}  {seconds:.1f}s")
     if on_epoch is not None:
         on_epoch(row)
     return TrainResult(

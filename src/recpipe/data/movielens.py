@@ -11,7 +11,7 @@ import csv
 import importlib.metadata
 import io
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -28,11 +28,13 @@ from recpipe.data.raw import (
     int32_or_null,
     interactions_frame,
     items_frame,
+    reading,
     sha256_file,
     split_genres,
     split_title_year,
 )
-from recpipe.errors import RecpipeError
+from recpipe.errors import DataError, RecpipeError
+from recpipe.terminal import printable
 
 RECBOLE = "recbole==1.2.1"
 BUILTIN_DIR = "recbole/dataset_example/ml-100k"
@@ -158,10 +160,11 @@ class Release:
             members = [p.relative_to(path).as_posix() for p in path.glob("*") if p.is_file()]
             members += [p.relative_to(path).as_posix() for p in path.glob("*/*") if p.is_file()]
         elif zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
+            with reading(path), zipfile.ZipFile(path) as z:
                 members = [n for n in z.namelist() if not n.endswith("/")]
         else:
-            raise RecpipeError(f"{path}: not a zip file or a folder (data.path)")
+            raise DataError(str(path), "not a zip file or a folder (data.path)",
+                            hint="Give the release's .zip (complete, not truncated) or its extracted folder")
         self.members = sorted(members, key=lambda m: (m.count("/"), m))
         self.opened: list[str] = []
 
@@ -178,10 +181,10 @@ class Release:
         member = self.find(name)
         self.opened.append(member)
         if self.path.is_dir():
-            with open(self.path / member, "rb") as f:
+            with reading(self.where(name)), open(self.path / member, "rb") as f:
                 yield f
         else:
-            with zipfile.ZipFile(self.path) as z, z.open(member) as f:
+            with reading(self.where(name)), zipfile.ZipFile(self.path) as z, z.open(member) as f:
                 yield f
 
     def checksums(self) -> dict[str, str]:
@@ -196,8 +199,16 @@ class Release:
             data: IO[bytes] = f
             if sep == "::":
                 data, sep = io.BytesIO(f.read().replace(b"::", b"\t")), "\t"
-            return pd.read_csv(data, sep=sep, header=None, names=names, dtype=str, encoding=encoding,
-                               quoting=csv.QUOTE_NONE, keep_default_na=False)
+            table = pd.read_csv(data, sep=sep, header=None, names=names, dtype=str, encoding=encoding,
+                                quoting=csv.QUOTE_NONE, keep_default_na=False)
+        if table.empty:
+            raise DataError(self.where(name), "the file has no rows", hint="Re-download or re-extract the release")
+        return table
+
+    def where(self, name: str) -> str:
+        """File ``name`` of the release as messages show it: ``folder/member`` or ``release.zip:member``."""
+        member = self.find(name)
+        return str(self.path / member) if self.path.is_dir() else f"{self.path}:{member}"
 
 
 def _ml100k(rel: Release) -> Tables:
@@ -205,13 +216,24 @@ def _ml100k(rel: Release) -> Tables:
     item = rel.read_table("u.item", ["item", "title", "date", "video_date", "url", *ML100K_GENRES], "|", "latin-1")
     user = rel.read_table("u.user", ["user", "age", "gender", "occupation", "zip"], "|")
     title, year = split_title_year(item["title"])
-    flags = item[list(ML100K_GENRES)].to_numpy(dtype=np.int8).astype(bool)
+    flags = genre_flags(item[list(ML100K_GENRES)], rel.where("u.item"))
     genres = [[g for g, on in zip(ML100K_GENRES, row) if on and g not in NO_GENRE] for row in flags]
     return (
-        interactions_frame(data["user"], data["item"], data["rating"], data["timestamp"], file=f"{rel.path}/u.data"),
+        interactions_frame(data["user"], data["item"], data["rating"], data["timestamp"], file=rel.where("u.data")),
         items_frame(item["item"], title, year, pd.Series(genres, dtype=object)),
         users_frame(user["user"], user["age"], user["gender"], user["occupation"], user["zip"]),
     )
+
+
+def genre_flags(table: pd.DataFrame, file: str) -> np.ndarray:
+    """u.item's 0/1 genre columns as booleans; anything else raises a DataError naming the row."""
+    values = table.apply(pd.to_numeric, errors="coerce")
+    bad = ~values.isin([0, 1]).all(axis=1).to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(file, "genre flags that are not 0 or 1", column="genres", n_rows=int(bad.sum()), row=row,
+                        example={k: v for k, v in table.iloc[row].items() if v not in ("0", "1")})
+    return values.to_numpy(dtype=np.int8).astype(bool)
 
 
 def _ml1m(rel: Release) -> Tables:
@@ -223,7 +245,7 @@ def _ml1m(rel: Release) -> Tables:
     occupation = codes.map(lambda c: ML1M_OCCUPATIONS[int(c)] if 0 <= c < len(ML1M_OCCUPATIONS) else str(c))
     return (
         interactions_frame(data["user"], data["item"], data["rating"], data["timestamp"],
-                           file=f"{rel.path}/ratings.dat"),
+                           file=rel.where("ratings.dat")),
         items_frame(movies["item"], title, year, split_genres(movies["genres"], "|")),
         users_frame(user["user"], user["age"], user["gender"], occupation, user["zip"]),
     )
@@ -231,16 +253,28 @@ def _ml1m(rel: Release) -> Tables:
 
 def _csv_release(rel: Release) -> Tables:
     with rel.open("ratings.csv") as f:
-        data = pd.read_csv(f, dtype={"userId": str, "movieId": str, "rating": np.float32, "timestamp": np.int64})
+        data = pd.read_csv(f, dtype=str)  # ratings and timestamps are checked by interactions_frame
     with rel.open("movies.csv") as f:
         movies = pd.read_csv(f, dtype=str, keep_default_na=False, encoding="utf-8")
+    _require(data, ("userId", "movieId", "rating", "timestamp"), rel.where("ratings.csv"))
+    _require(movies, ("movieId", "title", "genres"), rel.where("movies.csv"))
     title, year = split_title_year(movies["title"])
     return (
         interactions_frame(data["userId"], data["movieId"], data["rating"], data["timestamp"],
-                           file=f"{rel.path}/ratings.csv"),
+                           file=rel.where("ratings.csv")),
         items_frame(movies["movieId"], title, year, split_genres(movies["genres"], "|")),
         None,
     )
+
+
+def _require(table: pd.DataFrame, columns: Sequence[str], file: str) -> None:
+    """``table`` (a CSV release file) must have ``columns`` and at least one row."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(file, "missing column(s) of this release's layout", column=", ".join(missing),
+                        hint=f"Columns present: {', '.join(printable(c) for c in table.columns[:50])}")
+    if table.empty:
+        raise DataError(file, "the file has no rows", hint="Re-download or re-extract the release")
 
 
 LAYOUTS: dict[str, Callable[[Release], Tables]] = {
@@ -261,7 +295,13 @@ def load_grouplens(cfg: DictConfig) -> RawData:
         path = Path(cfg.path)
         if not path.exists():
             raise RecpipeError(f"{path} not found (data.path)")
-        if sha256 and path.is_file():
+        if sha256 and path.is_dir():
+            raise RecpipeError(
+                f"data.sha256 is the digest of a zip file, but data.path={path} is a folder, so it cannot be "
+                "checked: point data.path at the release's .zip, or set data.sha256=null (the sha256 of each "
+                "file read from a folder is recorded in data/raw/source.json)"
+            )
+        if sha256:
             verify_sha256(path, sha256, "fix data.sha256 or data.path")
         origin = {"path": str(path)}
     else:

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recpipe.errors import RecpipeError
+from recpipe.data.raw import reading
+from recpipe.errors import DataError, RecpipeError
 
 SPLITS = ("train", "val", "test")
 
@@ -59,16 +60,27 @@ def load_processed(path: str | Path) -> Processed:
     path = Path(path)
     if not (path / "items.parquet").exists():
         raise RecpipeError(f"{path}: no preprocessed data; run `recpipe preprocess` (or `dvc repro`)")
-    users = pd.read_parquet(path / "users.parquet")
-    items = pd.read_parquet(path / "items.parquet")
+    users, items = _read(path / "users.parquet", "index", "user_id"), _read(path / "items.parquet", "index", "item_id")
     uidx = pd.Series(users["index"].to_numpy(np.int32), index=users["user_id"].to_numpy(object))
     iidx = pd.Series(items["index"].to_numpy(np.int32), index=items["item_id"].to_numpy(object))
     splits = {}
     for name in SPLITS:
-        df = pd.read_parquet(path / f"{name}.parquet")
+        df = _read(path / f"{name}.parquet", "user_id", "item_id")
         df["user_idx"] = uidx.reindex(df["user_id"].to_numpy(object)).to_numpy(np.int32)
         df["item_idx"] = iidx.reindex(df["item_id"].to_numpy(object)).to_numpy(np.int32)
         splits[name] = df
     users = users.sort_values("index", ignore_index=True)
     items = items.sort_values("index", ignore_index=True)
     return Processed(users=users, items=items, **splits)
+
+
+def _read(file: Path, *columns: str) -> pd.DataFrame:
+    """A data/processed table that must have ``columns``; a damaged one is a DataError saying to re-run."""
+    hint = "Re-run `recpipe preprocess` (or `dvc repro preprocess`)"
+    with reading(file, hint):
+        df = pd.read_parquet(file)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(str(file), f"missing column(s) {', '.join(missing)}: damaged or not written by recpipe",
+                        hint=hint)
+    return df

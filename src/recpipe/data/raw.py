@@ -7,9 +7,14 @@ null for implicit data), ``timestamp`` (int64 seconds, nullable); items ``item_i
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import logging
 import os
-from collections.abc import Iterable
+import zipfile
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +28,21 @@ import pyarrow.parquet as pq
 from recpipe.errors import DataError
 from recpipe.io import atomic_dir, write_json
 
+log = logging.getLogger(__name__)
+
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 ITEM_COLUMNS = ("item_id", "title", "year", "genres")
 # Genre tokens that mean "no genre" (ML-100K's "unknown" flag, the CSV releases' placeholder).
 NO_GENRE = frozenset({"", "unknown", "(no genres listed)"})
 # A title ending in its year, "Toy Story (1995)" or "Fawlty Towers (1975-1979)".
 _TITLE_YEAR = r"^(?P<title>.*?)\s*\((?P<year>\d{4})(?:[-–]\d{0,4})?\)\s*$"
+# Largest timestamp accepted: 9999-12-31T23:59:59Z in seconds (milliseconds are 1000x larger).
+MAX_TIMESTAMP = 253_402_300_799
+# What the readers raise for a file that is empty, truncated, corrupt or not of its type.
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException, UnicodeDecodeError, EOFError,
+    zlib.error, zipfile.BadZipFile, csv.Error, OSError,
+)
 _ARROW_TYPES = {
     "user_id": pa.string(),
     "item_id": pa.string(),
@@ -139,30 +153,105 @@ def ratings(values: pd.Series | None, n: int) -> pd.Series:
 def timestamps(values: pd.Series | None, n: int, *, file: str = "") -> pd.Series:
     """Seconds since the epoch (nullable Int64) from numbers, datetimes or date strings.
 
-    Values that are none of these raise a DataError naming ``file`` and the column (``values.name``).
+    A column whose values are numbers is read as seconds: non-numbers among them, values that are
+    not finite or beyond year 9999 (milliseconds?) raise a DataError naming ``file``, the column
+    (``values.name``) and the first such row; fractions of a second are rounded, with a warning. A
+    column of text that is no number is read as dates; a value that is not one raises a DataError.
     """
     if values is None:
         return pd.Series(pd.array([pd.NA] * n, dtype="Int64"))
+    column = str(values.name or "timestamp")
+    values = values.reset_index(drop=True)
     if pd.api.types.is_integer_dtype(values.dtype):
-        return values.astype("Int64")
-    if pd.api.types.is_numeric_dtype(values.dtype):
-        return values.round().astype("Int64")
-    if not pd.api.types.is_datetime64_any_dtype(values.dtype):
-        try:
-            return pd.to_numeric(values).round().astype("Int64")
-        except (ValueError, TypeError):
-            pass
-    parsed = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
-    bad = parsed.isna() & values.notna()
+        seconds = values.astype("float64")
+    elif pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return _date_seconds(values, file, column)
+    elif pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+        seconds = values.astype("float64")
+    else:
+        seconds = pd.to_numeric(values, errors="coerce").astype("float64")
+        if seconds.isna().all():
+            return _date_seconds(values, file, column)
+        _bad_timestamps(values, seconds.isna() & values.notna(), file, column,
+                        "text in a column of numeric timestamps (seconds since 1970)")
+    v = seconds.to_numpy(dtype="float64", na_value=np.nan)
+    present = ~np.isnan(v)
+    _bad_timestamps(values, present & ~np.isfinite(v), file, column, "timestamp is not a finite number")
+    _bad_timestamps(
+        values, present & np.isfinite(v) & (np.abs(v) > MAX_TIMESTAMP), file, column,
+        f"timestamp beyond year 9999 in seconds (> {MAX_TIMESTAMP})",
+        "timestamps are seconds since 1970; divide milliseconds by 1000",
+    )
+    fractional = present & (v != np.round(v))
+    if fractional.any():
+        row = int(np.flatnonzero(fractional)[0])
+        log.warning("%s, column '%s': %d timestamp(s) with fractions of a second rounded to whole seconds "
+                    "(first at row %d: %r)", file, column, int(fractional.sum()), row, float(seconds.iloc[row]))
+    return pd.Series(np.round(seconds.astype("float64"))).astype("Int64")
+
+
+def _date_seconds(values: pd.Series, file: str, column: str) -> pd.Series:
+    """Seconds since the epoch of datetimes or date strings; a value that is no date, or one outside
+    the years pandas can hold as a date (1677-2262), raises a DataError."""
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return _datetime_seconds(values)
+    try:
+        parsed = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+    except (pd.errors.OutOfBoundsDatetime, OverflowError):
+        bad = np.array([_out_of_bounds(v) for v in values])
+        _bad_timestamps(values, bad, file, column, "date outside the years 1677-2262",
+                        "Give such timestamps as seconds since 1970")
+        raise
+    _bad_timestamps(values, parsed.isna() & values.notna(), file, column,
+                    "timestamps that are neither numbers (seconds) nor dates")
+    return _datetime_seconds(parsed)
+
+
+def _datetime_seconds(values: pd.Series) -> pd.Series:
+    """Seconds since the epoch of a datetime column, in its own unit (no nanosecond overflow)."""
+    utc = values.dt.tz_convert("UTC").dt.tz_localize(None) if values.dt.tz is not None else values
+    seconds = utc.to_numpy().astype("datetime64[s]").astype(np.int64)
+    return pd.Series(pd.array(seconds, dtype="Int64")).mask(values.isna().to_numpy())
+
+
+def _out_of_bounds(value: Any) -> bool:
+    try:
+        pd.to_datetime(value, utc=True, errors="coerce")
+    except (pd.errors.OutOfBoundsDatetime, OverflowError):
+        return True
+    return False
+
+
+def _bad_timestamps(
+    values: pd.Series, bad: pd.Series | np.ndarray, file: str, column: str, problem: str, hint: str | None = None
+) -> None:
+    bad = np.asarray(bad, dtype=bool)
     if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        column = str(values.name or "timestamp")
-        raise DataError(
-            file, "timestamps that are neither numbers (seconds) nor dates", column=column,
-            n_rows=int(bad.sum()), row=row, example={column: values.iloc[row]},
-        )
-    seconds = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
-    return seconds.astype("Int64")
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(file, problem, column=column, n_rows=int(bad.sum()), row=row,
+                        example={column: values.iloc[row]}, hint=hint and hint[0].upper() + hint[1:])
+
+
+@contextmanager
+def reading(
+    file: str | os.PathLike,
+    hint: str = "Check that it is complete and of the type its name says; re-export or re-download it",
+) -> Iterator[None]:
+    """Turn a reader's failure on an empty, truncated or corrupt ``file`` into a DataError naming it."""
+    try:
+        yield
+    except READ_ERRORS as e:
+        if isinstance(e, FileNotFoundError) and e.filename is not None and str(e.filename) != str(file):
+            raise
+        raise DataError(str(file), f"cannot read the file: {read_problem(e)}", hint=hint) from None
+
+
+def read_problem(e: BaseException) -> str:
+    """A one-line description of a reader's exception."""
+    if isinstance(e, pd.errors.EmptyDataError):
+        return "it is empty (no header, no rows)"
+    text = " ".join(str(e).split()).rstrip(".") or type(e).__name__
+    return f"{type(e).__name__}: {text[:300]}"
 
 
 def int32_or_null(values: pd.Series) -> pd.Series:

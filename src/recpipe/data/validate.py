@@ -23,7 +23,10 @@ from recpipe.errors import DataError, RecpipeError
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 ITEM_COLUMNS = ("item_id", "title")
 USER_COLUMNS = ("user_id",)
-RESERVED_COLUMN = "index"  # the vocabulary index that preprocess adds to the item and user tables
+RESERVED_COLUMN = "index"
+NA_ID_HINT = ("CSV cells spelled NA, null, NaN, N/A, ... are read as missing; if such an id is real, list "
+              "the cells that mean missing in data.na_values (e.g. `recpipe compose data=files "
+              "'data.na_values=[\"\"]'`)")  # the vocabulary index that preprocess adds to the item and user tables
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,8 @@ def _check_ids(ids: pd.Series, df: pd.DataFrame, file: str, column: str, hint: s
         ids = ids.astype("str").astype("category")
     codes = ids.cat.codes.to_numpy()
     blank = np.append(ids.cat.categories.str.strip() == "", False)  # code -1 (null) picks the False
-    _check(df, (codes < 0) | blank[codes], file, column, "missing id (null or empty)", hint)
+    _check(df, (codes < 0) | blank[codes], file, column, "missing id (null or empty)",
+           _join(NA_ID_HINT, hint))
     return ids
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
 from recpipe.errors import RecpipeError
@@ -43,16 +44,21 @@ def save_model(
 
 
 def load_model(path: Path) -> RecModel:
-    """Rebuild the model saved in ``path`` by ``save_model`` and load its weights."""
+    """Rebuild the model saved in ``path`` by ``save_model`` and load its weights; a missing,
+    damaged or incomplete model is a RecpipeError naming the file and the stage to re-run."""
     path = Path(path)
     if not (path / CONFIG_FILE).exists():
         raise RecpipeError(f"{path}: no trained model; run `recpipe train` (or `dvc repro`)")
-    config: Mapping[str, Any] = json.loads((path / CONFIG_FILE).read_text())
-    model = build(
-        OmegaConf.create(config["model"]),
-        n_users=config["n_users"],
-        n_items=config["n_items"],
-        **config.get("context", {}),
-    )
-    model.load_weights(str(path / WEIGHTS)).assert_existing_objects_matched()
+    damaged = f"{path}: the saved model is damaged or incomplete ({{}}); re-run `recpipe train` (or `dvc repro train`)"
+    try:
+        config: Mapping[str, Any] = json.loads((path / CONFIG_FILE).read_text())
+        model_cfg, n_users, n_items = OmegaConf.create(config["model"]), config["n_users"], config["n_items"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RecpipeError(damaged.format(f"{CONFIG_FILE}: {type(e).__name__}: {e}")) from None
+    model = build(model_cfg, n_users=n_users, n_items=n_items, **config.get("context", {}))
+    try:
+        model.load_weights(str(path / WEIGHTS)).assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, IndexError, AssertionError) as e:  # IndexError: truncated data file
+        reason = " ".join(str(e).split())[:300]
+        raise RecpipeError(damaged.format(f"weights: {type(e).__name__}: {reason}")) from None
     return model

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 
 from recpipe.errors import RecpipeError
 from recpipe.serving.export import INFO_FILE, SIGNATURE
@@ -15,9 +16,15 @@ from recpipe.serving.export import INFO_FILE, SIGNATURE
 def export_info(path: str | Path) -> dict[str, Any]:
     """What ``save_server`` recorded about an export (index kind, sizes)."""
     info = Path(path) / INFO_FILE
-    if not info.exists():
+    if not info.is_file():
         raise RecpipeError(f"{path}: no exported model; run `recpipe export` (or `dvc repro`)")
-    return json.loads(info.read_text())
+    try:
+        data = json.loads(info.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RecpipeError(f"{info}: unreadable ({e}); re-run `recpipe export` (or `dvc repro export`)") from None
+    if not isinstance(data, dict) or not isinstance(data.get("max_k"), int) or "index" not in data:
+        raise RecpipeError(f"{info}: not an export description; re-run `recpipe export` (or `dvc repro export`)")
+    return data
 
 
 def load_export(path: str | Path) -> Any:
@@ -28,7 +35,14 @@ def load_export(path: str | Path) -> Any:
     """
     if export_info(path)["index"] == "scann":
         import scann.scann_ops.py.scann_ops  # noqa: F401  (registers the Scann ops)
-    return tf.saved_model.load(str(path))
+    try:
+        return tf.saved_model.load(str(path))
+    except (OSError, tf.errors.OpError, DecodeError) as e:
+        reason = " ".join(str(e).split())[:300]
+        raise RecpipeError(
+            f"{path}: cannot load the exported model ({type(e).__name__}: {reason}); "
+            "re-run `recpipe export` (or `dvc repro export`)"
+        ) from None
 
 
 def recommend(export: Any, user_ids: list[str], k: int) -> pd.DataFrame:

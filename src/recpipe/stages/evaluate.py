@@ -9,6 +9,7 @@ Writes the reports directory as a whole (see ``write_reports``) and logs it to t
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -40,6 +41,8 @@ from recpipe.io import atomic_dir, write_json
 from recpipe.models.base import RecModel
 from recpipe.models.classic import fit_baselines
 from recpipe.paths import Paths
+
+log = logging.getLogger(__name__)
 
 TABLE_METRICS = (
     "ndcg_at_10", "recall_at_10", "precision_at_10", "map_at_10", "mrr_at_10", "hit_rate_at_10",
@@ -256,7 +259,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     for name, system in [(model_name, model), *((b, m) for b, (m, _) in fitted.items())]:
         t = time.perf_counter()
         results[name] = evaluate_model(system, data, evalset, ks, batch_size, rating_scale, segments, cold)
-        print(f"evaluated {name} in {time.perf_counter() - t:.1f} s", flush=True)
+        log.info(f"evaluated {name} in {time.perf_counter() - t:.1f} s")
 
     boot = ev.bootstrap
     intervals = compare_to_baselines(
@@ -290,5 +293,5 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     write_reports(paths.reports, report)
     seconds = time.perf_counter() - start
     log_to_mlflow(report, paths.reports, seconds)
-    print(f"{len(users)} test users, {data.n_items} items, {len(cold)} cold items, {seconds:.1f} s")
-    print(format_table(report.systems))
+    log.info(f"{len(users)} test users, {data.n_items} items, {len(cold)} cold items, {seconds:.1f} s")
+    log.info(format_table(report.systems))

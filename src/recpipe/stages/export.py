@@ -5,12 +5,17 @@ in the model registry as ``cfg.export.registered_model_name``.
 """
 from __future__ import annotations
 
+import logging
+
 from omegaconf import DictConfig
 
 from recpipe.data.processed import load_processed
 from recpipe.paths import Paths
 from recpipe.serving.export import build_server, register_server, save_server
 from recpipe.serving.load import load_export, recommend
+from recpipe.terminal import printable
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, paths: Paths) -> None:
@@ -23,7 +28,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     version = register_server(server, cfg.export, example_user=str(data.users["user_id"].iloc[0]))
     save_server(server, paths.export, cfg.export.index)
     registered = f"; registered as {cfg.export.registered_model_name} v{version}" if version else ""
-    print(f"exported {cfg.export.index} top-k model ({data.n_users} users, {data.n_items} items, "
-          f"k <= {server.k_cap}) to {paths.export}{registered}")
-    print(recommend(load_export(paths.export), [str(data.users["user_id"].iloc[0])], 5)
-          .to_string(index=False))
+    log.info(f"exported {cfg.export.index} top-k model ({data.n_users} users, {data.n_items} items, "
+             f"k <= {server.k_cap}) to {paths.export}{registered}")
+    sample = recommend(load_export(paths.export), [str(data.users["user_id"].iloc[0])], 5)
+    log.info(sample.map(lambda v: printable(v) if isinstance(v, str) else v).to_string(index=False))

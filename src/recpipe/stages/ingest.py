@@ -1,12 +1,16 @@
 """``recpipe ingest``: read the configured source (``data=...``) into data/raw/."""
 from __future__ import annotations
 
+import logging
+
 from omegaconf import DictConfig
 
 from recpipe.data.raw import write_raw
 from recpipe.data.sources import check_inputs_declared, load_source
 from recpipe.paths import Paths
 from recpipe.tracking import log_metrics
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, paths: Paths) -> None:
@@ -15,6 +19,6 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     raw = load_source(cfg.data)
     s = write_raw(raw, paths.raw)
     label = " ".join(str(raw.source[k]) for k in ("source", "name") if k in raw.source)
-    print(f"ingest: {label}: {s['interactions']:,} interactions, {s['users']:,} users, "
-          f"{s['items']:,} items -> {paths.raw}")
+    log.info(f"ingest: {label}: {s['interactions']:,} interactions, {s['users']:,} users, "
+             f"{s['items']:,} items -> {paths.raw}")
     log_metrics({f"raw_{k}": v for k, v in s.items()})

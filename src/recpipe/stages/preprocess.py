@@ -1,6 +1,8 @@
 """``recpipe preprocess``: validate data/raw, then write data/processed (splits, vocabularies, stats)."""
 from __future__ import annotations
 
+import logging
+
 from omegaconf import DictConfig, OmegaConf
 
 from recpipe.data.preprocess import preprocess, summary, write_processed
@@ -8,6 +10,8 @@ from recpipe.data.splits import NEEDS_TIMESTAMPS
 from recpipe.data.validate import read_raw
 from recpipe.paths import Paths
 from recpipe.tracking import log_metrics, stats_metrics
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, paths: Paths) -> None:
@@ -21,5 +25,5 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     result = preprocess(raw, cfg.preprocess, cfg.split, progress=True)
     write_processed(result, paths.processed)
     log_metrics(stats_metrics(result.stats))
-    print(summary(result.stats))
-    print(f"split={split}: wrote {paths.processed}")
+    log.info(summary(result.stats))
+    log.info(f"split={split}: wrote {paths.processed}")

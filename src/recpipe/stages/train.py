@@ -8,6 +8,7 @@ summary to the MLflow run.
 """
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -22,13 +23,15 @@ from recpipe.models.io import save_model
 from recpipe.paths import Paths
 from recpipe.tracking import log_metrics, train_metrics
 
+log = logging.getLogger(__name__)
+
 
 def run(cfg: DictConfig, paths: Paths) -> None:
     """Train, keep the best epoch's weights, save the model and what training did."""
     data = load_processed(paths.processed)
     model, context = training.build_model(cfg.model, data, int(cfg.seed), OmegaConf.select(cfg, "data.features"))
-    print(f"training {cfg.model.name} on {len(data.train)} interactions "
-          f"({data.n_users} users, {data.n_items} items)", flush=True)
+    log.info(f"training {cfg.model.name} on {len(data.train)} interactions "
+             f"({data.n_users} users, {data.n_items} items)")
 
     def log_epoch(row: dict[str, float]) -> None:
         values = {"train_loss": row["loss"], "epoch_seconds": row["seconds"], **{
@@ -51,5 +54,5 @@ def run(cfg: DictConfig, paths: Paths) -> None:
         log_metrics(train_metrics(summary))
         if mlflow.active_run() is not None:
             mlflow.log_artifact(str(staged(paths.train_summary)))
-    print(f"best {result.metric} {result.best_value:.4f} at epoch {result.best_epoch}; "
-          f"{result.examples_per_second:,.0f} examples/s; saved to {paths.model}")
+    log.info(f"best {result.metric} {result.best_value:.4f} at epoch {result.best_epoch}; "
+             f"{result.examples_per_second:,.0f} examples/s; saved to {paths.model}")

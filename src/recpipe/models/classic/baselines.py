@@ -6,6 +6,7 @@ model's config, composed from conf/model/<name>.yaml by conf/config.yaml's defau
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,6 +17,8 @@ from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.models.base import build
 from recpipe.models.classic.base import ClosedFormModel
+
+log = logging.getLogger(__name__)
 
 CLASSIC_MODELS = ("popularity", "random", "item_knn", "user_knn", "ease")
 
@@ -59,5 +62,5 @@ def fit_baselines(
             )
         start = time.perf_counter()
         fitted[name] = fit_classic(name, data, configs[name])
-        print(f"fit baseline {name} in {time.perf_counter() - start:.1f} s", flush=True)
+        log.info(f"fit baseline {name} in {time.perf_counter() - start:.1f} s")
     return fitted
