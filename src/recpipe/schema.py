@@ -48,10 +48,19 @@ class Features(Section):
     user: list[Name] = []
 
 
+class Inputs(Section):
+    """The files ingest reads, for dvc.yaml's ingest deps (conf/data/*.yaml derive them)."""
+
+    interactions: Name
+    items: Name
+    users: Name
+
+
 class DataBase(Section):
     name: Name | None = None
     rating_scale: Annotated[list[Number], Field(min_length=2, max_length=2)] | None = None
     features: Features = Features()
+    inputs: Inputs | None = None
 
     @field_validator("rating_scale")
     @classmethod
@@ -306,7 +315,7 @@ class Evaluate(Section):
     ks: list[Count] = Field(min_length=1)
     batch_size: Count = 1024
     baselines: list[Literal[BASELINES]] = []  # type: ignore[valid-type]
-    baseline_params: dict[Literal[BASELINES], dict[str, Any]] = {}  # type: ignore[valid-type]
+    baseline_models: dict[Literal[BASELINES], dict[str, Any]] = {}  # type: ignore[valid-type]
     light_user_threshold: NonNegativeInt = 20
     bootstrap: Bootstrap = Bootstrap()
 
@@ -390,8 +399,13 @@ def validate(
         else:
             _check(known[key], value, (key,), hint)  # type: ignore[arg-type]
     if "evaluate" in tree:
-        for name, params in (tree["evaluate"].get("baseline_params") or {}).items():
-            _check(MODELS[name], {"name": name, **(params or {})}, ("evaluate", "baseline_params", name), hint)
+        models = tree["evaluate"].get("baseline_models") or {}
+        for name, params in models.items():
+            _check(MODELS[name], {"name": name, **(params or {})}, ("evaluate", "baseline_models", name), hint)
+        for i, name in enumerate(tree["evaluate"].get("baselines") or []):
+            if name not in models:
+                raise ConfigError(f"evaluate.baselines[{i}]", f"{name!r} has no config in evaluate.baseline_models "
+                                  f"(conf/config.yaml composes one per baseline from conf/model/{name}.yaml)", hint=hint)
         _check_bootstrap_metrics(tree["evaluate"], hint)
 
 
