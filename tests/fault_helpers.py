@@ -15,7 +15,7 @@ from pathlib import Path
 from recpipe.cli import main
 from recpipe.config import compose, to_yaml
 
-from .conftest import REPO
+from .helpers import REPO
 
 BIN = Path(sys.executable).parent
 # A tiny, fast configuration: synthetic data (TINY_DATA), 2 epochs, one baseline.
@@ -96,8 +96,8 @@ def fake_outputs(root: Path) -> dict[str, bytes]:
     """Previous outputs of every stage (distinct bytes per file) under ``root``; returns their snapshot."""
     files = [
         "data/raw/interactions.parquet", "data/raw/source.json", "data/processed/train.parquet",
-        "data/processed/stats.json", "models/model/model_config.json", "models/train_summary.json",
-        "models/training_curve.csv", "models/export/recpipe_export.json", "reports/metrics.json",
+        "data/processed/stats.json", "models/train/model/model_config.json", "models/train/train_summary.json",
+        "models/train/training_curve.csv", "models/export/recpipe_export.json", "reports/metrics.json",
         "reports/plots/metrics_at_k.csv",
     ]
     for i, name in enumerate(files):

@@ -22,7 +22,7 @@ from recpipe.outputs import STAGE_OUTPUTS
 from recpipe.paths import Paths
 from recpipe.terminal import printable
 
-from .conftest import REPO
+from .helpers import REPO
 from .fault_helpers import (
     assert_clean_failure,
     cli,
@@ -33,7 +33,7 @@ from .fault_helpers import (
     run_recpipe,
     snapshot,
 )
-from .test_export import export_cfg, save_mf
+from .helpers import export_cfg, save_mf
 
 HOSTILE_TITLE = "Evil\nTitle\x1b[31m\r\x07"
 MAX_K = 20
@@ -153,9 +153,9 @@ def test_unwritable_models_as_a_subprocess(tmp_path):
     (tmp_path / "params.yaml").write_text(params_text())
     processed_data(tmp_path)
     before = fake_outputs(tmp_path)
-    with read_only(tmp_path / "models" / "model"):
+    with read_only(tmp_path / "models" / "train"):
         result = run_recpipe(["train"], tmp_path)
-    assert_clean_failure(result, "cannot write in models/model")
+    assert_clean_failure(result, "cannot write in models/train")
     assert outputs(tmp_path) == before
 
 
@@ -220,7 +220,7 @@ def test_compose_and_report_outputs_in_the_way(tmp_path):
 
 @pytest.fixture(scope="module")
 def pipeline_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """data/processed and an (untrained) models/model, as train writes them."""
+    """data/processed and an (untrained) models/train/model, as train writes them."""
     root = tmp_path_factory.mktemp("pipeline")
     data = processed_data(root)
     save_mf(data, Paths(root).model)
@@ -238,7 +238,7 @@ def test_damaged_stage_outputs_are_named_by_the_next_stage(pipeline_root, tmp_pa
     root = tmp_path_factory.mktemp("damaged")
     shutil.copytree(pipeline_root, root, dirs_exist_ok=True)
     files = sorted(str(p.relative_to(root)) for p in (root / "data" / "processed").glob("*.parquet"))
-    files += sorted(str(p.relative_to(root)) for p in (root / "models" / "model").iterdir() if p.is_file()
+    files += sorted(str(p.relative_to(root)) for p in (root / "models" / "train" / "model").iterdir() if p.is_file()
                     and p.name != "checkpoint")
     name = data.draw(st.sampled_from(files))
     raw = (root / name).read_bytes()
@@ -246,5 +246,5 @@ def test_damaged_stage_outputs_are_named_by_the_next_stage(pipeline_root, tmp_pa
     stage = "train" if name.startswith("data/") else data.draw(st.sampled_from(["evaluate", "export"]))
     before = outputs(root)
     result = cli([stage], root)
-    assert_clean_failure(result, name if name.startswith("data/") else "models/model", "-run `recpipe ")
+    assert_clean_failure(result, name if name.startswith("data/") else "models/train/model", "-run `recpipe ")
     assert outputs(root) == before

@@ -20,7 +20,7 @@ from recpipe.config import compose, to_yaml
 from recpipe.errors import ConfigError
 from recpipe.schema import STAGE_SECTIONS, validate
 
-from .conftest import REPO
+from .helpers import REPO
 from .fault_helpers import assert_clean_failure, cli, fake_outputs, outputs, params_text, run_recpipe
 
 VARIANTS = [

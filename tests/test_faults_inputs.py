@@ -24,7 +24,7 @@ from recpipe.errors import ConfigError
 from recpipe.schema import validate
 
 from .fault_helpers import Result, assert_clean_failure, cli, fake_outputs, outputs, params_text, run_recpipe
-from .test_grouplens import ENCODING, LAYOUTS
+from .helpers import ENCODING, LAYOUTS
 
 FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 FORMATS = ("csv", "tsv", "csv.gz", "parquet")

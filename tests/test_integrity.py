@@ -99,7 +99,7 @@ def test_file_where_an_output_directory_belongs_is_refused(repo):
     try:
         proc = run(["dvc", "repro", "export"], repo, check=False)
         assert proc.returncode != 0
-        assert "models/export is a file, but the output directory goes there" in proc.stdout + proc.stderr
+        assert "models/export is a file, but recpipe writes the folder models/export/ there" in proc.stderr
         assert export.read_text() == "not a SavedModel" and leftovers(repo) == []
     finally:
         export.unlink()

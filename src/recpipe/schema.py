@@ -51,9 +51,11 @@ class Features(Section):
 class Inputs(Section):
     """The files ingest reads, for dvc.yaml's ingest deps (conf/data/*.yaml derive them)."""
 
-    interactions: Name
-    items: Name
-    users: Name
+    interactions: Name | None = None
+    items: Name | None = None
+    users: Name | None = None
+    # conf/data/files.yaml: the file standing in for a table that is not given ({None: <module>})
+    unset: dict[str, Name] | None = None
 
 
 class DataBase(Section):
