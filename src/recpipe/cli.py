@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "MLflow registry (default: models/export)")
     p.add_argument("--no-batching", dest="batching", action="store_false",
                    help="one model call per request instead of micro-batching concurrent requests")
-    p.add_argument("--batch-wait-ms", type=float, default=1.0,
-                   help="how long a batch waits for more requests (default: 1.0)")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0,
+                   help="how long a batch waits for more requests; 0 takes what queued while the previous "
+                   "model call ran (default: 0, the fastest in bench/serve.py)")
     p.add_argument("--reload-interval", type=float, default=0.0, metavar="SECONDS",
                    help="check the source this often and swap in a new export / registry version "
                    "(default: 0, off; POST /admin/reload always works)")

@@ -41,7 +41,7 @@ def split_answer(answer: Answer, sizes: list[int], ks: list[int]) -> list[Answer
 class MicroBatcher:
     """Collects ``submit`` calls into batches for ``call(model, user_ids, k) -> Answer``."""
 
-    def __init__(self, call: Callable[[Any, list[str], int], Answer], max_wait_s: float = 0.001,
+    def __init__(self, call: Callable[[Any, list[str], int], Answer], max_wait_s: float = 0.0,
                  max_users: int = 1024) -> None:
         self.call, self.max_wait_s, self.max_users = call, max_wait_s, max_users
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()

@@ -38,7 +38,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_ID_LENGTH = 256
 log = logging.getLogger("recpipe.serve")
 
-UserId = Annotated[StrictStr | StrictInt, Field(description="user id as in the source data (a string; integers are accepted)")]
+UserId = Annotated[StrictStr | StrictInt, Field(description="a user id as in the source data (integers are accepted)")]
 
 
 class RecommendRequest(BaseModel):
@@ -85,7 +85,7 @@ class ServiceState:
 
     source: ModelSource
     batching: bool = True
-    max_wait_s: float = 0.001
+    max_wait_s: float = 0.0
     reload_interval_s: float = 0.0
     model: LoadedModel | None = None
     load_error: str | None = None
@@ -101,9 +101,10 @@ class ServiceState:
     async def reload(self, only_if_changed: bool = False) -> bool:
         """Load what the source points at now and swap it in; False when nothing changed."""
         async with self._reload_lock:
-            if only_if_changed and self.model is not None:
-                if await run_in_threadpool(self.source.revision) == self.model.revision:
-                    return False
+            current = self.model
+            if only_if_changed and current is not None and \
+                    await run_in_threadpool(self.source.revision) == current.revision:
+                return False
             try:
                 new = await run_in_threadpool(load, self.source)
             except Exception as e:
@@ -291,6 +292,7 @@ def create_app(state: ServiceState, api_key: str | None = None) -> FastAPI:
                 raise HTTPException(404, f"unknown item_id {item_id!r}")
             query: dict[str, Any] = {"item_id": item_id}
         else:
+            assert title is not None  # exactly one of the two was given
             found = await run_in_threadpool(model.similar_to_features, title, genres, year, k)
             query = {"title": title, "genres": genres, "year": year}
         return SimilarResponse(model_revision=model.revision, k=k, query=query, items=_items(*found))
@@ -301,7 +303,7 @@ def create_app(state: ServiceState, api_key: str | None = None) -> FastAPI:
             await state.reload()
         except Exception as e:
             current = state.model.revision if state.model is not None else None
-            return error_response(500, f"reload failed, still serving revision {current}: {e}")
+            raise HTTPException(500, f"reload failed, still serving revision {current}: {e}") from e
         return {"reloaded": True, "model": state.ready_model().metadata}
 
     return app

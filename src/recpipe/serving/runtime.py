@@ -29,6 +29,7 @@ from recpipe.serving.similar import SIGNATURE as SIMILAR
 
 # the metrics ``GET /v1/model`` shows when they are available (reports/metrics.json or the MLflow run)
 HEADLINE_METRICS = ("ndcg_at_10", "recall_at_10", "precision_at_10", "map_at_10", "hit_rate_at_10", "mrr_at_10")
+Ranked = tuple[np.ndarray, np.ndarray, np.ndarray]  # item_ids, titles, scores, best first
 REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 # the probe asks for "every item" to learn the export's k cap (``min(max_k, n_items)``)
 _K_PROBE = 2**31 - 1
@@ -64,7 +65,7 @@ class ModelSource:
         """What the source points at now: the registered version, or the export's identity on disk
         (``save_server`` replaces the directory whole, so a new export has a new inode and mtime)."""
         if self.path is None:
-            return self._registry_version().version
+            return str(self._registry_version().version)
         try:
             st = (self.path / "saved_model.pb").stat()
         except OSError as e:
@@ -78,10 +79,11 @@ class ModelSource:
         from recpipe.tracking import tracking_uri
 
         client = MlflowClient(tracking_uri())
+        assert self.name is not None  # a registry source
         try:
             if self.alias is not None:
                 return client.get_model_version_by_alias(self.name, self.alias)
-            return client.get_model_version(self.name, self.version)
+            return client.get_model_version(self.name, str(self.version))
         except MlflowException as e:
             raise RecpipeError(f"{self} in the MLflow registry at {tracking_uri()}: {e.message}") from e
 
@@ -114,16 +116,16 @@ class LoadedModel:
         known = self.module.is_known(users).numpy()
         return out["item_ids"].numpy(), out["titles"].numpy(), out["scores"].numpy(), known
 
-    def similar_to_features(self, title: str, genres: str, year: float | None, k: int) -> tuple[np.ndarray, ...]:
-        """(item_ids, titles, scores) [k] for a new item from ``similar_items`` (None without it)."""
+    def similar_to_features(self, title: str, genres: str, year: float | None, k: int) -> Ranked:
+        """(item_ids, titles, scores) [k] for a new item from the ``similar_items`` signature."""
         assert self.similar is not None
         out = self.similar(
             title=tf.constant([title]), genres=tf.constant([genres]),
             year=tf.constant([np.nan if year is None else year], tf.float32), k=tf.constant(k, tf.int32),
         )
-        return tuple(out[name].numpy()[0] for name in ("item_ids", "titles", "scores"))
+        return out["item_ids"].numpy()[0], out["titles"].numpy()[0], out["scores"].numpy()[0]
 
-    def similar_to_item(self, item_id: str, k: int) -> tuple[np.ndarray, ...] | None:
+    def similar_to_item(self, item_id: str, k: int) -> Ranked | None:
         """(item_ids, titles, scores) [<= k] of the catalog items nearest (cosine of the export's
         candidate vectors) to catalog item ``item_id``, itself left out; None for an unknown item."""
         index, ids, titles, vectors = self._similar_catalog()
@@ -176,7 +178,7 @@ def _load_registered(source: ModelSource) -> LoadedModel:
     ))
     flavor = (yaml.safe_load((local / "MLmodel").read_text()).get("flavors") or {}).get("tensorflow") or {}
     if "saved_model_dir" not in flavor:
-        raise RecpipeError(f"{source} (version {version.version}) is not a TensorFlow SavedModel logged by recpipe export")
+        raise RecpipeError(f"{source} (version {version.version}): not a TensorFlow SavedModel from recpipe export")
     requirements = (local / "requirements.txt").read_text() if (local / "requirements.txt").exists() else ""
     module = _load_saved_model(local / flavor["saved_model_dir"], "scann" in requirements)
     run = MlflowClient(tracking_uri()).get_run(version.run_id) if version.run_id else None
@@ -184,20 +186,20 @@ def _load_registered(source: ModelSource) -> LoadedModel:
         "source": str(source),
         "export_path": str(local / flavor["saved_model_dir"]),
         "registered_name": version.name,
-        "registered_version": version.version,
+        "registered_version": str(version.version),
         "aliases": sorted(version.aliases or []),
         "run_id": version.run_id,
         "exported_at": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"),
         "index": "scann" if "scann" in requirements else None,
         **(_run_metadata(run) if run is not None else {}),
     }
-    return LoadedModel(module, version.version, meta, _workdir=workdir)
+    return LoadedModel(module, str(version.version), meta, _workdir=workdir)
 
 
-def _load_saved_model(path: Path, scann: bool) -> Any:
+def _load_saved_model(path: Path, needs_scann: bool) -> Any:
     if not (path / "saved_model.pb").exists():
         raise RecpipeError(f"{path}: no exported model; run `recpipe export` (or `dvc repro`)")
-    if scann:
+    if needs_scann:
         import scann.scann_ops.py.scann_ops  # noqa: F401  (registers the Scann ops)
     return tf.saved_model.load(str(path))
 
