@@ -190,7 +190,7 @@ def _load_registered(source: ModelSource) -> LoadedModel:
         "aliases": sorted(version.aliases or []),
         "run_id": version.run_id,
         "exported_at": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"),
-        "index": "scann" if "scann" in requirements else None,
+        "index": "scann" if "scann" in requirements else "brute_force",
         **(_run_metadata(run) if run is not None else {}),
     }
     return LoadedModel(module, str(version.version), meta, _workdir=workdir)
