@@ -2,6 +2,7 @@
 reloads and the MLflow registry) against the SavedModel's own signature output, and every error path."""
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -23,10 +24,13 @@ from omegaconf import OmegaConf
 
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
+from recpipe.io import write_json
+from recpipe.paths import Paths
+from recpipe.serving.batcher import MicroBatcher
 from recpipe.serving.export import build_server, register_server, save_server
 from recpipe.serving.http import MAX_BATCH, MAX_BODY_BYTES, ServiceState, create_app
 from recpipe.serving.load import load_export
-from recpipe.serving.runtime import ModelSource
+from recpipe.serving.runtime import ModelSource, load
 from recpipe.training import build_model, fit
 
 from .helpers import BIN, REPO, TinyMF, env, export_cfg
@@ -334,3 +338,48 @@ def test_registry_alias_is_served_and_followed(tmp_path, toy_data, exports):
         assert [i["item_id"] for i in top["items"]] == [
             i.decode() for i in signature_top_k(exports["mf2"], [user], 5)["item_ids"][0]]
         assert requests.get(f"{s.base}/v1/model").json()["metrics"] == {"ndcg_at_10": 1.25}
+
+
+def test_concurrent_requests_share_model_calls(exports, toy_data):
+    """The micro-batcher answers each request as its own model call would, in fewer calls."""
+    model = load(ModelSource(path=exports["mf"]))
+    calls: list[int] = []
+
+    def call(m, users, k):
+        calls.append(len(users))
+        return m.recommend(users, k)
+
+    users = toy_data.users["user_id"].astype(str).tolist()[:32] + ["nobody"]
+    ks = [1 + n % MAX_K for n in range(len(users))]
+
+    async def run() -> list:
+        batcher = MicroBatcher(call)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(model, [u], k) for u, k in zip(users, ks)))
+        finally:
+            await batcher.stop()
+
+    answers = asyncio.run(run())
+    assert sum(calls) == len(users) and len(calls) < len(users)
+    for user, k, (ids, titles, scores, known) in zip(users, ks, answers):
+        e_ids, e_titles, e_scores, e_known = model.recommend([user], k)
+        assert ids.tolist() == e_ids.tolist() and titles.tolist() == e_titles.tolist()
+        np.testing.assert_allclose(scores, e_scores, rtol=1e-5, atol=1e-5)
+        assert known.tolist() == e_known.tolist() == [user != "nobody"]
+
+
+def test_model_metadata_from_the_pipeline_files(tmp_path, exports):
+    """An export at <root>/models/export shows the model name, metrics and data fingerprint beside it."""
+    paths = Paths(tmp_path)
+    shutil.copytree(exports["mf"], paths.export)
+    write_json(paths.train_summary, {"model": "mf", "train_seconds": 1.0})
+    write_json(paths.reports / "metrics.json", {"ndcg_at_10": 0.25, "recall_at_10": None, "rmse": 0.9})
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  preprocess:\n    cmd: recpipe preprocess\n"
+        "    outs:\n    - path: data/processed\n      md5: 0123abcd.dir\n")
+    meta = load(ModelSource(path=paths.export)).metadata
+    assert meta["model"] == "mf" and meta["data_fingerprint"] == "0123abcd.dir"
+    assert meta["metrics"] == {"ndcg_at_10": 0.25}  # headline metrics that exist, nothing else
+    elsewhere = load(ModelSource(path=exports["mf"])).metadata
+    assert not {"model", "data_fingerprint", "metrics"} & set(elsewhere)
