@@ -117,6 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="number of items, at most the export's max_k (default: 10)",
     )
     p.add_argument("--export-dir", default="models/export", type=Path)
+    p = sub.add_parser(
+        "serve", parents=[common],
+        help="Serve an export over HTTP (JSON): /v1/recommend, /v1/similar, /v1/model, /docs.",
+        description="HTTP JSON service (FastAPI on uvicorn) over an exported SavedModel; endpoints in "
+        "docs/contracts.md. With RECPIPE_API_KEY set, requests need header X-API-Key.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=bounded_int(1, 65535), default=8080, help="default: 8080")
+    p.add_argument("--model", default="models/export",
+                   help="export directory, or models:/<name>@<alias> / models:/<name>/<version> from the "
+                   "MLflow registry (default: models/export)")
+    p.add_argument("--no-batching", dest="batching", action="store_false",
+                   help="one model call per request instead of micro-batching concurrent requests")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0,
+                   help="how long a batch waits for more requests; 0 takes what queued while the previous "
+                   "model call ran (default: 0, the fastest in bench/serve.py)")
+    p.add_argument("--reload-interval", type=float, default=0.0, metavar="SECONDS",
+                   help="check the source this often and swap in a new export / registry version "
+                   "(default: 0, off; POST /admin/reload always works)")
     sub.add_parser(
         "run",
         add_help=False,
@@ -220,6 +239,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from recpipe.serving.client import recommend_command
 
         return recommend_command(args.user, args.k, args.export_dir)
+    if args.command == "serve":
+        from recpipe.serving.http import serve_command
+
+        return serve_command(args.host, args.port, args.model, args.batching, args.batch_wait_ms, args.reload_interval)
     return run_stage(args.command, args.params)
 
 
