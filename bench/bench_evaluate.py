@@ -11,6 +11,7 @@ configuration (conf/, all five baselines, EASE's lambda tuned on val, segments, 
 bootstrap, reports) and prints wall and CPU time: the whole stage, and the part that scores the
 model and the baselines (the "evaluated ..." lines it prints per system).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         f"  fitting baselines (EASE lambda tuned on val): {fits:.1f} s\n"
         f"  whole stage: {wall:.1f} s wall, {cpu:.1f} s CPU"
     )
-    print(f"  model EASE(lam={args.lam:g}) ndcg_at_10 {metrics['ndcg_at_10']:.4f}; "
-          f"ease baseline (lam={summary['baseline_params']['ease']['lam']:g}) {baselines['ease']['ndcg_at_10']:.4f}")
+    print(
+        f"  model EASE(lam={args.lam:g}) ndcg_at_10 {metrics['ndcg_at_10']:.4f}; "
+        f"ease baseline (lam={summary['baseline_params']['ease']['lam']:g}) {baselines['ease']['ndcg_at_10']:.4f}"
+    )
     return 0
 
 

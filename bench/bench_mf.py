@@ -11,6 +11,7 @@ each epoch (validation time excluded; the first epoch includes tracing and XLA c
 of the steady state. On a shared machine wall-clock rates drop with the load; ratings per
 CPU-second (all threads) show the cost independent of it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_mf_") as tmp:
         start = time.perf_counter()
         data = synthetic_processed(Path(tmp), args.users, args.items, args.ratings)
-        print(f"data: {len(data.train):,} train ratings, {data.n_users:,} users, {data.n_items:,} items "
-              f"({time.perf_counter() - start:.0f} s to generate)")
+        print(
+            f"data: {len(data.train):,} train ratings, {data.n_users:,} users, {data.n_items:,} items "
+            f"({time.perf_counter() - start:.0f} s to generate)"
+        )
         model, _ = build_model(cfg, data, seed=0)
         cpu = [time.process_time()]
         result = fit(model, data, cfg, seed=0, on_epoch=lambda row: cpu.append(time.process_time()))

@@ -4,6 +4,7 @@
 
 Defaults: N = 10,000,000 rows, N / 50 users, N / 500 items, written to a temporary directory.
 """
+
 from __future__ import annotations
 
 import argparse

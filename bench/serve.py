@@ -12,6 +12,7 @@ row per (mode, clients): requests/s, p50, p95, p99 (ms, client side: connection 
 JSON) and errors (non-200 answers or failed connections). ``--post-batch N`` sends
 ``POST /v1/recommend`` with N users per request instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,9 @@ async def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 180) ->
     raise SystemExit(f"recpipe serve not ready after {timeout} s")
 
 
-async def drive(base: str, users: list[str], clients: int, n_requests: int, k: int, post_batch: int,
-                seed: int) -> tuple[float, np.ndarray, int]:
+async def drive(
+    base: str, users: list[str], clients: int, n_requests: int, k: int, post_batch: int, seed: int
+) -> tuple[float, np.ndarray, int]:
     """(wall seconds, latencies in ms, errors) for ``n_requests`` from ``clients`` concurrent clients."""
     rng = random.Random(seed)
     latencies: list[float] = []
@@ -113,8 +115,18 @@ async def bench_mode(args: argparse.Namespace, mode: str, users: list[str]) -> l
         for clients in args.clients:
             wall, lat, errors = await drive(base, users, clients, args.requests, args.k, args.post_batch, seed=clients)
             p50, p95, p99 = np.percentile(lat, [50, 95, 99])
-            rows.append([mode, str(clients), str(len(lat)), f"{len(lat) / wall:.0f}",
-                         f"{p50:.2f}", f"{p95:.2f}", f"{p99:.2f}", str(errors)])
+            rows.append(
+                [
+                    mode,
+                    str(clients),
+                    str(len(lat)),
+                    f"{len(lat) / wall:.0f}",
+                    f"{p50:.2f}",
+                    f"{p95:.2f}",
+                    f"{p99:.2f}",
+                    str(errors),
+                ]
+            )
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -129,18 +141,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--users", type=Path, default=Path("data/processed/users.parquet"))
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
-    parser.add_argument("--post-batch", type=int, default=0, metavar="N",
-                        help="POST N users per request instead of GET one (default 0: GET)")
-    parser.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[],
-                        help="the rest goes to recpipe serve, e.g. --serve-args --batch-wait-ms 0")
+    parser.add_argument(
+        "--post-batch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="POST N users per request instead of GET one (default 0: GET)",
+    )
+    parser.add_argument(
+        "--serve-args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="the rest goes to recpipe serve, e.g. --serve-args --batch-wait-ms 0",
+    )
     args = parser.parse_args(argv)
     users = user_ids(args.users)
     rows = [row for mode in args.modes for row in asyncio.run(bench_mode(args, mode, users))]
     load = os.getloadavg()
     header = ["mode", "clients", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"]
-    print(f"recpipe serve --model {args.model}: k={args.k}, "
-          f"{'POST ' + str(args.post_batch) + ' users' if args.post_batch else 'GET one user'} per request; "
-          f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end")
+    print(
+        f"recpipe serve --model {args.model}: k={args.k}, "
+        f"{'POST ' + str(args.post_batch) + ' users' if args.post_batch else 'GET one user'} per request; "
+        f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end"
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * 2 + "---:|" * (len(header) - 2))
     for row in rows:

@@ -10,6 +10,7 @@ Needs Debian's chromium and chromium-driver:
     python scripts/mlflow_screenshot.py [--backend-store-uri sqlite:///mlflow.db | --server URL] \\
         [--sweep PARENT_RUN_ID] [--output docs/mlflow_compare.png]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,16 @@ from urllib.parse import quote
 import requests
 
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
 )
 
 
@@ -62,24 +70,23 @@ def wait_until(ready, what: str, timeout: float, proc: subprocess.Popen | None =
 @contextmanager
 def serve(cmd: Sequence[str], url: str, what: str, timeout: float = 90) -> Iterator[str]:
     """Run server ``cmd`` until the context ends; yields ``url`` once a GET of it answers 200."""
-    log = tempfile.TemporaryFile()
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-    proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            wait_until(lambda: requests.get(url, timeout=5).ok, what, timeout, proc)
-        except (RuntimeError, TimeoutError) as e:
-            log.seek(0)
-            raise RuntimeError(f"{e}\n{log.read().decode(errors='replace')[-3000:]}") from None
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            try:
+                wait_until(lambda: requests.get(url, timeout=5).ok, what, timeout, proc)
+            except (RuntimeError, TimeoutError) as e:
+                log.seek(0)
+                raise RuntimeError(f"{e}\n{log.read().decode(errors='replace')[-3000:]}") from None
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @contextmanager
@@ -87,8 +94,18 @@ def mlflow_server(backend_store_uri: str) -> Iterator[str]:
     """``mlflow server`` on a free 127.0.0.1 port; yields its base URL."""
     port = free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow), "server", "--backend-store-uri", backend_store_uri,
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        str(mlflow),
+        "server",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     with serve(cmd, f"http://127.0.0.1:{port}/health", "mlflow server"):
         yield f"http://127.0.0.1:{port}"
 
@@ -106,13 +123,27 @@ def sweep_runs(base: str, experiment: str, sweep: str | None) -> tuple[str, list
     exp = api(base, "GET", "experiments/get-by-name", experiment_name=experiment)["experiment"]
     ids = [exp["experiment_id"]]
     if sweep is None:
-        parents = api(base, "POST", "runs/search", experiment_ids=ids, max_results=1,
-                      filter="tags.`recpipe.sweep_dir` != ''", order_by=["attributes.start_time DESC"])
+        parents = api(
+            base,
+            "POST",
+            "runs/search",
+            experiment_ids=ids,
+            max_results=1,
+            filter="tags.`recpipe.sweep_dir` != ''",
+            order_by=["attributes.start_time DESC"],
+        )
         if not parents.get("runs"):
             raise SystemExit(f"no sweep in experiment {experiment!r}; run `recpipe run -m ...` first")
         sweep = parents["runs"][0]["info"]["run_id"]
-    children = api(base, "POST", "runs/search", experiment_ids=ids, max_results=50,
-                   filter=f"tags.`mlflow.parentRunId` = '{sweep}'", order_by=["attributes.start_time ASC"])
+    children = api(
+        base,
+        "POST",
+        "runs/search",
+        experiment_ids=ids,
+        max_results=50,
+        filter=f"tags.`mlflow.parentRunId` = '{sweep}'",
+        order_by=["attributes.start_time ASC"],
+    )
     runs = children.get("runs", [])
     if not runs:
         raise SystemExit(f"sweep {sweep} has no child runs")
@@ -123,19 +154,29 @@ def sweep_runs(base: str, experiment: str, sweep: str | None) -> tuple[str, list
 def chromium(width: int, height: int, chromium_bin: str, chromedriver_bin: str) -> Iterator[str]:
     """A headless Chromium WebDriver session through chromedriver; yields its session URL."""
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile, serve(
-        [chromedriver_bin, f"--port={port}"], f"http://127.0.0.1:{port}/status", "chromedriver"
+    with (
+        tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile,
+        serve([chromedriver_bin, f"--port={port}"], f"http://127.0.0.1:{port}/status", "chromedriver"),
     ):
-        caps = {"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
-            "binary": chromium_bin,
-            "args": [*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"],
-        }}}}
+        caps = {
+            "capabilities": {
+                "alwaysMatch": {
+                    "goog:chromeOptions": {
+                        "binary": chromium_bin,
+                        "args": [*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"],
+                    }
+                }
+            }
+        }
         r = requests.post(f"http://127.0.0.1:{port}/session", json=caps, timeout=60)
         r.raise_for_status()
         session = f"http://127.0.0.1:{port}/session/{r.json()['value']['sessionId']}"
         viewport = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
-        requests.post(f"{session}/goog/cdp/execute", timeout=30,
-                      json={"cmd": "Emulation.setDeviceMetricsOverride", "params": viewport}).raise_for_status()
+        requests.post(
+            f"{session}/goog/cdp/execute",
+            timeout=30,
+            json={"cmd": "Emulation.setDeviceMetricsOverride", "params": viewport},
+        ).raise_for_status()
         try:
             yield session
         finally:
@@ -165,15 +206,20 @@ def screenshot(session: str, url: str, expect: Sequence[str], output: Path, time
     (``TIDY_PAGE``) and save a PNG."""
     origin = url.split("/#", 1)[0]
     requests.post(f"{session}/url", json={"url": f"{origin}/health"}, timeout=60).raise_for_status()
-    requests.post(f"{session}/execute/sync", timeout=30, json={
-        "script": "for (const [k, v] of Object.entries(arguments[0])) localStorage.setItem(k, v)",
-        "args": [UI_STORAGE],
-    }).raise_for_status()
+    requests.post(
+        f"{session}/execute/sync",
+        timeout=30,
+        json={
+            "script": "for (const [k, v] of Object.entries(arguments[0])) localStorage.setItem(k, v)",
+            "args": [UI_STORAGE],
+        },
+    ).raise_for_status()
     requests.post(f"{session}/url", json={"url": url}, timeout=60).raise_for_status()
 
     def shown() -> bool:
-        text = requests.post(f"{session}/execute/sync", timeout=30,
-                             json={"script": "return document.body.innerText", "args": []}).json()["value"]
+        text = requests.post(
+            f"{session}/execute/sync", timeout=30, json={"script": "return document.body.innerText", "args": []}
+        ).json()["value"]
         return all(s in (text or "") for s in expect)
 
     wait_until(shown, f"page {url} showing {', '.join(expect)}", timeout)

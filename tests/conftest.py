@@ -1,7 +1,9 @@
 """Shared fixtures. ``import recpipe`` first: it sets TF_USE_LEGACY_KERAS before TensorFlow loads."""
+
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 

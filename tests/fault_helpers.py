@@ -1,5 +1,6 @@
 """Helpers of the fault-injection tests (tests/test_faults_*.py): run the real ``recpipe`` command
 in-process or as a subprocess, snapshot outputs byte for byte, make a folder unwritable."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,11 @@ BIN = Path(sys.executable).parent
 # A tiny, fast configuration: synthetic data (TINY_DATA), 2 epochs, one baseline.
 TINY_DATA = ["data=synthetic", "data.n_users=40", "data.n_items=30", "data.n_interactions=400"]
 TINY = [
-    "model.epochs=2", "model.batch_size=256", "evaluate.baselines=[popularity]",
-    "evaluate.bootstrap.n_resamples=10", "export.max_k=20",
+    "model.epochs=2",
+    "model.batch_size=256",
+    "evaluate.baselines=[popularity]",
+    "evaluate.bootstrap.n_resamples=10",
+    "export.max_k=20",
 ]
 
 
@@ -73,8 +77,9 @@ def run_recpipe(args: Sequence[str], cwd: Path, timeout: float = 120) -> Result:
     """``recpipe ARGS`` as a real subprocess (console script) in ``cwd``."""
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{cwd / 'mlflow.db'}")
-    proc = subprocess.run([str(BIN / "recpipe"), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [str(BIN / "recpipe"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -95,9 +100,15 @@ def outputs(root: Path) -> dict[str, bytes]:
 def fake_outputs(root: Path) -> dict[str, bytes]:
     """Previous outputs of every stage (distinct bytes per file) under ``root``; returns their snapshot."""
     files = [
-        "data/raw/interactions.parquet", "data/raw/source.json", "data/processed/train.parquet",
-        "data/processed/stats.json", "models/train/model/model_config.json", "models/train/train_summary.json",
-        "models/train/training_curve.csv", "models/export/recpipe_export.json", "reports/metrics.json",
+        "data/raw/interactions.parquet",
+        "data/raw/source.json",
+        "data/processed/train.parquet",
+        "data/processed/stats.json",
+        "models/train/model/model_config.json",
+        "models/train/train_summary.json",
+        "models/train/training_curve.csv",
+        "models/export/recpipe_export.json",
+        "reports/metrics.json",
         "reports/plots/metrics_at_k.csv",
     ]
     for i, name in enumerate(files):

@@ -1,6 +1,7 @@
 """What several test modules share (a plain module, not tests): toy data sets through the real
 ingest and preprocess, tiny models, reference implementations, and running the real pipeline
 (recpipe, dvc) in a throwaway copy of the repository."""
+
 from __future__ import annotations
 
 import json
@@ -36,13 +37,34 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
 # A small synthetic pipeline run by real DVC in a throwaway git repository (conftest.tiny_pipeline).
-TINY_PIPELINE = ["data=synthetic", "data.n_users=200", "data.n_items=100", "data.n_interactions=3000",
-                 "model.epochs=2", "evaluate.baselines=[popularity,item_knn]", "evaluate.bootstrap.n_resamples=50"]
+TINY_PIPELINE = [
+    "data=synthetic",
+    "data.n_users=200",
+    "data.n_items=100",
+    "data.n_interactions=3000",
+    "model.epochs=2",
+    "evaluate.baselines=[popularity,item_knn]",
+    "evaluate.bootstrap.n_resamples=50",
+]
 
 BIN = Path(sys.executable).parent
 # Not copied (top level only): environments, outputs, caches and local state.
-SKIP_TOP = {".venv", ".git", "data", "models", "reports", "mlflow.db", "mlartifacts", "outputs", ".recpipe",
-            ".pytest_cache", ".hypothesis", ".benchmarks", ".mypy_cache", ".ruff_cache"}
+SKIP_TOP = {
+    ".venv",
+    ".git",
+    "data",
+    "models",
+    "reports",
+    "mlflow.db",
+    "mlartifacts",
+    "outputs",
+    ".recpipe",
+    ".pytest_cache",
+    ".hypothesis",
+    ".benchmarks",
+    ".mypy_cache",
+    ".ruff_cache",
+}
 SKIP_ANY = shutil.ignore_patterns("__pycache__", "*.egg-info")
 
 
@@ -125,23 +147,28 @@ class TinyMLP(RecModel):
     def score_all(self, user_idx: tf.Tensor) -> tf.Tensor:
         u = tf.gather(self.user_emb, user_idx)[:, None, :]
         n_users, n_items = tf.shape(u)[0], tf.shape(self.item_emb)[0]
-        pairs = tf.concat(
-            [tf.repeat(u, n_items, axis=1), tf.repeat(self.item_emb[None], n_users, axis=0)], axis=2
-        )
+        pairs = tf.concat([tf.repeat(u, n_items, axis=1), tf.repeat(self.item_emb[None], n_users, axis=0)], axis=2)
         return tf.tensordot(tf.nn.relu(tf.tensordot(pairs, self.w1, 1)), self.w2, 1)
 
 
 def toy_processed(
-    path: Path, n_users: int = 80, n_items: int = 60, n_interactions: int = 1500, seed: int = 1,
-    n_genres: int = 18, **split: Any,
+    path: Path,
+    n_users: int = 80,
+    n_items: int = 60,
+    n_interactions: int = 1500,
+    seed: int = 1,
+    n_genres: int = 18,
+    **split: Any,
 ) -> Processed:
     """A small synthetic dataset through the real ingest and preprocess functions, written under
     ``path`` (raw/, processed/) and read back; ``split`` adds options to the random 80/10/10 split."""
     write_raw(generate(n_users, n_items, n_interactions, n_genres=n_genres, seed=seed), path / "raw")
     tables = read_raw(path / "raw", rating_scale=[1, 5])
     options = {"duplicates": "latest", "min_user_interactions": 1, "min_item_interactions": 1, "min_rating": None}
-    write_processed(preprocess(tables, options, {"name": "random", "ratios": [0.8, 0.1, 0.1], "seed": 0, **split}),
-                    path / "processed")
+    write_processed(
+        preprocess(tables, options, {"name": "random", "ratios": [0.8, 0.1, 0.1], "seed": 0, **split}),
+        path / "processed",
+    )
     return load_processed(path / "processed")
 
 
@@ -155,11 +182,20 @@ def save_mf(data: Processed, path: Path) -> RecModel:
 
 
 def export_cfg(index: str = "brute_force", max_k: int = 1000) -> OmegaConf:
-    return OmegaConf.create({
-        "index": index, "max_k": max_k, "registered_model_name": "recpipe-test",
-        "scann": {"num_leaves": 4, "num_leaves_to_search": 4, "training_iterations": 10,
-                  "dimensions_per_block": 2, "num_reordering_candidates": 1000},
-    })
+    return OmegaConf.create(
+        {
+            "index": index,
+            "max_k": max_k,
+            "registered_model_name": "recpipe-test",
+            "scann": {
+                "num_leaves": 4,
+                "num_leaves_to_search": 4,
+                "training_iterations": 10,
+                "dimensions_per_block": 2,
+                "num_reordering_candidates": 1000,
+            },
+        }
+    )
 
 
 def query_fresh_process(exports: dict[str, Path], queries: list[tuple[list[str], int]]) -> dict[str, list[dict]]:
@@ -201,8 +237,10 @@ VARIANTS = {
     "ncf_implicit": ("ncf", {"embedding_dim": 8, "layers": [16, 8], "dropout": 0.1}),
     "ncf_rating": ("ncf", {"embedding_dim": 8, "layers": [16, 8], "objective": "rating"}),
     "two_tower": ("two_tower", {"embedding_dim": 8, "layers": [16, 8]}),
-    "two_tower_plain": ("two_tower", {"embedding_dim": 8, "sampling_correction": False,
-                                      "remove_accidental_hits": False, "min_rating": 4}),
+    "two_tower_plain": (
+        "two_tower",
+        {"embedding_dim": 8, "sampling_correction": False, "remove_accidental_hits": False, "min_rating": 4},
+    ),
 }
 
 
@@ -212,23 +250,27 @@ def model_cfg(variant: str, **overrides: object) -> DictConfig:
     return OmegaConf.merge(OmegaConf.load(REPO / "conf" / "model" / f"{file}.yaml"), FAST, changes, overrides)
 
 
-def cold_processed(path: Path, cold_items: float = 0.2, n_users: int = 120, n_items: int = 200,
-                   n_interactions: int = 3000) -> Processed:
+def cold_processed(
+    path: Path, cold_items: float = 0.2, n_users: int = 120, n_items: int = 200, n_interactions: int = 3000
+) -> Processed:
     """Synthetic data (genre-driven users) through the real ingest and preprocess, ``cold_items`` held out."""
-    return toy_processed(path, n_users, n_items, n_interactions, seed=5, n_genres=12,
-                         cold_items=cold_items, cold_seed=3)
+    return toy_processed(
+        path, n_users, n_items, n_interactions, seed=5, n_genres=12, cold_items=cold_items, cold_seed=3
+    )
 
 
 def random_interactions(seed: int, n: int | None = None) -> pd.DataFrame:
     """A small interactions frame with many users, repeated timestamps and a shuffled index."""
     rng = np.random.default_rng(seed)
     n = n if n is not None else int(rng.integers(1, 120))
-    df = pd.DataFrame({
-        "user_id": pd.Series(rng.integers(0, 12, n).astype(str), dtype="str"),
-        "item_id": pd.Series(rng.integers(0, 30, n).astype(str), dtype="str"),
-        "rating": rng.integers(1, 6, n).astype(np.float32),
-        "timestamp": pd.array(rng.integers(0, 40, n), dtype="Int64"),  # many ties
-    })
+    df = pd.DataFrame(
+        {
+            "user_id": pd.Series(rng.integers(0, 12, n).astype(str), dtype="str"),
+            "item_id": pd.Series(rng.integers(0, 30, n).astype(str), dtype="str"),
+            "rating": rng.integers(1, 6, n).astype(np.float32),
+            "timestamp": pd.array(rng.integers(0, 40, n), dtype="Int64"),  # many ties
+        }
+    )
     df.index = rng.permutation(n) + 1000  # splits must keep whatever index they get
     return df
 
@@ -267,16 +309,31 @@ def ref_user(ranked: list[int], truth: set[int], k: int) -> dict[str, float]:
     }
 
 
-SMALL = ["data=synthetic", "data.n_users=200", "data.n_items=100", "data.n_interactions=4000",
-         "model.epochs=3", "evaluate.ks=[5,10]", "evaluate.baselines=[popularity]"]
+SMALL = [
+    "data=synthetic",
+    "data.n_users=200",
+    "data.n_items=100",
+    "data.n_interactions=4000",
+    "model.epochs=3",
+    "evaluate.ks=[5,10]",
+    "evaluate.baselines=[popularity]",
+]
 
 
 MODELS = ("mf", "ncf", "two_tower")
 
 
 # every job's run has the config, the data stages', train's and evaluate's metrics, its objective
-JOB_METRICS = {"raw_interactions", "data.splits.train.interactions", "train_seconds", "time_evaluate_s",
-               "ndcg_at_10", "recall_at_10", "coverage_at_10", "objective"}
+JOB_METRICS = {
+    "raw_interactions",
+    "data.splits.train.interactions",
+    "train_seconds",
+    "time_evaluate_s",
+    "ndcg_at_10",
+    "recall_at_10",
+    "coverage_at_10",
+    "objective",
+}
 
 
 def recpipe_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -338,7 +395,8 @@ def baseline_configs(seed: int, changes: dict[str, dict[str, Any]] | None = None
     with ``changes`` ({baseline: {key: value}}) as Hydra overrides."""
     overrides = [
         f"evaluate.baseline_models.{name}.{key}={value}"
-        for name, values in (changes or {}).items() for key, value in values.items()
+        for name, values in (changes or {}).items()
+        for key, value in values.items()
     ]
     return composed(f"seed={seed}", *overrides).evaluate.baseline_models
 
@@ -362,14 +420,18 @@ def snapshot(*dirs: Path) -> dict[str, bytes]:
 
 
 # --- GroupLens releases in their three file layouts (tiny; the same content in each) -------------
-RATINGS = [("1", "10", "4", "881250949"), ("1", "20", "3", "881250950"), ("2", "10", "5", "881250951"),
-           ("3", "30", "1", "881250952")]
+RATINGS = [
+    ("1", "10", "4", "881250949"),
+    ("1", "20", "3", "881250950"),
+    ("2", "10", "5", "881250951"),
+    ("3", "30", "1", "881250952"),
+]
 ML100K_FILES = {
     "u.data": "".join("\t".join(r) + "\n" for r in RATINGS),
     # id | title | release date | video date | url | 19 genre flags (unknown, Action, Adventure, Animation, ...)
     "u.item": "10|Café Society (1995)|01-Jan-1995||http://x|0|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
-              "20|Heat (1995)|01-Jan-1995||http://x|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|1|0|0\n"
-              "30|unknown||||1|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0\n",
+    "20|Heat (1995)|01-Jan-1995||http://x|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|1|0|0\n"
+    "30|unknown||||1|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0\n",
     "u.user": "1|24|M|technician|85711\n2|53|F|other|94043\n3|23|M|writer|32067\n",
 }
 ML1M_FILES = {
@@ -380,7 +442,7 @@ ML1M_FILES = {
 CSV_FILES = {
     "ratings.csv": "userId,movieId,rating,timestamp\n" + "".join(",".join(r) + "\n" for r in RATINGS),
     "movies.csv": 'movieId,title,genres\n10,"Café Society, The (1995)",Action|Adventure\n'
-                  "20,Heat (1995),Thriller\n30,Mystery Movie,(no genres listed)\n",
+    "20,Heat (1995),Thriller\n30,Mystery Movie,(no genres listed)\n",
     "links.csv": "movieId,imdbId,tmdbId\n10,1,2\n",
 }
 LAYOUTS = {"ml-100k": ML100K_FILES, "ml-1m": ML1M_FILES, "ml-latest-small": CSV_FILES}

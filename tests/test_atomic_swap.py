@@ -1,4 +1,5 @@
 """recpipe.io.atomic_dir's swap and recover_dir's clean-up of what an interrupted write left."""
+
 from __future__ import annotations
 
 import os
@@ -78,8 +79,10 @@ def test_recover_removes_a_stale_aside_file_or_directory(tmp_path):
 
 def test_a_file_where_the_directory_belongs_is_refused_and_kept(tmp_path):
     (tmp_path / "out").write_text("user data")
-    with pytest.raises(RecpipeError, match="is a file, but the output directory goes there"):
-        with atomic_dir(tmp_path / "out"):
-            pytest.fail("no work before the check")
+    with (
+        pytest.raises(RecpipeError, match="is a file, but the output directory goes there"),
+        atomic_dir(tmp_path / "out"),
+    ):
+        pytest.fail("no work before the check")
     assert (tmp_path / "out").read_text() == "user data"
     assert os.listdir(tmp_path) == ["out"]

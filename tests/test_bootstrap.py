@@ -1,4 +1,5 @@
 """Bootstrap intervals over users: known answers, pairing, determinism, the baseline comparison."""
+
 from __future__ import annotations
 
 import numpy as np

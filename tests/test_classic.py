@@ -2,6 +2,7 @@
 against slow, obvious loop implementations; the TensorFlow models (model=popularity|random|item_knn|
 user_knn|ease) score like the scipy forms; EASE's lambda tuned on val; save/load and a SavedModel
 export in a fresh process."""
+
 from __future__ import annotations
 
 import math
@@ -25,6 +26,7 @@ from recpipe.serving.export import build_server, save_server
 from .helpers import REPO, expected_top, export_cfg, query_fresh_process
 
 # --- the scipy forms against references: one pair at a time, plain Python ---------------------
+
 
 def random_matrix(n_users: int, n_items: int, density: float, seed: int) -> sp.csr_matrix:
     rng = np.random.default_rng(seed)
@@ -103,9 +105,7 @@ def test_userknn_matches_reference(seed, k, shrink):
     X = random_matrix(25, 15, 0.25, seed)
     model = CosineKNN("user", k, shrink).fit(X)
     users = np.array([3, 0, 24, 3])  # any order, repeats allowed
-    np.testing.assert_allclose(
-        model.score(users), ref_userknn(X, k, shrink)[users], rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(model.score(users), ref_userknn(X, k, shrink)[users], rtol=1e-5, atol=1e-6)
 
 
 def test_similarity_blocks_give_the_same_result(monkeypatch):

@@ -1,4 +1,5 @@
 """Cold-item metrics: which items are cold, and ranking among them against a per-user reference."""
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,14 @@ def cold_case(draw):
     seen = np.array(draw(cells), dtype=bool)
     truth = np.array(draw(cells), dtype=bool) & ~seen
     # integer scores: many ties, broken by the lower item index
-    scores = np.array(draw(st.lists(st.lists(st.integers(-3, 3), min_size=n_items, max_size=n_items),
-                                    min_size=n_users, max_size=n_users)), dtype=np.float32)
+    scores = np.array(
+        draw(
+            st.lists(
+                st.lists(st.integers(-3, 3), min_size=n_items, max_size=n_items), min_size=n_users, max_size=n_users
+            )
+        ),
+        dtype=np.float32,
+    )
     return seen, truth, scores
 
 

@@ -1,4 +1,5 @@
 """The cold-item split: held-out items never reach train or val, all their rows go to test."""
+
 from __future__ import annotations
 
 from pathlib import Path

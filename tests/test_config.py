@@ -1,4 +1,5 @@
 """Hydra composition and params.yaml: the committed file is the composed defaults."""
+
 from __future__ import annotations
 
 import yaml

@@ -1,4 +1,5 @@
 """model=content: TF-IDF feature vectors, user profiles, cosine scores, closed-form fit, cold items."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,13 +26,15 @@ from recpipe.training import build_model, fit
 
 from .helpers import REPO, cold_processed
 
-ITEMS = pd.DataFrame({
-    "item_id": ["a", "b", "c"],
-    "index": [0, 1, 2],
-    "title": ["Red Star", "Blue Star", "Red Moon"],
-    "year": [1990, 2000, None],
-    "genres": [["Action"], ["Action", "Drama"], []],
-})
+ITEMS = pd.DataFrame(
+    {
+        "item_id": ["a", "b", "c"],
+        "index": [0, 1, 2],
+        "title": ["Red Star", "Blue Star", "Red Moon"],
+        "year": [1990, 2000, None],
+        "genres": [["Action"], ["Action", "Drama"], []],
+    }
+)
 
 
 def content_cfg(**overrides: object) -> OmegaConf:
@@ -44,8 +47,12 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Processed:
 
 
 def test_blocks_idf_and_vectors_by_hand() -> None:
-    spec = FeatureSpec(item=("genres", "year", "title"), genres=("Action", "Drama"), year_boundaries=(1995.0,),
-                       title_vocabulary=("red", "star"))
+    spec = FeatureSpec(
+        item=("genres", "year", "title"),
+        genres=("Action", "Drama"),
+        year_boundaries=(1995.0,),
+        title_vocabulary=("red", "star"),
+    )
     blocks = feature_blocks(encode_items(ITEMS, spec), spec.item_sizes())
     np.testing.assert_array_equal(blocks["genres"], [[1, 0], [1, 1], [0, 0]])
     np.testing.assert_array_equal(blocks["year"], [[0, 1, 0], [0, 0, 1], [0, 0, 0]])  # missing year: no bucket
@@ -71,8 +78,9 @@ def test_profiles_and_interaction_weights() -> None:
     with pytest.raises(RecpipeError, match="model.weighting must be one of"):
         interaction_weights(rows, "bm25")
     items = np.array([[1.0, 0.0], [0.0, 2.0]], np.float32)
-    profiles = user_profiles(items, rows["user_idx"].to_numpy(), rows["item_idx"].to_numpy(),
-                             np.array([3.0, 4.0, 1.0]), n_users=3)
+    profiles = user_profiles(
+        items, rows["user_idx"].to_numpy(), rows["item_idx"].to_numpy(), np.array([3.0, 4.0, 1.0]), n_users=3
+    )
     np.testing.assert_allclose(profiles, [[3 / np.sqrt(73), 8 / np.sqrt(73)], [0, 1], [0, 0]], rtol=1e-6)
 
 
@@ -102,14 +110,23 @@ def test_ranks_cold_items_above_chance(data: Processed) -> None:
 def test_cold_items_of_the_users_genre_rank_first() -> None:
     """Users who only watch one genre get that genre's never-seen items first."""
     n_users, n_items = 6, 12
-    items = pd.DataFrame({
-        "item_id": [f"i{i}" for i in range(n_items)], "index": np.arange(n_items), "title": ["t"] * n_items,
-        "year": [None] * n_items, "genres": [["Western"] if i % 2 else ["Musical"] for i in range(n_items)],
-    })
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(n_items)],
+            "index": np.arange(n_items),
+            "title": ["t"] * n_items,
+            "year": [None] * n_items,
+            "genres": [["Western"] if i % 2 else ["Musical"] for i in range(n_items)],
+        }
+    )
     users = pd.DataFrame({"user_id": [f"u{u}" for u in range(n_users)], "index": np.arange(n_users)})
-    train = pd.DataFrame({"user_idx": np.repeat(np.arange(n_users), 3),
-                          "item_idx": [u % 2 + 2 * j for u in range(n_users) for j in range(3)],
-                          "rating": 4.0})
+    train = pd.DataFrame(
+        {
+            "user_idx": np.repeat(np.arange(n_users), 3),
+            "item_idx": [u % 2 + 2 * j for u in range(n_users) for j in range(3)],
+            "rating": 4.0,
+        }
+    )
     empty = train.iloc[:0]
     data = Processed(users=users, items=items, train=train, val=empty, test=empty)
     model, _ = build_model(content_cfg(), data, seed=0)
@@ -131,8 +148,9 @@ def test_save_and_load_keep_the_scores(data: Processed, tmp_path: Path) -> None:
     users = tf.range(data.n_users, dtype=tf.int32)
     np.testing.assert_allclose(loaded.score_all(users).numpy(), model.score_all(users).numpy(), atol=1e-6)
     new = encode_items(data.items.iloc[:3], loaded.feature_spec)
-    np.testing.assert_allclose(loaded.item_vectors_from_features(new).numpy(),
-                               model.candidate_vectors().numpy()[:3], atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.item_vectors_from_features(new).numpy(), model.candidate_vectors().numpy()[:3], atol=1e-6
+    )
 
 
 def test_needs_item_features(data: Processed) -> None:

@@ -1,6 +1,7 @@
 """Every input file is a DVC dependency of ingest: editing one makes ingest (and, through data/raw,
 what follows) out of date in `dvc status`, whether the source was set by `recpipe compose` +
 `dvc repro` or by `dvc exp run -S`. Real DVC in a temporary git repository, tiny files."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import changed_deps, commit, copy_repo, run
-from .helpers import CSV_FILES, make_zip
+from .helpers import CSV_FILES, changed_deps, commit, copy_repo, make_zip, run
 
 RATINGS = "user_id,item_id,rating,timestamp\n" + "".join(
     f"{u},{i},{1 + (u + i) % 5},{1000 + 7 * u + i}\n" for u in range(12) for i in range(10) if (u * i) % 3
@@ -49,7 +49,8 @@ def test_files_source_each_table_is_a_dependency(repo):
     assert changed_deps(repo).get("ingest") is None
     for name in ("ratings.csv", "items.csv", "users.csv"):
         assert edited(repo, repo / "data" / name, "11,3,4,2000\n" if name == "ratings.csv" else "99,x\n") == {
-            f"data/{name}"}, name
+            f"data/{name}"
+        }, name
     assert changed_deps(repo).get("ingest") is None  # restored: up to date again
 
 
@@ -67,8 +68,16 @@ def test_absent_tables_and_external_files(repo, tmp_path):
 def test_grouplens_zip_and_folder(repo):
     zip_path, folder = repo / "data" / "ml.zip", repo / "data" / "ml-latest-small"
     for path in (zip_path, folder):
-        run(["recpipe", "compose", "data=grouplens", "data.name=ml-latest-small", f"data.path={path.relative_to(repo)}"],
-            repo)
+        run(
+            [
+                "recpipe",
+                "compose",
+                "data=grouplens",
+                "data.name=ml-latest-small",
+                f"data.path={path.relative_to(repo)}",
+            ],
+            repo,
+        )
         run(["dvc", "repro", "ingest"], repo)
         assert changed_deps(repo).get("ingest") is None
     ratings = folder / "ratings.csv"

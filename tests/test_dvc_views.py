@@ -1,6 +1,7 @@
 """What `dvc metrics show`, `dvc exp show` and `dvc plots show` show after a real `dvc repro`:
 headline metrics only, the model/split/data columns, metric-vs-K lines per system, the training
 curve, and an HTML page that renders with no network."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,7 @@ import re
 
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS
 
-from .helpers import TINY_PIPELINE
-from .helpers import run
+from .helpers import TINY_PIPELINE, run
 
 BASELINES = ["popularity", "item_knn"]
 KS = [5, 10, 20, 50, 100]
@@ -21,23 +21,41 @@ def test_metrics_show_is_the_headline_set(tiny_pipeline):
     metrics = files["reports/metrics.json"]["data"]
     assert list(metrics) == list(HEADLINE_METRICS)  # mf predicts ratings: rmse/mae too, in this order
     assert files["reports/baselines.json"]["data"] == {
-        b: {k: files["reports/baselines.json"]["data"][b][k] for k in HEADLINE_BASELINE_METRICS} for b in BASELINES}
+        b: {k: files["reports/baselines.json"]["data"][b][k] for k in HEADLINE_BASELINE_METRICS} for b in BASELINES
+    }
     assert files["models/train/metrics.json"]["data"]["model"] == "mf"
     assert set(files["models/train/metrics.json"]["data"]) == {
-        "model", "split", "data", "train_seconds", "best_epoch", "best_val_rmse"}
+        "model",
+        "split",
+        "data",
+        "train_seconds",
+        "best_epoch",
+        "best_val_rmse",
+    }
     table = run(["dvc", "metrics", "show"], tiny_pipeline).stdout
     assert table.splitlines()[0].split()[0] == "Path" and len(table.splitlines()) == 4  # a row per file
     detail = json.loads((tiny_pipeline / "reports/detail.json").read_text())
-    assert {"ndcg_at_100", "light_users.ndcg_at_10"} <= set(detail["model"]) and set(detail["baselines"]) == set(BASELINES)
+    assert {"ndcg_at_100", "light_users.ndcg_at_10"} <= set(detail["model"]) and set(detail["baselines"]) == set(
+        BASELINES
+    )
 
 
 def test_exp_show_has_model_split_data_and_headline_columns(tiny_pipeline):
     header = run(["dvc", "exp", "show", "--csv"], tiny_pipeline).stdout.splitlines()[0].split(",")
     first = [c for c in header if c not in ("Experiment", "rev", "typ", "Created", "parent")]
     assert first[:6] == ["model", "split", "data", "train_seconds", "best_epoch", "best_val_rmse"]
-    assert first[6:6 + len(HEADLINE_METRICS)] == list(HEADLINE_METRICS)  # the first screen of the pager
-    assert {"model.name", "split.name", "data.source", "ndcg_at_10", "recall_at_10", "rmse",
-            "popularity.ndcg_at_10", "best_val_rmse", "train_seconds"} <= set(header)
+    assert first[6 : 6 + len(HEADLINE_METRICS)] == list(HEADLINE_METRICS)  # the first screen of the pager
+    assert {
+        "model.name",
+        "split.name",
+        "data.source",
+        "ndcg_at_10",
+        "recall_at_10",
+        "rmse",
+        "popularity.ndcg_at_10",
+        "best_val_rmse",
+        "train_seconds",
+    } <= set(header)
     metric_columns = [c for c in header if c in HEADLINE_METRICS or "." in c and c.split(".")[0] in BASELINES]
     assert len(metric_columns) == len(HEADLINE_METRICS) + len(BASELINES) * len(HEADLINE_BASELINE_METRICS)
     assert not any("light_users" in c or "_at_100" in c for c in header)

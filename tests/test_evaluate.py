@@ -1,4 +1,5 @@
 """The evaluate stage: model and baselines scored alike, rating errors, the reports it writes."""
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,9 @@ def test_model_metrics_have_contract_names_and_match_rank_metrics(data, evalset)
     ranking = {f"{m}_at_{k}" for m in metrics.RANKING_METRICS for k in KS}
     beyond = {f"{m}_at_10" for m in ("coverage", "novelty", "popularity", "diversity")}
     assert set(result.metrics) == ranking | beyond | {"rmse", "mae"}
-    direct = rank_metrics(lambda u: model.score_all(tf.constant(u)).numpy(), data.matrix("train", "val"),
-                          data.matrix("test"), KS)
+    direct = rank_metrics(
+        lambda u: model.score_all(tf.constant(u)).numpy(), data.matrix("train", "val"), data.matrix("test"), KS
+    )
     assert {k: result.metrics[k] for k in direct} == pytest.approx(direct)
     assert len(result.users) == data.test["user_idx"].nunique()
     # the synthetic items all have genres
@@ -103,7 +105,10 @@ def test_cf_baselines_beat_random_and_take_their_params(data, evalset):
     params = {"item_knn": {"k": 20}, "user_knn": {"k": 10, "shrink": 1.0}, "ease": {"lam": 50}}
     fitted = fit_baselines(["item_knn", "user_knn", "ease"], data, baseline_configs(0, params))
     assert {n: used for n, (_, used) in fitted.items()} == {
-        "item_knn": {"k": 20, "shrink": 0.0}, "user_knn": {"k": 10, "shrink": 1.0}, "ease": {"lam": 50.0}}
+        "item_knn": {"k": 20, "shrink": 0.0},
+        "user_knn": {"k": 10, "shrink": 1.0},
+        "ease": {"lam": 50.0},
+    }
     out = evaluate_baselines(["item_knn", "user_knn", "ease", "random"], data, evalset, 0, params)
     for name in ("item_knn", "user_knn", "ease"):
         assert out[name].metrics["ndcg_at_10"] > out["random"].metrics["ndcg_at_10"], name
@@ -137,15 +142,17 @@ def test_segment_and_cold_metrics(data):
     # the segment means weight back to the overall mean
     light = segments["light_users"][result.users]
     assert light.any() and not light.all()
-    assert (light.mean() * m["light_users.ndcg_at_10"] + (1 - light.mean()) * m["heavy_users.ndcg_at_10"]
-            == pytest.approx(m["ndcg_at_10"]))
+    assert light.mean() * m["light_users.ndcg_at_10"] + (1 - light.mean()) * m[
+        "heavy_users.ndcg_at_10"
+    ] == pytest.approx(m["ndcg_at_10"])
     # rating errors per segment: over the test rows of that segment's users
     rows = cold_data.test[segments["heavy_users"][cold_data.test["user_idx"]]]
     assert m["heavy_users.rmse"] == pytest.approx(evaluate.rating_metrics(model, rows, [1, 5])["rmse"])
     assert {"light_users.coverage_at_10", "heavy_users.mae"} <= set(m)
     scorer = evaluate.model_scorer(model)
     assert {k: v for k, v in m.items() if k.startswith("cold_")} == pytest.approx(
-        cold_metrics(scorer, evalset.truth, cold, KS))
+        cold_metrics(scorer, evalset.truth, cold, KS)
+    )
     assert {f"cold_{k}_at_{n}" for k in metrics.RANKING_METRICS for n in KS} <= set(m)
     # without cold items there are no cold keys
     plain = evaluate.evaluate_model(model, data, EvalSet.from_processed(data), KS, 16, [1, 5], segments, cold[:0])
@@ -154,13 +161,23 @@ def test_segment_and_cold_metrics(data):
 
 def make_report(name: str = "mf") -> evaluate.Report:
     rng = np.random.default_rng(0)
-    model = {"ndcg_at_5": 0.3, "ndcg_at_10": 0.4, "coverage_at_10": 0.5, "diversity_at_10": float("nan"),
-             "rmse": 0.9, "light_users.ndcg_at_10": 0.2, "cold_ndcg_at_10": 0.05}
+    model = {
+        "ndcg_at_5": 0.3,
+        "ndcg_at_10": 0.4,
+        "coverage_at_10": 0.5,
+        "diversity_at_10": float("nan"),
+        "rmse": 0.9,
+        "light_users.ndcg_at_10": 0.2,
+        "cold_ndcg_at_10": 0.05,
+    }
     base = {"popularity": {"ndcg_at_5": 0.1, "ndcg_at_10": 0.2}, "random": {"ndcg_at_5": 0.0, "ndcg_at_10": 0.01}}
     per_user = {s: {"ndcg_at_10": rng.random(50)} for s in (name, "popularity", "random")}
     intervals = compare_to_baselines(name, per_user[name], {b: per_user[b] for b in base}, n_resamples=50)
-    summary = {"segments": {"light_users": {"train_interactions": "< 20", "users": 7}},
-               "cold_items": {"items": 3, "users": 2}, "baseline_params": {"popularity": {}, "random": {"seed": 0}}}
+    summary = {
+        "segments": {"light_users": {"train_interactions": "< 20", "users": 7}},
+        "cold_items": {"items": 3, "users": 2},
+        "baseline_params": {"popularity": {}, "random": {"seed": 0}},
+    }
     recommended = {s: rng.integers(0, 30, 40).astype(float) for s in (name, "popularity", "random")}
     return evaluate.Report(name, model, base, intervals, summary, recommended, rng.integers(0, 30, 20).astype(float))
 
@@ -173,16 +190,33 @@ def test_write_reports(tmp_path):
 
     reports = tmp_path / "reports"
     assert sorted(p.relative_to(reports).as_posix() for p in reports.rglob("*")) == [
-        "baselines.json", "detail.json", "evaluation.json", "evaluation.md", "intervals.json", "metrics.json",
-        "plots", "plots/metric_vs_k.png", "plots/metrics_at_k.csv", "plots/popularity.png"]
+        "baselines.json",
+        "detail.json",
+        "evaluation.json",
+        "evaluation.md",
+        "intervals.json",
+        "metrics.json",
+        "plots",
+        "plots/metric_vs_k.png",
+        "plots/metrics_at_k.csv",
+        "plots/popularity.png",
+    ]
     low, high = report.intervals["ci"]["mf"]["ndcg_at_10"]
     # headline metrics only, in HEADLINE_METRICS order (the columns of dvc metrics/exp show)
     metrics = json.loads((reports / "metrics.json").read_text())
     assert list(metrics) == [k for k in HEADLINE_METRICS if k in metrics]
-    assert metrics == {"ndcg_at_10": 0.4, "coverage_at_10": 0.5, "diversity_at_10": None, "rmse": 0.9,
-                       "ndcg_at_10_ci_low": low, "ndcg_at_10_ci_high": high}
+    assert metrics == {
+        "ndcg_at_10": 0.4,
+        "coverage_at_10": 0.5,
+        "diversity_at_10": None,
+        "rmse": 0.9,
+        "ndcg_at_10_ci_low": low,
+        "ndcg_at_10_ci_high": high,
+    }
     assert json.loads((reports / "baselines.json").read_text()) == {
-        "popularity": {"ndcg_at_10": 0.2}, "random": {"ndcg_at_10": 0.01}}
+        "popularity": {"ndcg_at_10": 0.2},
+        "random": {"ndcg_at_10": 0.01},
+    }
     assert json.loads((reports / "intervals.json").read_text()) == report.intervals
     assert json.loads((reports / "evaluation.json").read_text()) == report.summary
     detail = json.loads((reports / "detail.json").read_text())
@@ -230,15 +264,21 @@ def test_stage_writes_reports_and_logs_to_mlflow(tmp_path, caplog):
     paths = Paths(tmp_path)
     data = toy_processed(paths.processed.parent)
     save_mf(data, paths.model)
-    cfg = OmegaConf.create({
-        "seed": 0, "model": {"name": "tiny"}, "data": {"rating_scale": [1, 5]},
-        "evaluate": {
-            "ks": list(KS), "batch_size": 32, "baselines": ["popularity", "random", "ease"],
-            "baseline_models": baseline_configs(0, {"ease": {"lam": "auto", "grid": [10, 100]}}),
-            "light_user_threshold": 15,
-            "bootstrap": {"metrics": ["ndcg_at_10", "recall_at_10"], "n_resamples": 100, "level": 0.9},
-        },
-    })
+    cfg = OmegaConf.create(
+        {
+            "seed": 0,
+            "model": {"name": "tiny"},
+            "data": {"rating_scale": [1, 5]},
+            "evaluate": {
+                "ks": list(KS),
+                "batch_size": 32,
+                "baselines": ["popularity", "random", "ease"],
+                "baseline_models": baseline_configs(0, {"ease": {"lam": "auto", "grid": [10, 100]}}),
+                "light_user_threshold": 15,
+                "bootstrap": {"metrics": ["ndcg_at_10", "recall_at_10"], "n_resamples": 100, "level": 0.9},
+            },
+        }
+    )
     experiment = mlflow.create_experiment("evaluate-test", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
         evaluate.run(cfg, paths)
@@ -253,8 +293,13 @@ def test_stage_writes_reports_and_logs_to_mlflow(tmp_path, caplog):
     assert summary["segments"]["light_users"]["train_interactions"] == "< 15"
     logged = mlflow.get_run(run.info.run_id)
     assert logged.data.metrics["ndcg_at_10"] == pytest.approx(saved["ndcg_at_10"])
-    assert {"baseline.popularity.ndcg_at_10", "time_evaluate_s", "ndcg_at_10_ci_low",
-            "mrr_at_10", "coverage_at_10"} <= set(logged.data.metrics)
+    assert {
+        "baseline.popularity.ndcg_at_10",
+        "time_evaluate_s",
+        "ndcg_at_10_ci_low",
+        "mrr_at_10",
+        "coverage_at_10",
+    } <= set(logged.data.metrics)
     assert "recall_at_10_vs_best_baseline" not in logged.data.metrics  # detail: in detail.json
     assert logged.data.params["baseline.ease.lam"] == str(summary["baseline_params"]["ease"]["lam"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "reports")}

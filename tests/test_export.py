@@ -1,4 +1,5 @@
 """The serving export: round trip in a fresh TensorFlow-only process, fallbacks, ScaNN, MLflow, recommend."""
+
 from __future__ import annotations
 
 import os
@@ -80,12 +81,17 @@ def test_k_beyond_catalog_returns_every_unseen_item(toy_data, exported, name):
         got = [i for i in everything["item_ids"][row] if i]
         assert len(got) == len(set(got)) == toy_data.n_items - len(user_items)
         assert not set(got) & {ids[i] for i in user_items}
-        assert all(s == float("-inf") for s in everything["scores"][row][len(got):])
+        assert all(s == float("-inf") for s in everything["scores"][row][len(got) :])
 
 
 def test_item_titles():
-    items = pd.DataFrame({"item_id": ["1", "2", "3"], "title": ["Heat", None, "Alien"],
-                          "year": pd.array([1995, 1999, None], dtype="Int32")})
+    items = pd.DataFrame(
+        {
+            "item_id": ["1", "2", "3"],
+            "title": ["Heat", None, "Alien"],
+            "year": pd.array([1995, 1999, None], dtype="Int32"),
+        }
+    )
     assert item_titles(items).tolist() == ["Heat (1995)", "2 (1999)", "Alien"]
     assert item_titles(items[["item_id"]]).tolist() == ["1", "2", "3"]
 
@@ -107,8 +113,9 @@ class StaticBatchMF(TinyMF):
     """Scores users one at a time in a Python loop: needs a batch size known when tracing."""
 
     def score_all(self, user_idx: tf.Tensor) -> tf.Tensor:
-        return tf.concat([super(StaticBatchMF, self).score_all(user_idx[i : i + 1])
-                          for i in range(int(user_idx.shape[0]))], axis=0)
+        return tf.concat(
+            [super(StaticBatchMF, self).score_all(user_idx[i : i + 1]) for i in range(int(user_idx.shape[0]))], axis=0
+        )
 
 
 def test_untraceable_score_all_is_a_clear_error(toy_data):
@@ -138,15 +145,22 @@ def test_export_stage_saves_a_loadable_model(tmp_path, caplog):
     model = save_mf(toy_data, paths.model)
     export_stage.run(OmegaConf.create({"export": export_cfg(max_k=20)}), paths)
     assert "exported brute_force top-k model" in caplog.text
-    assert export_info(paths.export) == {"index": "brute_force", "n_users": toy_data.n_users,
-                                                 "n_items": toy_data.n_items, "max_k": 20}
+    assert export_info(paths.export) == {
+        "index": "brute_force",
+        "n_users": toy_data.n_users,
+        "n_items": toy_data.n_items,
+        "max_k": 20,
+    }
     recs = recommend(load_export(paths.export), [toy_data.users["user_id"].iloc[0]], 5)
     assert recs["item_id"].tolist() == expected_top(model, toy_data, np.array([0], np.int32), 5)[0]
 
 
 def test_recommend_command_prints_ranked_titles(tmp_path, toy_data, capsys):
-    save_server(build_server(TinyMF(toy_data.n_users, toy_data.n_items), toy_data, export_cfg()),
-                        tmp_path / "export", "brute_force")
+    save_server(
+        build_server(TinyMF(toy_data.n_users, toy_data.n_items), toy_data, export_cfg()),
+        tmp_path / "export",
+        "brute_force",
+    )
     user = toy_data.users["user_id"].iloc[3]
     assert recommend_command(user, 4, tmp_path / "export") == 0
     lines = capsys.readouterr().out.splitlines()

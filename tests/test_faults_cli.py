@@ -1,5 +1,6 @@
 """Fault injection on the command line and the file system: ``-k`` values, hostile titles, output
 locations that cannot be written, and the default verbosity (no TensorFlow/absl/XLA banners)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -11,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recpipe.serving.export import INFO_FILE, build_server, save_server
 from recpipe.data.preprocess import preprocess, write_processed
 from recpipe.data.processed import load_processed
 from recpipe.data.raw import RawData, write_raw
@@ -20,9 +20,9 @@ from recpipe.data.validate import read_raw
 from recpipe.logs import is_noise
 from recpipe.outputs import STAGE_OUTPUTS
 from recpipe.paths import Paths
+from recpipe.serving.export import INFO_FILE, build_server, save_server
 from recpipe.terminal import printable
 
-from .helpers import REPO
 from .fault_helpers import (
     assert_clean_failure,
     cli,
@@ -33,7 +33,7 @@ from .fault_helpers import (
     run_recpipe,
     snapshot,
 )
-from .helpers import export_cfg, save_mf
+from .helpers import REPO, export_cfg, save_mf
 
 HOSTILE_TITLE = "Evil\nTitle\x1b[31m\r\x07"
 MAX_K = 20
@@ -64,7 +64,9 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 BAD_K = st.one_of(
-    st.integers(max_value=0), st.integers(min_value=MAX_K + 1, max_value=2**31 - 1), st.integers(min_value=2**31),
+    st.integers(max_value=0),
+    st.integers(min_value=MAX_K + 1, max_value=2**31 - 1),
+    st.integers(min_value=2**31),
     st.sampled_from(["ten", "1.5", "", "1e3", "0x10", " ", "--", "2147483648", "9" * 40]),
 )
 
@@ -119,6 +121,7 @@ def test_printable_escapes_control_characters():
 
 # --- output locations ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stage", sorted(STAGE_OUTPUTS))
 def test_something_in_the_way_of_an_output(tmp_path, stage):
     """Each stage refuses, before any work, when a file sits where one of its output folders (or the
@@ -169,8 +172,12 @@ NOISE = [
     b"logged at most once for the lifetime of the process.",
     b"2026-12-06 08:23:18.863818: I external/local_xla/xla/service/service.cc:163] XLA service initialized",
 ]
-KEPT = [b"recpipe train: error: x", b"2026-12-06 08:13:36.362689: E tensorflow/core/x.cc:1] a real error",
-        b"E0000 00:00:1796544785.841244    5378 x.cc:1] an absl error", b"epoch   1/2  loss 5.2848"]
+KEPT = [
+    b"recpipe train: error: x",
+    b"2026-12-06 08:13:36.362689: E tensorflow/core/x.cc:1] a real error",
+    b"E0000 00:00:1796544785.841244    5378 x.cc:1] an absl error",
+    b"epoch   1/2  loss 5.2848",
+]
 
 
 def test_native_noise_patterns():
@@ -238,8 +245,11 @@ def test_damaged_stage_outputs_are_named_by_the_next_stage(pipeline_root, tmp_pa
     root = tmp_path_factory.mktemp("damaged")
     shutil.copytree(pipeline_root, root, dirs_exist_ok=True)
     files = sorted(str(p.relative_to(root)) for p in (root / "data" / "processed").glob("*.parquet"))
-    files += sorted(str(p.relative_to(root)) for p in (root / "models" / "train" / "model").iterdir() if p.is_file()
-                    and p.name != "checkpoint")
+    files += sorted(
+        str(p.relative_to(root))
+        for p in (root / "models" / "train" / "model").iterdir()
+        if p.is_file() and p.name != "checkpoint"
+    )
     name = data.draw(st.sampled_from(files))
     raw = (root / name).read_bytes()
     (root / name).write_bytes(raw[: data.draw(st.integers(0, max(0, len(raw) // 2)))])

@@ -4,6 +4,7 @@ Hypothesis picks any value of the composed config (every group's choices) and re
 of the wrong type or out of range, or adds an unknown key. The schema must name the exact key path;
 the real CLI must exit 2 with that path, print no traceback, and leave every output byte-identical.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,15 +21,20 @@ from recpipe.config import compose, to_yaml
 from recpipe.errors import ConfigError
 from recpipe.schema import STAGE_SECTIONS, validate
 
-from .helpers import REPO
 from .fault_helpers import assert_clean_failure, cli, fake_outputs, outputs, params_text, run_recpipe
+from .helpers import REPO
 
 VARIANTS = [
     [f"data={d}", f"split={s}", f"model={m}"]
     for d, s, m in [
-        ("synthetic", "random", "mf"), ("files", "temporal", "ncf"), ("grouplens", "leave_last", "two_tower"),
-        ("ml100k", "random", "hybrid"), ("synthetic", "temporal", "content"), ("synthetic", "random", "ease"),
-        ("synthetic", "random", "item_knn"), ("synthetic", "random", "random"),
+        ("synthetic", "random", "mf"),
+        ("files", "temporal", "ncf"),
+        ("grouplens", "leave_last", "two_tower"),
+        ("ml100k", "random", "hybrid"),
+        ("synthetic", "temporal", "content"),
+        ("synthetic", "random", "ease"),
+        ("synthetic", "random", "item_knn"),
+        ("synthetic", "random", "random"),
     ]
 ]
 CONFIGS = [yaml.safe_load(to_yaml(compose(v, REPO / "conf"))) for v in VARIANTS]
@@ -132,12 +138,20 @@ def test_hand_edited_epochs_fails_in_a_second_as_a_subprocess(tmp_path):
 
 
 BAD_OVERRIDES = [  # (overrides, the place the message must name)
-    ("model.epochs=ten", "model.epochs"), ("model.epochs=0", "model.epochs"), ("+model.epoch=3", "model.epoch"),
-    ("split.ratios=[0.5,0.5,0.5]", "split.ratios"), ("seed=-1", "seed"), ("export.max_k=2147483648", "export.max_k"),
-    ("evaluate.ks=[]", "evaluate.ks"), ("preprocess.duplicates=keep", "preprocess.duplicates"),
-    ("split.cold_items=1", "split.cold_items"), ("data=files data.columns.item=user_id", "data.columns"),
-    ("data=grouplens data.sha256=0", "data.sha256"), ("data=grouplens data.sha256=" + "g" * 64, "data.sha256"),
-    ("model=nope", "model/nope"), ("split=nope", "split/nope"),
+    ("model.epochs=ten", "model.epochs"),
+    ("model.epochs=0", "model.epochs"),
+    ("+model.epoch=3", "model.epoch"),
+    ("split.ratios=[0.5,0.5,0.5]", "split.ratios"),
+    ("seed=-1", "seed"),
+    ("export.max_k=2147483648", "export.max_k"),
+    ("evaluate.ks=[]", "evaluate.ks"),
+    ("preprocess.duplicates=keep", "preprocess.duplicates"),
+    ("split.cold_items=1", "split.cold_items"),
+    ("data=files data.columns.item=user_id", "data.columns"),
+    ("data=grouplens data.sha256=0", "data.sha256"),
+    ("data=grouplens data.sha256=" + "g" * 64, "data.sha256"),
+    ("model=nope", "model/nope"),
+    ("split=nope", "split/nope"),
 ]
 
 
@@ -163,12 +177,24 @@ def test_recpipe_run_validates_every_job_before_starting(tmp_path):
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(garbage=st.one_of(
-    st.binary(max_size=200),
-    st.text(max_size=200).map(str.encode),
-    st.sampled_from([b"model: {epochs: [", b"a: 1\na: 2\n", b"- 1\n- 2\n", b"just text", b"\xff\xfe\x00",
-                     b"data: &a [*a]\n", b"model: !!python/object:os.system {}\n", b"seed: ${nothing}\n"]),
-))
+@given(
+    garbage=st.one_of(
+        st.binary(max_size=200),
+        st.text(max_size=200).map(str.encode),
+        st.sampled_from(
+            [
+                b"model: {epochs: [",
+                b"a: 1\na: 2\n",
+                b"- 1\n- 2\n",
+                b"just text",
+                b"\xff\xfe\x00",
+                b"data: &a [*a]\n",
+                b"model: !!python/object:os.system {}\n",
+                b"seed: ${nothing}\n",
+            ]
+        ),
+    )
+)
 def test_garbage_params_yaml(tmp_path_factory, garbage):
     """Whatever bytes params.yaml holds, every stage exits 2 naming it (or a key in it)."""
     root = tmp_path_factory.mktemp("garbage")

@@ -6,6 +6,7 @@ garbage, a damaged zip member, bad values in a valid file. Whatever the damage, 
 either reads the file or exits 2 with a message naming it, never with a traceback, and the previous
 outputs stay byte-identical.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -36,12 +37,14 @@ READ = {name: [f for f in files if f != "links.csv"] for name, files in LAYOUTS.
 def interactions(draw: st.DrawFn) -> pd.DataFrame:
     n = draw(st.integers(3, 25))
     ids = st.integers(1, 9)
-    return pd.DataFrame({
-        "user_id": draw(st.lists(ids, min_size=n, max_size=n)),
-        "item_id": draw(st.lists(ids, min_size=n, max_size=n)),
-        "rating": draw(st.lists(st.integers(1, 5), min_size=n, max_size=n)),
-        "timestamp": draw(st.lists(st.integers(0, 2_000_000_000), min_size=n, max_size=n)),
-    })
+    return pd.DataFrame(
+        {
+            "user_id": draw(st.lists(ids, min_size=n, max_size=n)),
+            "item_id": draw(st.lists(ids, min_size=n, max_size=n)),
+            "rating": draw(st.lists(st.integers(1, 5), min_size=n, max_size=n)),
+            "timestamp": draw(st.lists(st.integers(0, 2_000_000_000), min_size=n, max_size=n)),
+        }
+    )
 
 
 def encode(df: pd.DataFrame, fmt: str) -> bytes:
@@ -83,15 +86,18 @@ def damage(draw: st.DrawFn, data: bytes) -> tuple[str, bytes]:
     if kind == "overwritten":
         at = draw(st.integers(len(data) // 4, 3 * len(data) // 4))
         patch = draw(st.binary(min_size=1, max_size=16))
-        return kind, data[:at] + patch + data[at + len(patch):]
+        return kind, data[:at] + patch + data[at + len(patch) :]
     return kind, draw(st.binary(min_size=1, max_size=300))
 
 
 def always_detected(fmt: str, kind: str) -> bool:
     """Damage no reader can take for data: an empty file; a truncated Parquet file (no footer) or
     gzip stream (no trailer); garbage that is no Parquet file."""
-    return kind == "empty" or (fmt in ("parquet", "csv.gz") and kind == "truncated") or (
-        fmt == "parquet" and kind == "garbage")
+    return (
+        kind == "empty"
+        or (fmt in ("parquet", "csv.gz") and kind == "truncated")
+        or (fmt == "parquet" and kind == "garbage")
+    )
 
 
 @FAST
@@ -112,7 +118,7 @@ def test_gzip_damaged_in_the_middle_is_refused(tmp_path_factory, df, data):
     flip = data.draw(st.integers(1, 255))
     root = tmp_path_factory.mktemp("gz")
     file = root / "interactions.csv.gz"
-    file.write_bytes(raw[:at] + bytes([raw[at] ^ flip]) + raw[at + 1:])
+    file.write_bytes(raw[:at] + bytes([raw[at] ^ flip]) + raw[at + 1 :])
     ingest_checked(files_project(root, file), file, must_fail=True)
 
 
@@ -128,8 +134,12 @@ def member_data(path: Path, member: str) -> tuple[int, int]:
     with zipfile.ZipFile(path) as z:
         info = z.getinfo(member)
     raw = path.read_bytes()
-    start = info.header_offset + 30 + int.from_bytes(raw[info.header_offset + 26: info.header_offset + 28], "little") \
-        + int.from_bytes(raw[info.header_offset + 28: info.header_offset + 30], "little")
+    start = (
+        info.header_offset
+        + 30
+        + int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little")
+        + int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little")
+    )
     return start, info.compress_size
 
 
@@ -140,8 +150,11 @@ def grouplens_project(root: Path, name: str, path: Path, *overrides: str) -> Pat
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=st.sampled_from(sorted(LAYOUTS)), compression=st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]),
-       data=st.data())
+@given(
+    name=st.sampled_from(sorted(LAYOUTS)),
+    compression=st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]),
+    data=st.data(),
+)
 def test_zip_member_damaged_in_the_middle(tmp_path_factory, name, compression, data):
     root = tmp_path_factory.mktemp("zip")
     path = release_zip(root / f"{name}.zip", name, compression)
@@ -178,14 +191,17 @@ def test_truncated_zip_is_refused(tmp_path):
 
 # --- values that parse but are wrong ------------------------------------------------------------
 
+
 @FAST
 @given(df=interactions(), data=st.data(), fmt=st.sampled_from(["csv", "csv.gz"]))
 def test_bad_timestamp_names_its_row(tmp_path_factory, df, data, fmt):
     row = data.draw(st.integers(0, len(df) - 1))
-    bad = data.draw(st.one_of(
-        st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8).filter(lambda w: w not in ("nan", "inf")),
-        st.sampled_from(["1e30", "1e13", "-1e30", "inf", "-inf", "2024-01-01", "12:00"]),
-    ))
+    bad = data.draw(
+        st.one_of(
+            st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8).filter(lambda w: w not in ("nan", "inf")),
+            st.sampled_from(["1e30", "1e13", "-1e30", "inf", "-inf", "2024-01-01", "12:00"]),
+        )
+    )
     df = df.astype({"timestamp": object})
     df.loc[row, "timestamp"] = bad
     root = tmp_path_factory.mktemp("ts")
@@ -205,14 +221,17 @@ def test_fractional_timestamps_are_rounded_with_a_warning(tmp_path_factory, df, 
     file.write_bytes(encode(df, "csv"))
     result = ingest_checked(files_project(root, file), file, must_fail=False)
     assert result.code == 0
-    assert f"column 'timestamp': 1 timestamp(s) with fractions of a second rounded" in result.err
+    assert "column 'timestamp': 1 timestamp(s) with fractions of a second rounded" in result.err
     stored = pd.read_parquet(root / "data" / "raw" / "interactions.parquet")["timestamp"]
     assert stored.iloc[-1] == round(df["timestamp"].iloc[-1])
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(df=interactions(), spelling=st.sampled_from(["NA", "null", "N/A", "NaN", "None", "NULL", "nan", "<NA>"]),
-       data=st.data())
+@given(
+    df=interactions(),
+    spelling=st.sampled_from(["NA", "null", "N/A", "NaN", "None", "NULL", "nan", "<NA>"]),
+    data=st.data(),
+)
 def test_ids_spelled_like_missing_values(tmp_path_factory, df, spelling, data):
     """By default an id spelled NA is missing (preprocess stops, saying how to keep it); with
     data.na_values=[""] it is an id like any other."""
@@ -248,6 +267,7 @@ def test_user_and_item_mapped_to_one_column_are_refused(tmp_path):
 
 # --- integrity checks ---------------------------------------------------------------------------
 
+
 @FAST
 @given(digest=st.one_of(st.text(max_size=70), st.integers(), st.sampled_from(["0", "g" * 64, "a" * 63, "a" * 65])))
 def test_malformed_sha256_is_refused(digest):
@@ -262,13 +282,17 @@ def test_sha256_with_a_folder_is_refused_and_a_wrong_one_with_a_zip(tmp_path):
     folder.mkdir(parents=True)
     for file, text in LAYOUTS["ml-100k"].items():
         (folder / file).write_bytes(text.encode(ENCODING.get(file, "utf-8")))
-    result = ingest_checked(grouplens_project(tmp_path, "ml-100k", tmp_path / "release", "data.sha256=" + "a" * 64),
-                            tmp_path / "release", must_fail=True)
+    result = ingest_checked(
+        grouplens_project(tmp_path, "ml-100k", tmp_path / "release", "data.sha256=" + "a" * 64),
+        tmp_path / "release",
+        must_fail=True,
+    )
     assert "data.sha256" in result.err and "is a folder" in result.err
 
     path = release_zip(tmp_path / "ml-100k.zip", "ml-100k", zipfile.ZIP_DEFLATED)
-    result = ingest_checked(grouplens_project(tmp_path, "ml-100k", path, "data.sha256=" + "b" * 64), path,
-                            must_fail=True)
+    result = ingest_checked(
+        grouplens_project(tmp_path, "ml-100k", path, "data.sha256=" + "b" * 64), path, must_fail=True
+    )
     assert "does not match" in result.err
     source = grouplens_project(tmp_path, "ml-100k", path)
     assert cli(["ingest"], source).code == 0
@@ -276,8 +300,11 @@ def test_sha256_with_a_folder_is_refused_and_a_wrong_one_with_a_zip(tmp_path):
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(df=interactions(), days=st.lists(st.integers(-200_000, 2_900_000), min_size=25, max_size=25),
-       fmt=st.sampled_from(["csv", "parquet"]))
+@given(
+    df=interactions(),
+    days=st.lists(st.integers(-200_000, 2_900_000), min_size=25, max_size=25),
+    fmt=st.sampled_from(["csv", "parquet"]),
+)
 def test_dates_of_any_year_become_seconds(tmp_path_factory, df, days, fmt):
     """Date timestamps (text or a Parquet datetime column) from year 1400 to 9900: exact seconds."""
     dates = pd.Series(pd.to_datetime(days[: len(df)], unit="D").astype("datetime64[s]"))

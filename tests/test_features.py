@@ -1,4 +1,5 @@
 """Feature building: vocabularies and boundaries fit on the catalog, encodings of catalog and new rows."""
+
 from __future__ import annotations
 
 import json
@@ -10,25 +11,42 @@ from omegaconf import OmegaConf
 
 from recpipe.errors import RecpipeError
 from recpipe.features import (
-    AGE_BOUNDARIES, TITLE_LENGTH, FeatureSpec, bucketize, encode_items, encode_users, fit_feature_spec,
-    lookup, quantile_boundaries, title_vocabulary, zip_prefixes,
+    AGE_BOUNDARIES,
+    TITLE_LENGTH,
+    FeatureSpec,
+    bucketize,
+    encode_items,
+    encode_users,
+    fit_feature_spec,
+    lookup,
+    quantile_boundaries,
+    title_vocabulary,
+    zip_prefixes,
 )
 
-ITEMS = pd.DataFrame({
-    "item_id": ["1", "2", "3", "4"],
-    "index": [0, 1, 2, 3],
-    "title": ["Star Wars", "The Empire Strikes Back", "Return of the Jedi", "Star Trek: The Wrath of Khan"],
-    "year": pd.array([1977, 1980, None, 1982], dtype="Int32"),
-    "genres": [np.array(["Action", "Sci-Fi"], dtype=object), np.array(["Sci-Fi"], dtype=object), None,
-               np.array(["Drama"], dtype=object)],
-})
-USERS = pd.DataFrame({
-    "user_id": ["a", "b", "c"],
-    "index": [0, 1, 2],
-    "age": [17, 30, None],
-    "gender": ["F", "M", None],
-    "zip": ["94043", "k1a0b1", None],
-})
+ITEMS = pd.DataFrame(
+    {
+        "item_id": ["1", "2", "3", "4"],
+        "index": [0, 1, 2, 3],
+        "title": ["Star Wars", "The Empire Strikes Back", "Return of the Jedi", "Star Trek: The Wrath of Khan"],
+        "year": pd.array([1977, 1980, None, 1982], dtype="Int32"),
+        "genres": [
+            np.array(["Action", "Sci-Fi"], dtype=object),
+            np.array(["Sci-Fi"], dtype=object),
+            None,
+            np.array(["Drama"], dtype=object),
+        ],
+    }
+)
+USERS = pd.DataFrame(
+    {
+        "user_id": ["a", "b", "c"],
+        "index": [0, 1, 2],
+        "age": [17, 30, None],
+        "gender": ["F", "M", None],
+        "zip": ["94043", "k1a0b1", None],
+    }
+)
 
 
 def test_spec_vocabularies_from_the_catalog() -> None:
@@ -54,8 +72,15 @@ def test_config_selects_features_and_rejects_unknown_names() -> None:
 
 
 def test_features_without_data_are_left_out() -> None:
-    bare = pd.DataFrame({"item_id": ["1", "2"], "index": [0, 1], "title": ["Item 1", "Item 2"],
-                         "year": [None, None], "genres": [[], []]})
+    bare = pd.DataFrame(
+        {
+            "item_id": ["1", "2"],
+            "index": [0, 1],
+            "title": ["Item 1", "Item 2"],
+            "year": [None, None],
+            "genres": [[], []],
+        }
+    )
     assert fit_feature_spec(bare, None).item == ("title",)
     assert fit_feature_spec(bare.assign(title=["1", "2"]), None).item == ()  # no shared title token
 

@@ -1,4 +1,5 @@
 """The files source (data=files): the user's own CSV or Parquet with a column mapping."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,9 +16,15 @@ COLUMNS = {"user": "customer", "item": "product", "rating": "stars", "timestamp"
 
 def files_cfg(interactions, **kw):
     base = {
-        "source": "files", "interactions": str(interactions), "columns": COLUMNS,
-        "items": None, "item_columns": {"item": "item_id", "title": "title", "year": "year", "genres": "genres"},
-        "genres_sep": "|", "users": None, "user_columns": {"user": "user_id"}, "sep": ",",
+        "source": "files",
+        "interactions": str(interactions),
+        "columns": COLUMNS,
+        "items": None,
+        "item_columns": {"item": "item_id", "title": "title", "year": "year", "genres": "genres"},
+        "genres_sep": "|",
+        "users": None,
+        "user_columns": {"user": "user_id"},
+        "sep": ",",
     }
     cfg = OmegaConf.create(base)
     return OmegaConf.merge(cfg, OmegaConf.create(kw))
@@ -43,12 +50,14 @@ def test_csv_with_mapping_and_no_item_table(tmp_path):
 
 def test_parquet_numeric_ids_become_strings_without_decimals(tmp_path):
     path = tmp_path / "log.parquet"
-    pd.DataFrame({
-        "customer": [42.0, np.nan, 3.0],  # floats because of the missing value
-        "product": np.array([1, 2, 3], dtype=np.int64),
-        "stars": [1, 2, 3],
-        "when": pd.to_datetime(["1970-01-01 00:01:40", "2001-09-09 01:46:40", None]),
-    }).to_parquet(path)
+    pd.DataFrame(
+        {
+            "customer": [42.0, np.nan, 3.0],  # floats because of the missing value
+            "product": np.array([1, 2, 3], dtype=np.int64),
+            "stars": [1, 2, 3],
+            "when": pd.to_datetime(["1970-01-01 00:01:40", "2001-09-09 01:46:40", None]),
+        }
+    ).to_parquet(path)
     raw = load_files(files_cfg(path))
     inter = raw.interactions
     assert inter["user_id"].iloc[0] == "42" and inter["user_id"].iloc[2] == "3"
@@ -99,12 +108,15 @@ def test_item_and_user_tables(tmp_path):
     log = tmp_path / "log.csv"
     log.write_text("customer,product,stars,when\n1,10,4,1\n2,20,3,2\n")
     items = tmp_path / "items.parquet"
-    pd.DataFrame({"id": [10, 20], "name": ["Alpha", "Beta"], "released": [1999.0, np.nan],
-                  "tags": ["Drama|Comedy", None]}).to_parquet(items)
+    pd.DataFrame(
+        {"id": [10, 20], "name": ["Alpha", "Beta"], "released": [1999.0, np.nan], "tags": ["Drama|Comedy", None]}
+    ).to_parquet(items)
     users = tmp_path / "users.csv"
     users.write_text("uid,age,country\n1,30,NO\n2,41,SE\n")
     cfg = files_cfg(
-        log, items=str(items), users=str(users),
+        log,
+        items=str(items),
+        users=str(users),
         item_columns={"item": "id", "title": "name", "year": "released", "genres": "tags"},
         user_columns={"user": "uid"},
     )

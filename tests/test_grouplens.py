@@ -3,6 +3,7 @@
 The releases are tiny zips built here in each GroupLens layout; downloads go to an HTTP server on
 127.0.0.1 that the tests start.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,7 @@ from recpipe.data.movielens import load_grouplens
 from recpipe.data.raw import write_raw
 from recpipe.errors import RecpipeError
 
-from .helpers import CSV_FILES, LAYOUTS, ML1M_FILES, ML100K_FILES, make_zip
+from .helpers import LAYOUTS, make_zip
 
 
 def grouplens_cfg(name: str, **kw) -> OmegaConf:
@@ -87,6 +88,7 @@ def test_wrong_release_name_or_layout_is_explained(tmp_path):
 
 # --- downloads ------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def server(tmp_path, monkeypatch) -> Iterator[SimpleNamespace]:
     """An HTTP server on 127.0.0.1 serving tmp_path/www, recording the paths requested."""
@@ -129,8 +131,9 @@ def publish(server: SimpleNamespace, name: str, md5: str | None = None) -> Path:
 def test_download_with_sha256_is_cached_and_not_fetched_again(tmp_path, server):
     zip_path = publish(server, "ml-latest-small")
     cache = tmp_path / "cache"
-    cfg = grouplens_cfg("ml-latest-small", url=f"{server.url}/ml-latest-small.zip", sha256=sha256(zip_path),
-                        cache_dir=str(cache))
+    cfg = grouplens_cfg(
+        "ml-latest-small", url=f"{server.url}/ml-latest-small.zip", sha256=sha256(zip_path), cache_dir=str(cache)
+    )
     raw = load_grouplens(cfg)
     assert len(raw.interactions) == 4
     assert raw.source["url"] == cfg.url

@@ -1,4 +1,5 @@
 """model=hybrid (feature towers, unknown-id row, id dropout) and similar items for a new item."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,8 +27,9 @@ FAST = {"embedding_dim": 16, "epochs": 6, "patience": 6, "batch_size": 128}
 
 
 def model_cfg(name: str = "hybrid", **overrides: object) -> DictConfig:
-    return OmegaConf.merge(OmegaConf.load(REPO / "conf" / "model" / f"{name}.yaml"),
-                           FAST if name == "hybrid" else {}, overrides)
+    return OmegaConf.merge(
+        OmegaConf.load(REPO / "conf" / "model" / f"{name}.yaml"), FAST if name == "hybrid" else {}, overrides
+    )
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +144,9 @@ def test_export_serves_similar_items(data: Processed, trained: Hybrid, tmp_path:
     export_cfg = OmegaConf.create({"index": "brute_force", "max_k": 20})
     save_server(build_server(trained, data, export_cfg), tmp_path / "export", "brute_force")
     target = data.items.iloc[int(cold_items_of(data)[0])]
-    assert similar_command(target["title"], "|".join(target["genres"]), int(target["year"]), 3,
-                           tmp_path / "export") == 0
+    assert (
+        similar_command(target["title"], "|".join(target["genres"]), int(target["year"]), 3, tmp_path / "export") == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"top 3 items similar to a new item ('{target['title']}', ")
     assert lines[1].split() == ["rank", "item", "score", "title"] and len(lines) == 5

@@ -1,4 +1,5 @@
 """The ingest stage: the source registry, data/raw/ as written, the stage and CLI, and ML-100K from recbole."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -25,12 +26,14 @@ SMALL_SYNTHETIC = {"source": "synthetic", "n_users": 40, "n_items": 30, "n_inter
 
 
 def tiny_raw(**source) -> RawData:
-    interactions = pd.DataFrame({
-        "user_id": pd.Series(["1", "2", "2"], dtype="str"),
-        "item_id": pd.Series(["a", "a", "b"], dtype="str"),
-        "rating": pd.Series([4.0, 5.0, 3.0], dtype="float32"),
-        "timestamp": pd.array([10, 20, None], dtype="Int64"),
-    })
+    interactions = pd.DataFrame(
+        {
+            "user_id": pd.Series(["1", "2", "2"], dtype="str"),
+            "item_id": pd.Series(["a", "a", "b"], dtype="str"),
+            "rating": pd.Series([4.0, 5.0, 3.0], dtype="float32"),
+            "timestamp": pd.array([10, 20, None], dtype="Int64"),
+        }
+    )
     return RawData(interactions, items_from_interactions(interactions["item_id"]), None, {"source": "test", **source})
 
 
@@ -53,7 +56,10 @@ def test_write_raw_writes_contract_schema(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["interactions.parquet", "items.parquet", "source.json"]
     inter = pq.read_schema(out / "interactions.parquet")
     assert [(f.name, f.type) for f in inter] == [
-        ("user_id", pa.string()), ("item_id", pa.string()), ("rating", pa.float32()), ("timestamp", pa.int64()),
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("rating", pa.float32()),
+        ("timestamp", pa.int64()),
     ]
     items = pq.read_schema(out / "items.parquet")
     # every item has no genres: still list<string>, and years are int32 though all null
@@ -113,10 +119,20 @@ def test_cli_ingest_runs_and_reports_user_errors(tmp_path, monkeypatch, capsys):
     assert main(["ingest", "--params", str(params)]) == 0
     assert (tmp_path / "data" / "raw" / "items.parquet").exists()
 
-    OmegaConf.save(OmegaConf.create({"data": {"source": "files", "interactions": "missing.csv",
-                                              "columns": {"user": "u", "item": "i"},
-                                                  "inputs": {"interactions": "missing.csv"}},
-                                     "mlflow": {"experiment": "test-ingest"}}), params)
+    OmegaConf.save(
+        OmegaConf.create(
+            {
+                "data": {
+                    "source": "files",
+                    "interactions": "missing.csv",
+                    "columns": {"user": "u", "item": "i"},
+                    "inputs": {"interactions": "missing.csv"},
+                },
+                "mlflow": {"experiment": "test-ingest"},
+            }
+        ),
+        params,
+    )
     assert main(["ingest", "--params", str(params)]) == 2
     assert "missing.csv not found" in capsys.readouterr().err
     assert len(pd.read_parquet(tmp_path / "data" / "raw" / "interactions.parquet")) == 500  # kept
@@ -124,21 +140,31 @@ def test_cli_ingest_runs_and_reports_user_errors(tmp_path, monkeypatch, capsys):
 
 # --- MovieLens 100K from the recbole wheel ------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def ml100k() -> RawData:
     return load_source(OmegaConf.load(REPO / "conf" / "data" / "ml100k.yaml"))
 
 
 def test_ml100k_builtin_counts_and_types(ml100k):
-    assert ml100k.summary() == {"interactions": 100000, "users": 943, "items": 1682, "item_rows": 1682,
-                                "user_rows": 943}
+    assert ml100k.summary() == {
+        "interactions": 100000,
+        "users": 943,
+        "items": 1682,
+        "item_rows": 1682,
+        "user_rows": 943,
+    }
     first = ml100k.interactions.iloc[0]
     assert (first.user_id, first.item_id, first.rating, first.timestamp) == ("196", "242", 3.0, 881250949)
     assert ml100k.interactions["rating"].dtype == "float32"
     assert sorted(ml100k.interactions["rating"].unique()) == [1, 2, 3, 4, 5]
     toy = ml100k.items.iloc[0]
-    assert (toy.item_id, toy.title, toy.year, list(toy.genres)) == ("1", "Toy Story", 1995,
-                                                                    ["Animation", "Children's", "Comedy"])
+    assert (toy.item_id, toy.title, toy.year, list(toy.genres)) == (
+        "1",
+        "Toy Story",
+        1995,
+        ["Animation", "Children's", "Comedy"],
+    )
     assert ml100k.items["genres"].map(len).min() == 0  # "unknown" genre means none
     assert ml100k.items["year"].isna().sum() == 1  # item 267 has no title or date in the data
     user = ml100k.users.iloc[0]

@@ -3,6 +3,7 @@ params.yaml value, SIGKILL while computing, SIGKILL at the final swap of an outp
 stage's previous outputs stay byte-identical, dvc.lock stays consistent with them, and the next
 `dvc repro` cleans up and completes. Real DVC on a tiny synthetic pipeline in a temporary repository.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,9 @@ def restore_params(repo: Path) -> None:
 
 def leftovers(repo: Path) -> list[str]:
     """Temporary or renamed-aside directories an interrupted write left (none after a clean run)."""
-    return sorted(str(p.relative_to(repo)) for d in ("data", "models", ".") for p in (repo / d).glob(".*.tmp")) + \
-        sorted(str(p.relative_to(repo)) for d in ("data", "models", ".") for p in (repo / d).glob(".*.old"))
+    return sorted(
+        str(p.relative_to(repo)) for d in ("data", "models", ".") for p in (repo / d).glob(".*.tmp")
+    ) + sorted(str(p.relative_to(repo)) for d in ("data", "models", ".") for p in (repo / d).glob(".*.old"))
 
 
 def killed_repro(repo: Path, until, extra_env: dict[str, str] | None = None) -> str:
@@ -51,8 +53,14 @@ def killed_repro(repo: Path, until, extra_env: dict[str, str] | None = None) -> 
     is true, and return the output."""
     log = repo.parent / "repro.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=repo, env={**env(), **(extra_env or {})},
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(BIN / "dvc"), "repro"],
+            cwd=repo,
+            env={**env(), **(extra_env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 120
         while not until(log.read_text()):
@@ -107,8 +115,9 @@ def test_file_where_an_output_directory_belongs_is_refused(repo):
     assert changed_deps(repo) == {}
 
 
-@pytest.mark.parametrize(("exchange", "rate"), [(True, "0.02"), (False, "0.03")],
-                         ids=["renameat2-exchange", "rename-aside-fallback"])
+@pytest.mark.parametrize(
+    ("exchange", "rate"), [(True, "0.02"), (False, "0.03")], ids=["renameat2-exchange", "rename-aside-fallback"]
+)
 def test_sigkill_at_the_final_swap_then_next_repro_recovers(repo, exchange, rate):
     """Leaves train run with a new learning rate (params.yaml not committed), evaluate and export out of date."""
     before = state(repo)
@@ -124,13 +133,16 @@ def test_sigkill_at_the_final_swap_then_next_repro_recovers(repo, exchange, rate
         assert after == before
         assert [p for p in leftovers(repo) if p.startswith("models/.train.")]
     else:  # killed between the two renames: the old directory waits aside, byte-identical
-        aside = {k.replace("/models/.train.old/", "/models/train/"): v for k, v in
-                 snapshot(repo / "models/.train.old").items()}
+        aside = {
+            k.replace("/models/.train.old/", "/models/train/"): v
+            for k, v in snapshot(repo / "models/.train.old").items()
+        }
         assert aside == {k: v for k, v in before.items() if "/models/train/" in k}
-        assert {k: v for k, v in after.items() if "/models/" not in k or "/export/" in k} == \
-            {k: v for k, v in before.items() if "/models/train/" not in k}
+        assert {k: v for k, v in after.items() if "/models/" not in k or "/export/" in k} == {
+            k: v for k, v in before.items() if "/models/train/" not in k
+        }
 
     proc = run(["dvc", "repro", "train"], repo)  # recovers, cleans up, completes with the new learning rate
     assert "Running stage 'train'" in proc.stdout and leftovers(repo) == []
     assert changed_deps(repo) == {"evaluate": {"models/train/model"}, "export": {"models/train/model"}}
-    assert f"learning_rate\": {rate}" in (repo / "models/train/model/model_config.json").read_text()
+    assert f'learning_rate": {rate}' in (repo / "models/train/model/model_config.json").read_text()

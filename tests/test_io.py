@@ -1,4 +1,5 @@
 """Atomic outputs: a failing writer leaves the previous outputs untouched."""
+
 from __future__ import annotations
 
 import os
@@ -24,10 +25,9 @@ def test_atomic_dir_failure_keeps_old_outputs(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.txt").write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(out) as tmp:
-            (tmp / "a.txt").write_text("half-written")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("half-written")
+        raise RuntimeError("interrupted")
     assert (out / "a.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
@@ -44,10 +44,9 @@ def test_recover_dir_restores_directory_renamed_aside(tmp_path):
 def test_atomic_file_failure_keeps_old_file(tmp_path):
     target = tmp_path / "f.json"
     write_json(target, {"a": 1})
-    with pytest.raises(ValueError):
-        with atomic_file(target) as tmp:
-            tmp.write_text("garbage")
-            raise ValueError
+    with pytest.raises(ValueError), atomic_file(target) as tmp:
+        tmp.write_text("garbage")
+        raise ValueError
     assert read_json(target) == {"a": 1}
     assert os.listdir(tmp_path) == ["f.json"]
 

@@ -1,4 +1,5 @@
 """Metric functions against plain-Python reference implementations and hand-computed cases."""
+
 from __future__ import annotations
 
 import math
@@ -85,6 +86,7 @@ def test_rmse_mae_clip_to_rating_scale():
 
 # --- beyond accuracy -------------------------------------------------------------------------
 
+
 def ref_diversity(items: list[int], genres: list[set[str]], vectors: np.ndarray | None) -> float:
     sims = []
     items = [i for i in items if i >= 0]
@@ -107,8 +109,9 @@ def beyond_case(draw):
     names = ["a", "b", "c", "d"]
     genres = [set(draw(st.lists(st.sampled_from(names), max_size=3))) for _ in range(n_items)]
     vectors = np.array(
-        draw(st.lists(st.lists(st.integers(-3, 3), min_size=3, max_size=3),
-                      min_size=n_items, max_size=n_items)), dtype=np.float64)
+        draw(st.lists(st.lists(st.integers(-3, 3), min_size=3, max_size=3), min_size=n_items, max_size=n_items)),
+        dtype=np.float64,
+    )
     n_users = draw(st.integers(1, 6))
     width = draw(st.integers(1, 6))
     ranked = []
@@ -141,8 +144,7 @@ def test_beyond_accuracy_match_reference(case, use_vectors):
             assert math.isnan(got_div[u])
         else:
             assert got_div[u] == pytest.approx(ref, abs=1e-6)
-        assert got_nov[u] == pytest.approx(
-            sum(-math.log2(max(pop[i], 1) / n_train_users) for i in rec) / len(rec))
+        assert got_nov[u] == pytest.approx(sum(-math.log2(max(pop[i], 1) / n_train_users) for i in rec) / len(rec))
         assert got_pop[u] == pytest.approx(sum(pop[i] for i in rec) / len(rec))
     recommended = {i for items in ranked for i in items if i >= 0}
     assert metrics.coverage(topk, n_items) == pytest.approx(len(recommended) / n_items)

@@ -1,4 +1,5 @@
 """MLflow's server against a sweep's database: the REST API has the runs, the UI renders them."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -38,12 +39,14 @@ def server(sweep):
 def test_rest_api_lists_the_sweep_and_its_child_runs(server):
     exp = shot.api(server, "GET", "experiments/get-by-name", experiment_name="recpipe")["experiment"]
     ids = [exp["experiment_id"]]
-    parents = shot.api(server, "POST", "runs/search", experiment_ids=ids,
-                       filter="tags.`recpipe.sweep_dir` != ''")["runs"]
+    parents = shot.api(server, "POST", "runs/search", experiment_ids=ids, filter="tags.`recpipe.sweep_dir` != ''")[
+        "runs"
+    ]
     assert len(parents) == 1 and parents[0]["info"]["status"] == "FINISHED"
     parent_id = parents[0]["info"]["run_id"]
-    children = shot.api(server, "POST", "runs/search", experiment_ids=ids,
-                        filter=f"tags.`mlflow.parentRunId` = '{parent_id}'")["runs"]
+    children = shot.api(
+        server, "POST", "runs/search", experiment_ids=ids, filter=f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    )["runs"]
     tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in children]
     assert sorted(t["model"] for t in tags) == sorted(MODELS)
     for r in children:

@@ -1,5 +1,6 @@
 """The model contract (``RecModel``): ``register`` checks it, every registered model fulfils it, and
 training, saving and serving dispatch on what a model declares."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,8 +37,15 @@ def test_register_names_every_missing_piece():
     with pytest.raises(TypeError) as e:
         register("incomplete")(Incomplete)
     message = str(e.value)
-    for piece in ("objective", "uses_features", "score_all", "prepare", "compute_loss",
-                  "item_vectors_from_features", "candidate_vectors"):
+    for piece in (
+        "objective",
+        "uses_features",
+        "score_all",
+        "prepare",
+        "compute_loss",
+        "item_vectors_from_features",
+        "candidate_vectors",
+    ):
         assert piece in message, piece
     assert "incomplete" not in available()
 

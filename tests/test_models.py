@@ -1,4 +1,5 @@
 """The gradient-trained models (mf, ncf, two_tower): learning, save/load, factorization, determinism."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -75,8 +76,10 @@ def test_factorized_vectors_rank_like_score_all(variant: str, toy_data: Processe
     dot = (model.query_vectors(users) @ tf.transpose(model.candidate_vectors())).numpy()
     offset = scores - dot  # at most a per-user constant
     np.testing.assert_allclose(offset, offset[:, :1].repeat(toy_data.n_items, axis=1), atol=1e-5)
-    np.testing.assert_array_equal(np.argsort(-scores, axis=1, kind="stable")[:, :5],
-                                  np.argsort(-(dot + offset[:, :1]), axis=1, kind="stable")[:, :5])
+    np.testing.assert_array_equal(
+        np.argsort(-scores, axis=1, kind="stable")[:, :5],
+        np.argsort(-(dot + offset[:, :1]), axis=1, kind="stable")[:, :5],
+    )
 
 
 def test_ncf_is_not_factorized_and_scores_all_items_like_single_pairs(toy_data: Processed) -> None:

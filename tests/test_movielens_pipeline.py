@@ -1,4 +1,5 @@
 """The whole default pipeline on MovieLens 100K, as a user runs it (slow: CI runs it too)."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """The DVC pipeline end to end in a temporary copy of the repository."""
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,14 @@ def test_exp_run_with_hydra_override_changes_splits(repo):
 
 
 def test_text_rating_stops_preprocess_and_keeps_outputs(repo):
-    good = pd.DataFrame({"user_id": [1, 1, 2, 2, 3, 3] * 5, "item_id": [10, 11, 10, 12, 11, 12] * 5,
-                         "rating": [4, 5, 3, 2, 5, 1] * 5, "timestamp": range(30)})
+    good = pd.DataFrame(
+        {
+            "user_id": [1, 1, 2, 2, 3, 3] * 5,
+            "item_id": [10, 11, 10, 12, 11, 12] * 5,
+            "rating": [4, 5, 3, 2, 5, 1] * 5,
+            "timestamp": range(30),
+        }
+    )
     good.drop_duplicates(["user_id", "item_id"]).to_csv(repo / "data/ratings.csv", index=False)
     files = ["data=files", "data.interactions=data/ratings.csv"]
     run(["recpipe", "compose", *files], repo)

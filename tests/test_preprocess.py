@@ -1,4 +1,5 @@
 """Duplicates, filters, vocabularies, and the preprocess stage end to end on small hand-made data."""
+
 from __future__ import annotations
 
 import json
@@ -26,12 +27,14 @@ def random_interactions(seed: int, *, implicit: bool = False) -> pd.DataFrame:
     n = int(rng.integers(1, 150))
     ts = pd.array(rng.integers(0, 6, n), dtype="Int64")
     ts[rng.random(n) < 0.2] = pd.NA
-    return pd.DataFrame({
-        "user_id": pd.Series(rng.integers(0, 5, n).astype(str), dtype="str").astype("category"),
-        "item_id": pd.Series(rng.integers(0, 8, n).astype(str), dtype="str"),
-        "rating": np.full(n, np.nan, np.float32) if implicit else rng.integers(1, 6, n).astype(np.float32),
-        "timestamp": ts,
-    })
+    return pd.DataFrame(
+        {
+            "user_id": pd.Series(rng.integers(0, 5, n).astype(str), dtype="str").astype("category"),
+            "item_id": pd.Series(rng.integers(0, 8, n).astype(str), dtype="str"),
+            "rating": np.full(n, np.nan, np.float32) if implicit else rng.integers(1, 6, n).astype(np.float32),
+            "timestamp": ts,
+        }
+    )
 
 
 def reference_deduplicate(df: pd.DataFrame, policy: str) -> pd.DataFrame:
@@ -70,9 +73,14 @@ def test_deduplicate_matches_reference(seed: int, policy: str) -> None:
 
 
 def test_deduplicate_policies_by_hand() -> None:
-    df = pd.DataFrame({"user_id": ["a", "a", "a", "b", "a"], "item_id": ["x", "x", "y", "x", "x"],
-                       "rating": np.array([1, 2, 5, 4, 3], np.float32),
-                       "timestamp": pd.array([20, 30, 10, None, 30], dtype="Int64")})
+    df = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "a", "b", "a"],
+            "item_id": ["x", "x", "y", "x", "x"],
+            "rating": np.array([1, 2, 5, 4, 3], np.float32),
+            "timestamp": pd.array([20, 30, 10, None, 30], dtype="Int64"),
+        }
+    )
     latest, n = deduplicate(df, "latest")
     assert n == 2 and latest["rating"].tolist() == [5, 4, 3]  # tie at 30: the later row
     first, _ = deduplicate(df, "first")
@@ -135,28 +143,50 @@ def test_sorted_ids_numeric_when_all_digits_else_text() -> None:
 
 
 def test_build_vocabulary_carries_features_and_fills_missing_items() -> None:
-    items = pa.table({"item_id": ["b", "a", "z"], "title": ["B", "A", "Z"],
-                      "year": pa.array([None, 1999, 2000], pa.int32()),
-                      "genres": pa.array([["Drama"], [], ["X"]], pa.list_(pa.string()))})
+    items = pa.table(
+        {
+            "item_id": ["b", "a", "z"],
+            "title": ["B", "A", "Z"],
+            "year": pa.array([None, 1999, 2000], pa.int32()),
+            "genres": pa.array([["Drama"], [], ["X"]], pa.list_(pa.string())),
+        }
+    )
     vocab = build_vocabulary(np.array(["a", "b", "c"], object), items, "item_id")
-    assert vocab.schema == pa.schema([("item_id", pa.string()), ("index", pa.int32()), ("title", pa.string()),
-                                      ("year", pa.int32()), ("genres", pa.list_(pa.string()))])
+    assert vocab.schema == pa.schema(
+        [
+            ("item_id", pa.string()),
+            ("index", pa.int32()),
+            ("title", pa.string()),
+            ("year", pa.int32()),
+            ("genres", pa.list_(pa.string())),
+        ]
+    )
     assert vocab.to_pylist() == [
         {"item_id": "a", "index": 0, "title": "A", "year": 1999, "genres": []},
         {"item_id": "b", "index": 1, "title": "B", "year": None, "genres": ["Drama"]},
         {"item_id": "c", "index": 2, "title": "c", "year": None, "genres": []},
     ]
     assert build_vocabulary(np.array(["u2", "u1"], object), None, "user_id").to_pylist() == [
-        {"user_id": "u2", "index": 0}, {"user_id": "u1", "index": 1}]
+        {"user_id": "u2", "index": 0},
+        {"user_id": "u1", "index": 1},
+    ]
 
 
 # ---------------------------------------------------------------- the stage, end to end
 
 SMALL = pd.DataFrame(
     [  # user, item, rating, timestamp
-        ("1", "10", 4, 100), ("1", "11", 5, 200), ("1", "9", 3, 300),
-        ("2", "10", 4, 110), ("2", "11", 2, 210), ("2", "11", 3, 250), ("2", "9", 5, 310),
-        ("3", "10", 1, 120), ("3", "13", 5, 130), ("4", "10", 5, 140), ("3", "11", 4, 220),
+        ("1", "10", 4, 100),
+        ("1", "11", 5, 200),
+        ("1", "9", 3, 300),
+        ("2", "10", 4, 110),
+        ("2", "11", 2, 210),
+        ("2", "11", 3, 250),
+        ("2", "9", 5, 310),
+        ("3", "10", 1, 120),
+        ("3", "13", 5, 130),
+        ("4", "10", 5, 140),
+        ("3", "11", 4, 220),
     ],
     columns=["user_id", "item_id", "rating", "timestamp"],
 ).astype({"rating": "float32", "timestamp": "int64"})
@@ -166,22 +196,35 @@ def make_raw(root: Path, interactions: pd.DataFrame = SMALL, *, users: bool = Tr
     raw = Paths(root).raw
     raw.mkdir(parents=True, exist_ok=True)
     interactions.to_parquet(raw / "interactions.parquet", index=False)
-    pq.write_table(pa.table({
-        "item_id": ["10", "11", "13", "99"], "title": ["Ten", "Eleven", "Thirteen", "Unused"],
-        "year": pa.array([1990, None, 2001, 2002], pa.int32()),
-        "genres": pa.array([["Drama"], [], ["Comedy"], []], pa.list_(pa.string())),
-    }), raw / "items.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": ["10", "11", "13", "99"],
+                "title": ["Ten", "Eleven", "Thirteen", "Unused"],
+                "year": pa.array([1990, None, 2001, 2002], pa.int32()),
+                "genres": pa.array([["Drama"], [], ["Comedy"], []], pa.list_(pa.string())),
+            }
+        ),
+        raw / "items.parquet",
+    )
     if users:
         pd.DataFrame({"user_id": ["1", "2", "4"], "age": [30, 40, 50]}).to_parquet(raw / "users.parquet", index=False)
 
 
 def config(split: dict | None = None, **preprocess) -> DictConfig:
-    return OmegaConf.create({
-        "data": {"rating_scale": [1, 5]},
-        "preprocess": {"duplicates": "latest", "min_user_interactions": 2, "min_item_interactions": 2,
-                       "min_rating": None, **preprocess},
-        "split": split or {"name": "leave_last", "n_val": 1, "n_test": 1},
-    })
+    return OmegaConf.create(
+        {
+            "data": {"rating_scale": [1, 5]},
+            "preprocess": {
+                "duplicates": "latest",
+                "min_user_interactions": 2,
+                "min_item_interactions": 2,
+                "min_rating": None,
+                **preprocess,
+            },
+            "split": split or {"name": "leave_last", "n_val": 1, "n_test": 1},
+        }
+    )
 
 
 def test_stage_writes_the_contract_outputs_and_exact_stats(tmp_path: Path, caplog) -> None:
@@ -190,16 +233,30 @@ def test_stage_writes_the_contract_outputs_and_exact_stats(tmp_path: Path, caplo
     run(config(), Paths(tmp_path))
     out = Paths(tmp_path).processed
     assert sorted(p.name for p in out.iterdir()) == [
-        "items.parquet", "stats.json", "test.parquet", "train.parquet", "users.parquet", "val.parquet"]
-    interactions_schema = pa.schema([("user_id", pa.string()), ("item_id", pa.string()),
-                                     ("rating", pa.float32()), ("timestamp", pa.int64())])
+        "items.parquet",
+        "stats.json",
+        "test.parquet",
+        "train.parquet",
+        "users.parquet",
+        "val.parquet",
+    ]
+    interactions_schema = pa.schema(
+        [("user_id", pa.string()), ("item_id", pa.string()), ("rating", pa.float32()), ("timestamp", pa.int64())]
+    )
     for name in ("train", "val", "test"):
         assert pq.read_schema(out / f"{name}.parquet") == interactions_schema
-    assert pq.read_schema(out / "items.parquet") == pa.schema([
-        ("item_id", pa.string()), ("index", pa.int32()), ("title", pa.string()), ("year", pa.int32()),
-        ("genres", pa.list_(pa.string()))])
+    assert pq.read_schema(out / "items.parquet") == pa.schema(
+        [
+            ("item_id", pa.string()),
+            ("index", pa.int32()),
+            ("title", pa.string()),
+            ("year", pa.int32()),
+            ("genres", pa.list_(pa.string())),
+        ]
+    )
     assert pq.read_schema(out / "users.parquet") == pa.schema(
-        [("user_id", pa.string()), ("index", pa.int32()), ("age", pa.int64())])
+        [("user_id", pa.string()), ("index", pa.int32()), ("age", pa.int64())]
+    )
 
     # dedup (2,11) keeps ts 250; user 4 (1 interaction) then item 13 (1 interaction) drop out;
     # leave_last: users 1 and 2 give their last two to test and val, user 3 has only 2 and stays in train
@@ -220,8 +277,13 @@ def test_stage_writes_the_contract_outputs_and_exact_stats(tmp_path: Path, caplo
     stats = json.loads((out / "stats.json").read_text())
     assert stats == {
         "raw": {"users": 4, "items": 4, "interactions": 11},
-        "filtered": {"users": 3, "items": 3, "interactions": 8, "items_not_in_item_table": 1,
-                     "users_not_in_user_table": 1},
+        "filtered": {
+            "users": 3,
+            "items": 3,
+            "interactions": 8,
+            "items_not_in_item_table": 1,
+            "users_not_in_user_table": 1,
+        },
         "splits": {
             "train": {"users": 3, "items": 2, "interactions": 4},
             "val": {"users": 2, "items": 1, "interactions": 2, "cold_users": 0, "cold_items": 0},
@@ -240,8 +302,12 @@ def test_stage_writes_the_contract_outputs_and_exact_stats(tmp_path: Path, caplo
 
 def test_stage_without_user_table_and_with_random_split_counts_cold_users(tmp_path: Path) -> None:
     make_raw(tmp_path, users=False)
-    run(config({"name": "random", "ratios": [0.5, 0.25, 0.25], "seed": 0},
-               min_user_interactions=0, min_item_interactions=0), Paths(tmp_path))
+    run(
+        config(
+            {"name": "random", "ratios": [0.5, 0.25, 0.25], "seed": 0}, min_user_interactions=0, min_item_interactions=0
+        ),
+        Paths(tmp_path),
+    )
     out = Paths(tmp_path).processed
     assert pd.read_parquet(out / "users.parquet").columns.tolist() == ["user_id", "index"]
     processed = load_processed(out)
@@ -280,10 +346,15 @@ def test_time_split_without_timestamps_names_the_rows(tmp_path: Path) -> None:
     no_time = SMALL.astype({"timestamp": "float64"})
     no_time.loc[2, "timestamp"] = None
     make_raw(tmp_path, no_time)
-    with pytest.raises(DataError, match=r"column 'timestamp': missing timestamp \(1 row\); first at row 2.*"
-                                        r"split=temporal orders interactions by time"):
-        run(config({"name": "temporal", "val_start": None, "test_start": None, "ratios": [0.8, 0.1, 0.1]}),
-            Paths(tmp_path))
+    with pytest.raises(
+        DataError,
+        match=r"column 'timestamp': missing timestamp \(1 row\); first at row 2.*"
+        r"split=temporal orders interactions by time",
+    ):
+        run(
+            config({"name": "temporal", "val_start": None, "test_start": None, "ratios": [0.8, 0.1, 0.1]}),
+            Paths(tmp_path),
+        )
     assert not Paths(tmp_path).processed.exists()
 
 
@@ -306,8 +377,9 @@ def test_conf_defaults_run(tmp_path: Path) -> None:
     make_raw(tmp_path)
     preprocess = OmegaConf.load(REPO / "conf" / "config.yaml").preprocess
     for split in sorted((REPO / "conf" / "split").glob("*.yaml")):
-        cfg = OmegaConf.create({"data": {"rating_scale": [1, 5]}, "preprocess": preprocess,
-                                "split": OmegaConf.load(split)})
+        cfg = OmegaConf.create(
+            {"data": {"rating_scale": [1, 5]}, "preprocess": preprocess, "split": OmegaConf.load(split)}
+        )
         run(cfg, Paths(tmp_path))
         stats = json.loads((Paths(tmp_path).processed / "stats.json").read_text())
         assert sum(stats["splits"][s]["interactions"] for s in ("train", "val", "test")) == 10

@@ -1,4 +1,5 @@
 """Full-catalog ranking: seen items never ranked, results match a per-user reference."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -54,8 +55,8 @@ def test_k_beyond_catalog_pads_with_minus_one(case):
     n_allowed = N_ITEMS - np.diff(exclude.indptr)
     for u in users:
         assert (items[u] >= 0).sum() == n_allowed[u]
-        assert np.all(items[u, n_allowed[u]:] == -1)
-        assert np.all(np.isneginf(vals[u, n_allowed[u]:]))
+        assert np.all(items[u, n_allowed[u] :] == -1)
+        assert np.all(np.isneginf(vals[u, n_allowed[u] :]))
         assert sorted(items[u, : n_allowed[u]]) == sorted(np.flatnonzero(exclude[u].toarray()[0] == 0))
 
 
@@ -106,8 +107,9 @@ def test_scorer_errors_are_reported(case):
 
 
 def test_genre_matrix():
-    items = pd.DataFrame({"item_id": ["a", "b", "c"],
-                          "genres": [np.array(["x", "y"]), np.array([], dtype=object), ["y"]]})
+    items = pd.DataFrame(
+        {"item_id": ["a", "b", "c"], "genres": [np.array(["x", "y"]), np.array([], dtype=object), ["y"]]}
+    )
     g = genre_matrix(items)
     assert g.shape == (3, 2)
     assert g.sum(axis=1).tolist() == [2, 0, 1]
@@ -119,18 +121,23 @@ def test_evaluate_ranking_adds_beyond_accuracy(case):
     scores, exclude, truth = case
     pop = np.asarray(exclude.sum(axis=0)).ravel()
     genres = np.eye(N_ITEMS, 3, dtype=bool)
-    es = EvalSet(exclude=exclude, truth=truth, item_popularity=pop, n_train_users=N_USERS,
-                 item_genres=genres)
+    es = EvalSet(exclude=exclude, truth=truth, item_popularity=pop, n_train_users=N_USERS, item_genres=genres)
     result = evaluate_ranking(lambda u: scores[u], es, ks=(5,))
     out = result.metrics
-    assert set(out) == {*(f"{m}_at_5" for m in metrics.RANKING_METRICS),
-                        "coverage_at_10", "novelty_at_10", "popularity_at_10", "diversity_at_10"}
+    assert set(out) == {
+        *(f"{m}_at_5" for m in metrics.RANKING_METRICS),
+        "coverage_at_10",
+        "novelty_at_10",
+        "popularity_at_10",
+        "diversity_at_10",
+    }
     assert 0 < out["coverage_at_10"] <= 1
     # items 0-2 have one genre each, the rest none: without vectors only pairs among 0-2 count
     # (Jaccard 0); with identical vectors every other pair has similarity 1
     assert out["diversity_at_10"] == pytest.approx(1.0)
-    with_vectors = evaluate_ranking(lambda u: scores[u], es, ks=(5,),
-                                    item_vectors=np.ones((N_ITEMS, 2), np.float32)).metrics
+    with_vectors = evaluate_ranking(
+        lambda u: scores[u], es, ks=(5,), item_vectors=np.ones((N_ITEMS, 2), np.float32)
+    ).metrics
     assert with_vectors["diversity_at_10"] < 0.5
     assert set(result.per_user) == set(out) - {"coverage_at_10"}
     assert all(len(v) == len(result.users) == len(users_with_truth(truth)) for v in result.per_user.values())

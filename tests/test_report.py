@@ -1,5 +1,6 @@
 """`recpipe report`: like-for-like tables (one per data set, split and common config), sweeps shown
 by their best trial, README's table generated from the committed params.yaml's config."""
+
 from __future__ import annotations
 
 import re
@@ -17,10 +18,18 @@ from recpipe.report import END, START, evaluated_runs, group_runs, readme_config
 
 from .helpers import REPO
 
-ML100K = {tracking.TAG_FINGERPRINT: "a" * 32, tracking.TAG_SPLIT: "random", tracking.TAG_COMMON: "c0ffee",
-          tracking.TAG_DATA: "ml-100k"}
-OWN_CSV = {tracking.TAG_FINGERPRINT: "b" * 32, tracking.TAG_SPLIT: "random", tracking.TAG_COMMON: "beef00",
-           tracking.TAG_DATA: "files:my.csv"}
+ML100K = {
+    tracking.TAG_FINGERPRINT: "a" * 32,
+    tracking.TAG_SPLIT: "random",
+    tracking.TAG_COMMON: "c0ffee",
+    tracking.TAG_DATA: "ml-100k",
+}
+OWN_CSV = {
+    tracking.TAG_FINGERPRINT: "b" * 32,
+    tracking.TAG_SPLIT: "random",
+    tracking.TAG_COMMON: "beef00",
+    tracking.TAG_DATA: "files:my.csv",
+}
 
 
 def _run(client, exp, model, start, metrics, status="FINISHED", **tags):
@@ -39,15 +48,29 @@ def experiment():
     name = f"report-{uuid.uuid4().hex[:8]}"
     client = MlflowClient(tracking.tracking_uri())
     exp = client.create_experiment(name)
-    base = {"baseline.popularity.ndcg_at_10": 0.11, "baseline.popularity.recall_at_10": 0.12,
-            "baseline.popularity.precision_at_10": 0.5}  # not a headline baseline metric: not shown
+    base = {
+        "baseline.popularity.ndcg_at_10": 0.11,
+        "baseline.popularity.recall_at_10": 0.12,
+        "baseline.popularity.precision_at_10": 0.5,
+    }  # not a headline baseline metric: not shown
     ids = {
         "mf_old": _run(client, exp, "mf", 1000, {"ndcg_at_10": 0.1, "rmse": 1.2}, **ML100K),
         "ncf": _run(client, exp, "ncf", 2000, {"ndcg_at_10": 0.05, "train_seconds": 12.34}, **ML100K),
-        "mf_new": _run(client, exp, "mf", 3000, {
-            "ndcg_at_10": 0.2, "ndcg_at_10_ci_low": 0.15, "ndcg_at_10_ci_high": 0.25,
-            "rmse": 0.95, "train_seconds": 3.0, **base,
-        }, **ML100K),
+        "mf_new": _run(
+            client,
+            exp,
+            "mf",
+            3000,
+            {
+                "ndcg_at_10": 0.2,
+                "ndcg_at_10_ci_low": 0.15,
+                "ndcg_at_10_ci_high": 0.25,
+                "rmse": 0.95,
+                "train_seconds": 3.0,
+                **base,
+            },
+            **ML100K,
+        ),
         "mf_csv": _run(client, exp, "mf", 4000, {"ndcg_at_10": 0.045}, **OWN_CSV),
         # never shown: not evaluated / failed
         "mf_ingest_only": _run(client, exp, "mf", 5000, {"raw_interactions": 100.0}, **ML100K),
@@ -70,14 +93,19 @@ def test_groups_never_share_a_table(experiment):
 def test_sweep_shows_its_best_trial_labelled(experiment):
     name, ids, client, exp = experiment
     child = {**ML100K, "mlflow.parentRunId": ids["parent"], "recpipe.objective": "val_rmse"}
-    trials = {v: _run(client, exp, "mf", 8000 + i, {"ndcg_at_10": 0.3 + i / 100, "objective": v}, **child)
-              for i, v in enumerate([0.9, 0.8, 0.95])}
+    trials = {
+        v: _run(client, exp, "mf", 8000 + i, {"ndcg_at_10": 0.3 + i / 100, "objective": v}, **child)
+        for i, v in enumerate([0.9, 0.8, 0.95])
+    }
     [group] = [g for g in group_runs(evaluated_runs(name, ["ndcg_at_10"])) if g.key.data == "ml-100k"]
     mf = next(r for r in group.rows if r.model == "mf")
     assert mf.run_id == trials[0.8] and mf.label == "best of 3 trials by val_rmse"  # lowest rmse, not the last
     # the sweep's own direction wins over the name's
-    [group] = [g for g in group_runs(evaluated_runs(name, ["ndcg_at_10"]), {ids["parent"]: "maximize"})
-               if g.key.data == "ml-100k"]
+    [group] = [
+        g
+        for g in group_runs(evaluated_runs(name, ["ndcg_at_10"]), {ids["parent"]: "maximize"})
+        if g.key.data == "ml-100k"
+    ]
     assert next(r for r in group.rows if r.model == "mf").run_id == trials[0.95]
 
 
@@ -141,7 +169,8 @@ def test_readme_results_come_from_the_committed_params():
     block = text[text.index(START) : text.index(END)]
     assert readme_config_hash(block) == tracking.common_config_hash(load_params(REPO / "params.yaml")), (
         "README's results are from another config: run `recpipe run -m model=mf,ncf,two_tower,hybrid,content` "
-        "and `recpipe report --update-readme`")
+        "and `recpipe report --update-readme`"
+    )
     models = re.findall(r"^\| (\w+) \|", block, flags=re.M)
     assert sorted(models) == ["content", "hybrid", "mf", "model", "ncf", "two_tower"]  # "model": the header
     baselines = re.findall(r"^\| baseline: (\w+) \|", block, flags=re.M)

@@ -1,4 +1,5 @@
 """The Markdown evaluation report shows the right numbers; the PNG plots are written."""
+
 from __future__ import annotations
 
 import matplotlib.image
@@ -95,8 +96,11 @@ def test_not_significant_and_no_intervals():
     plain = render_markdown("m", means, {"popularity": {"ndcg_at_10": 0.1}}, {})
     assert "no bootstrap intervals" in plain
     assert row(plain, "ndcg_at_10") == [
-        "ndcg_at_10", f"**{means['ndcg_at_10']:.4f}**", "0.1000",
-        f"{means['ndcg_at_10'] - 0.1:+.4f} vs popularity", "— (no per-user values)",
+        "ndcg_at_10",
+        f"**{means['ndcg_at_10']:.4f}**",
+        "0.1000",
+        f"{means['ndcg_at_10'] - 0.1:+.4f} vs popularity",
+        "— (no per-user values)",
     ]
 
 
@@ -141,13 +145,26 @@ def test_plot_popularity_writes_png(tmp_path):
 
 
 def test_summary_sections_segments_cold_items_and_baseline_params():
-    metrics = {"ndcg_at_10": 0.3, "light_users.ndcg_at_10": 0.2, "heavy_users.ndcg_at_10": 0.35,
-               "light_users.rmse": 1.1, "cold_ndcg_at_10": 0.05}
-    baselines = {"ease": {"ndcg_at_10": 0.33, "light_users.ndcg_at_10": 0.25, "heavy_users.ndcg_at_10": 0.3,
-                          "cold_ndcg_at_10": 0.01}}
+    metrics = {
+        "ndcg_at_10": 0.3,
+        "light_users.ndcg_at_10": 0.2,
+        "heavy_users.ndcg_at_10": 0.35,
+        "light_users.rmse": 1.1,
+        "cold_ndcg_at_10": 0.05,
+    }
+    baselines = {
+        "ease": {
+            "ndcg_at_10": 0.33,
+            "light_users.ndcg_at_10": 0.25,
+            "heavy_users.ndcg_at_10": 0.3,
+            "cold_ndcg_at_10": 0.01,
+        }
+    }
     summary = {
-        "segments": {"light_users": {"train_interactions": "< 20", "users": 11},
-                     "heavy_users": {"train_interactions": ">= 20", "users": 80}},
+        "segments": {
+            "light_users": {"train_interactions": "< 20", "users": 11},
+            "heavy_users": {"train_interactions": ">= 20", "users": 80},
+        },
         "cold_items": {"items": 13, "users": 10},
         "baseline_params": {"ease": {"lam": 400.0, "val_ndcg_at_10": [[100.0, 0.25], [400.0, 0.2653]]}},
     }

@@ -1,4 +1,5 @@
 """Per-segment metrics against a user-by-user reference on random evaluations."""
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,10 @@ def evaluation_case(draw):
         # diversity can be undefined (NaN) for some users
         "diversity_at_10": np.array(draw(st.lists(st.one_of(finite, st.just(math.nan)), min_size=n, max_size=n))),
     }
-    topk = np.array(draw(st.lists(st.lists(st.integers(-1, N_ITEMS - 1), min_size=12, max_size=12),
-                                  min_size=n, max_size=n)), dtype=np.int32)
+    topk = np.array(
+        draw(st.lists(st.lists(st.integers(-1, N_ITEMS - 1), min_size=12, max_size=12), min_size=n, max_size=n)),
+        dtype=np.int32,
+    )
     counts = np.array(draw(st.lists(st.integers(0, 40), min_size=n_users, max_size=n_users)))
     threshold = draw(st.integers(0, 41))
     result = RankingEval(metrics={}, per_user=per_user, users=users, topk=topk)

@@ -1,5 +1,6 @@
 """``recpipe serve``: the real HTTP service (a ``recpipe serve`` subprocess, and uvicorn in a thread for
 reloads and the MLflow registry) against the SavedModel's own signature output, and every error path."""
+
 from __future__ import annotations
 
 import asyncio
@@ -68,8 +69,11 @@ def exports(tmp_path_factory, toy_data: Processed) -> dict[str, Path]:
     out = {}
     for name, seed in (("mf", 0), ("mf2", 1)):
         out[name] = root / name
-        save_server(build_server(TinyMF(toy_data.n_users, toy_data.n_items, seed=seed), toy_data,
-                                 export_cfg(max_k=MAX_K)), out[name], "brute_force")
+        save_server(
+            build_server(TinyMF(toy_data.n_users, toy_data.n_items, seed=seed), toy_data, export_cfg(max_k=MAX_K)),
+            out[name],
+            "brute_force",
+        )
     cfg = OmegaConf.load(REPO / "conf" / "model" / "content.yaml")
     content, _ = build_model(cfg, toy_data, seed=0)
     fit(content, toy_data, cfg, seed=0)
@@ -84,7 +88,10 @@ def served(exports) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [str(BIN / "recpipe"), "serve", "--port", str(port), "--model", str(exports["mf"])],
-        env={**env(), "RECPIPE_API_KEY": KEY}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**env(), "RECPIPE_API_KEY": KEY},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -154,34 +161,52 @@ def test_model_info_and_probes(served, http, exports, toy_data):
     assert "/v1/recommend" in http.get(f"{served}/openapi.json").json()["paths"]
 
 
-@pytest.mark.parametrize("method, path, kwargs, status, message", [
-    ("get", "/v1/recommend", {"params": {"user_id": "1"}}, 422, "query.k: Field required"),
-    ("get", "/v1/recommend", {"params": {"user_id": "1", "k": "ten"}}, 422, "query.k"),
-    ("get", "/v1/recommend", {"params": {"user_id": "1", "k": "2.5"}}, 422, "query.k"),
-    ("get", "/v1/recommend", {"params": {"user_id": "1", "k": "0"}}, 422, f"k must be between 1 and {MAX_K}"),
-    ("get", "/v1/recommend", {"params": {"user_id": "1", "k": str(MAX_K + 1)}}, 422, "k must be between"),
-    ("get", "/v1/recommend", {"params": {"k": "3"}}, 422, "query.user_id: Field required"),
-    ("get", "/v1/recommend", {"params": {"user_id": "", "k": "3"}}, 422, "query.user_id"),
-    ("post", "/v1/recommend", {"json": {"user_ids": [], "k": 3}}, 422, "body.user_ids"),
-    ("post", "/v1/recommend", {"json": {"user_ids": ["1"] * (MAX_BATCH + 1), "k": 3}}, 422, "body.user_ids"),
-    ("post", "/v1/recommend", {"json": {"user_ids": ["1"], "k": "3"}}, 422, "body.k"),
-    ("post", "/v1/recommend", {"json": {"user_ids": ["1"], "k": 3.5}}, 422, "body.k"),
-    ("post", "/v1/recommend", {"json": {"user_ids": ["1"]}}, 422, "body.k: Field required"),
-    ("post", "/v1/recommend", {"json": {"user_ids": [None], "k": 3}}, 422, "body.user_ids.0"),
-    ("post", "/v1/recommend", {"json": {"user_ids": ["1"], "k": 3, "extra": 1}}, 422, "body.extra"),
-    ("post", "/v1/recommend", {"json": {"user_ids": [""], "k": 3}}, 422, "user ids must have"),
-    ("post", "/v1/recommend", {"json": {"user_ids": ["1"], "k": 999}}, 422, "k must be between"),
-    ("post", "/v1/recommend", {"json": ["1"]}, 422, "body"),
-    ("post", "/v1/recommend", {"data": '{"user_ids": ["1"], "k": 3',
-                               "headers": {"Content-Type": "application/json"}}, 400, "malformed JSON"),
-    ("post", "/v1/recommend", {"data": "x" * (MAX_BODY_BYTES + 1),
-                               "headers": {"Content-Type": "application/json"}}, 413, "larger than"),
-    ("post", "/v1/recommend", {"data": iter([b"[" + b" " * MAX_BODY_BYTES, b"]"]),
-                               "headers": {"Content-Type": "application/json"}}, 413, "larger than"),
-    ("get", "/v1/similar", {"params": {"item_id": "1", "k": "3"}}, 404, "no similar_items signature"),
-    ("get", "/v1/nothing", {}, 404, "Not Found"),
-    ("delete", "/v1/recommend", {}, 405, "Method Not Allowed"),
-])
+@pytest.mark.parametrize(
+    "method, path, kwargs, status, message",
+    [
+        ("get", "/v1/recommend", {"params": {"user_id": "1"}}, 422, "query.k: Field required"),
+        ("get", "/v1/recommend", {"params": {"user_id": "1", "k": "ten"}}, 422, "query.k"),
+        ("get", "/v1/recommend", {"params": {"user_id": "1", "k": "2.5"}}, 422, "query.k"),
+        ("get", "/v1/recommend", {"params": {"user_id": "1", "k": "0"}}, 422, f"k must be between 1 and {MAX_K}"),
+        ("get", "/v1/recommend", {"params": {"user_id": "1", "k": str(MAX_K + 1)}}, 422, "k must be between"),
+        ("get", "/v1/recommend", {"params": {"k": "3"}}, 422, "query.user_id: Field required"),
+        ("get", "/v1/recommend", {"params": {"user_id": "", "k": "3"}}, 422, "query.user_id"),
+        ("post", "/v1/recommend", {"json": {"user_ids": [], "k": 3}}, 422, "body.user_ids"),
+        ("post", "/v1/recommend", {"json": {"user_ids": ["1"] * (MAX_BATCH + 1), "k": 3}}, 422, "body.user_ids"),
+        ("post", "/v1/recommend", {"json": {"user_ids": ["1"], "k": "3"}}, 422, "body.k"),
+        ("post", "/v1/recommend", {"json": {"user_ids": ["1"], "k": 3.5}}, 422, "body.k"),
+        ("post", "/v1/recommend", {"json": {"user_ids": ["1"]}}, 422, "body.k: Field required"),
+        ("post", "/v1/recommend", {"json": {"user_ids": [None], "k": 3}}, 422, "body.user_ids.0"),
+        ("post", "/v1/recommend", {"json": {"user_ids": ["1"], "k": 3, "extra": 1}}, 422, "body.extra"),
+        ("post", "/v1/recommend", {"json": {"user_ids": [""], "k": 3}}, 422, "user ids must have"),
+        ("post", "/v1/recommend", {"json": {"user_ids": ["1"], "k": 999}}, 422, "k must be between"),
+        ("post", "/v1/recommend", {"json": ["1"]}, 422, "body"),
+        (
+            "post",
+            "/v1/recommend",
+            {"data": '{"user_ids": ["1"], "k": 3', "headers": {"Content-Type": "application/json"}},
+            400,
+            "malformed JSON",
+        ),
+        (
+            "post",
+            "/v1/recommend",
+            {"data": "x" * (MAX_BODY_BYTES + 1), "headers": {"Content-Type": "application/json"}},
+            413,
+            "larger than",
+        ),
+        (
+            "post",
+            "/v1/recommend",
+            {"data": iter([b"[" + b" " * MAX_BODY_BYTES, b"]"]), "headers": {"Content-Type": "application/json"}},
+            413,
+            "larger than",
+        ),
+        ("get", "/v1/similar", {"params": {"item_id": "1", "k": "3"}}, 404, "no similar_items signature"),
+        ("get", "/v1/nothing", {}, 404, "Not Found"),
+        ("delete", "/v1/recommend", {}, 405, "Method Not Allowed"),
+    ],
+)
 def test_bad_requests_are_json_4xx(served, http, method, path, kwargs, status, message):
     r = getattr(http, method)(f"{served}{path}", **kwargs)
     assert r.status_code == status, r.text
@@ -202,8 +227,13 @@ def test_bad_model_source_exits_2(tmp_path):
         ModelSource.parse("models:/x@")
     with pytest.raises(RecpipeError, match="models:/no-such-model@champion in the MLflow registry"):
         ModelSource.parse("models:/no-such-model@champion").revision()
-    proc = subprocess.run([str(BIN / "recpipe"), "serve", "--port", str(free_port()), "--model", str(tmp_path)],
-                          env=env(), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(BIN / "recpipe"), "serve", "--port", str(free_port()), "--model", str(tmp_path)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr
     assert f"recpipe serve: error: {tmp_path}: no exported model" in proc.stderr
 
@@ -286,8 +316,11 @@ def test_similar_items_for_catalog_and_new_items(tmp_path, exports, toy_data):
         params = {"title": item["title"], "genres": "|".join(item["genres"]), "year": int(item["year"]), "k": 4}
         new = requests.get(f"{s.base}/v1/similar", params=params).json()
         sig = export.signatures["similar_items"](
-            title=tf.constant([item["title"]]), genres=tf.constant([params["genres"]]),
-            year=tf.constant([float(item["year"])]), k=tf.constant(4))
+            title=tf.constant([item["title"]]),
+            genres=tf.constant([params["genres"]]),
+            year=tf.constant([float(item["year"])]),
+            k=tf.constant(4),
+        )
         assert [i["item_id"] for i in new["items"]] == [i.decode() for i in sig["item_ids"].numpy()[0]]
         assert new["items"][0]["score"] == pytest.approx(1.0, abs=1e-5)  # itself (or an item with the same features)
 
@@ -327,7 +360,8 @@ def test_registry_alias_is_served_and_followed(tmp_path, toy_data, exports):
         assert info["data_fingerprint"] == "abc123" and info["metrics"] == {"ndcg_at_10": 0.25, "rmse": 0.9}
         top = requests.get(f"{s.base}/v1/recommend", params={"user_id": user, "k": 5}).json()
         assert [i["item_id"] for i in top["items"]] == [
-            i.decode() for i in signature_top_k(exports["mf"], [user], 5)["item_ids"][0]]
+            i.decode() for i in signature_top_k(exports["mf"], [user], 5)["item_ids"][0]
+        ]
 
         client.set_registered_model_alias(cfg.registered_model_name, "champion", versions[1])
         deadline = time.monotonic() + 20
@@ -336,7 +370,8 @@ def test_registry_alias_is_served_and_followed(tmp_path, toy_data, exports):
             time.sleep(0.2)
         top = requests.get(f"{s.base}/v1/recommend", params={"user_id": user, "k": 5}).json()
         assert [i["item_id"] for i in top["items"]] == [
-            i.decode() for i in signature_top_k(exports["mf2"], [user], 5)["item_ids"][0]]
+            i.decode() for i in signature_top_k(exports["mf2"], [user], 5)["item_ids"][0]
+        ]
         assert requests.get(f"{s.base}/v1/model").json()["metrics"] == {"ndcg_at_10": 1.25, "rmse": 0.9}
 
 
@@ -377,7 +412,8 @@ def test_model_metadata_from_the_pipeline_files(tmp_path, exports):
     write_json(paths.reports / "metrics.json", {"ndcg_at_10": 0.25, "recall_at_10": None, "rmse": 0.9})
     (tmp_path / "dvc.lock").write_text(
         "schema: '2.0'\nstages:\n  preprocess:\n    cmd: recpipe preprocess\n"
-        "    outs:\n    - path: data/processed\n      md5: 0123abcd.dir\n")
+        "    outs:\n    - path: data/processed\n      md5: 0123abcd.dir\n"
+    )
     meta = load(ModelSource(path=paths.export)).metadata
     assert meta["model"] == "mf" and meta["data_fingerprint"] == "0123abcd"
     assert meta["metrics"] == {"ndcg_at_10": 0.25, "rmse": 0.9}  # headline metrics that exist, nothing else

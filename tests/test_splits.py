@@ -1,4 +1,5 @@
 """Splits against slow, obvious reference implementations on random cases, plus their error cases."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,9 @@ def reference_cut(df: pd.DataFrame, q: float) -> int:
 def reference_leave_last(df: pd.DataFrame, n_val: int, n_test: int) -> dict[int, int]:
     out = {}
     for user in set(df["user_id"]):
-        rows = [(int(t), pos, i) for pos, (i, u, t) in enumerate(zip(df.index, df["user_id"], df["timestamp"]))
-                if u == user]
+        rows = [
+            (int(t), pos, i) for pos, (i, u, t) in enumerate(zip(df.index, df["user_id"], df["timestamp"])) if u == user
+        ]
         rows.sort()
         for rank, (_, _, i) in enumerate(reversed(rows)):
             if len(rows) < n_val + n_test + 1:
@@ -93,8 +95,14 @@ def test_temporal_split_from_quantiles_matches_reference(seed: int) -> None:
 
 
 def test_temporal_quantiles_give_the_ratios_without_ties() -> None:
-    df = pd.DataFrame({"user_id": ["u"] * 1000, "item_id": [str(i) for i in range(1000)],
-                       "rating": np.ones(1000, np.float32), "timestamp": np.arange(1000)[::-1] * 7})
+    df = pd.DataFrame(
+        {
+            "user_id": ["u"] * 1000,
+            "item_id": [str(i) for i in range(1000)],
+            "rating": np.ones(1000, np.float32),
+            "timestamp": np.arange(1000)[::-1] * 7,
+        }
+    )
     train, val, test = split_temporal(df, ratios=[0.8, 0.1, 0.1])
     assert (len(train), len(val), len(test)) == (800, 100, 100)
     assert train["timestamp"].max() < val["timestamp"].min() <= val["timestamp"].max() < test["timestamp"].min()
@@ -114,8 +122,14 @@ def test_leave_last_matches_reference(seed: int, n_val: int, n_test: int) -> Non
 
 
 def test_leave_last_breaks_timestamp_ties_by_row_order() -> None:
-    df = pd.DataFrame({"user_id": ["a"] * 4, "item_id": ["1", "2", "3", "4"],
-                       "rating": np.ones(4, np.float32), "timestamp": [5, 5, 5, 1]})
+    df = pd.DataFrame(
+        {
+            "user_id": ["a"] * 4,
+            "item_id": ["1", "2", "3", "4"],
+            "rating": np.ones(4, np.float32),
+            "timestamp": [5, 5, 5, 1],
+        }
+    )
     train, val, test = split_leave_last(df)
     assert list(train.item_id) == ["1", "4"] and list(val.item_id) == ["2"] and list(test.item_id) == ["3"]
 

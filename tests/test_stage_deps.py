@@ -1,5 +1,6 @@
 """dvc.yaml's code deps cover each stage's import closure (computed from the code, not listed by
 hand), and each stage's params cover the config sections it reads."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,7 +45,12 @@ def test_closure_follows_function_level_and_relative_imports(tmp_path):
     (pkg / "unused.py").write_text("")
     files = stage_deps.closure([("recpipe.a", None)], tmp_path)
     assert {f.relative_to(tmp_path).as_posix() for f in files} == {
-        "recpipe/__init__.py", "recpipe/a.py", "recpipe/sub/__init__.py", "recpipe/sub/b.py", "recpipe/sub/c.py"}
+        "recpipe/__init__.py",
+        "recpipe/a.py",
+        "recpipe/sub/__init__.py",
+        "recpipe/sub/b.py",
+        "recpipe/sub/c.py",
+    }
 
 
 def test_train_closure_has_what_the_issue_found_missing():
@@ -54,11 +60,16 @@ def test_train_closure_has_what_the_issue_found_missing():
     assert {"recpipe/models/io.py", "recpipe/features.py", "recpipe/models/mf.py"} <= evaluate
 
 
-@pytest.mark.parametrize(("stage", "sections"), [
-    ("ingest", {"data"}), ("preprocess", {"preprocess", "split", "data.rating_scale"}),
-    ("train", {"seed", "model", "data.features"}),
-    ("evaluate", {"seed", "evaluate", "data.rating_scale", "model.name"}), ("export", {"export"}),
-])
+@pytest.mark.parametrize(
+    ("stage", "sections"),
+    [
+        ("ingest", {"data"}),
+        ("preprocess", {"preprocess", "split", "data.rating_scale"}),
+        ("train", {"seed", "model", "data.features"}),
+        ("evaluate", {"seed", "evaluate", "data.rating_scale", "model.name"}),
+        ("export", {"export"}),
+    ],
+)
 def test_params_cover_what_the_stage_reads(stage, sections):
     """The config keys each stage module reads (``cfg.<section>`` / OmegaConf.select) are declared."""
     declared = set(STAGES[stage]["params"])

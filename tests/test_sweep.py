@@ -1,4 +1,5 @@
 """`recpipe run`: Hydra jobs and sweeps with shared data, MLflow parent/child runs, Optuna."""
+
 from __future__ import annotations
 
 import time
@@ -20,12 +21,14 @@ TINY_DATA = {"n_users": 60, "n_items": 40, "n_interactions": 900}
 
 def data_cfg(**split):
     """The sections the data stages read: tiny synthetic data, a random split."""
-    cfg = OmegaConf.create({
-        "data": OmegaConf.load(REPO / "conf/data/synthetic.yaml"),
-        "split": OmegaConf.load(REPO / "conf/split/random.yaml"),
-        "preprocess": OmegaConf.load(REPO / "conf/config.yaml").preprocess,
-        "model": {"name": "mf"},
-    })
+    cfg = OmegaConf.create(
+        {
+            "data": OmegaConf.load(REPO / "conf/data/synthetic.yaml"),
+            "split": OmegaConf.load(REPO / "conf/split/random.yaml"),
+            "preprocess": OmegaConf.load(REPO / "conf/config.yaml").preprocess,
+            "model": {"name": "mf"},
+        }
+    )
     cfg.data.update(TINY_DATA)
     cfg.split.update(split)
     return cfg
@@ -135,7 +138,7 @@ def test_queued_dvc_experiments_log_to_the_repository_database(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_optuna_search_improves_on_the_default_config(tmp_path):
+def test_optuna_search_improves_on_the_default_config(tmp_path, monkeypatch, capsys):
     recpipe_run(tmp_path, "model=mf", *SMALL)  # one job, not a sweep: a run without a parent
     parents, [default] = sweep_runs(tmp_path)
     assert not parents and "mlflow.parentRunId" not in default.data.tags

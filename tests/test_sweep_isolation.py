@@ -1,4 +1,5 @@
 """Two `recpipe run -m` started at the same moment: separate folders, separate parent runs."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,11 +10,18 @@ from mlflow import MlflowClient
 
 from recpipe.sweep import new_invocation_id
 
-from .helpers import REPO
-from .helpers import BIN, env
+from .helpers import BIN, REPO, env
 
-TINY = ["data=synthetic", "data.n_users=60", "data.n_items=40", "data.n_interactions=900", "model.epochs=1",
-        "evaluate.ks=[10]", "evaluate.baselines=[popularity]", "evaluate.bootstrap.n_resamples=20"]
+TINY = [
+    "data=synthetic",
+    "data.n_users=60",
+    "data.n_items=40",
+    "data.n_interactions=900",
+    "model.epochs=1",
+    "evaluate.ks=[10]",
+    "evaluate.baselines=[popularity]",
+    "evaluate.bootstrap.n_resamples=20",
+]
 SWEEPS = {"a": "model.embedding_dim=4,8", "b": "model.embedding_dim=12,16"}
 
 
@@ -26,11 +34,17 @@ def test_concurrent_sweeps_never_share_a_folder_or_a_parent(tmp_path):
     shutil.copytree(REPO / "conf", tmp_path / "conf")
     e = env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     procs = {
-        name: subprocess.Popen([str(BIN / "recpipe"), "run", "-m", sweep, *TINY], cwd=tmp_path, env=e,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        name: subprocess.Popen(
+            [str(BIN / "recpipe"), "run", "-m", sweep, *TINY],
+            cwd=tmp_path,
+            env=e,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for name, sweep in SWEEPS.items()
     }
-    for name, proc in procs.items():
+    for proc in procs.values():
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out
 
@@ -53,5 +67,6 @@ def test_concurrent_sweeps_never_share_a_folder_or_a_parent(tmp_path):
         assert dims == sorted(sweep.split("=")[1].split(","))
         folder = tmp_path / parent.data.tags["recpipe.sweep_dir"]
         assert {Path(c.data.tags["recpipe.job_dir"]).resolve() for c in children} == {
-            (folder / str(n)).resolve() for n in range(2)}
+            (folder / str(n)).resolve() for n in range(2)
+        }
         assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["0", "1"]

@@ -1,4 +1,5 @@
 """The synthetic source (data=synthetic): sizes, determinism, power laws and learnable signal."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """One pipeline run = one MLflow run across the stages of one dvc repro."""
+
 from __future__ import annotations
 
 import os
@@ -62,9 +63,8 @@ def test_new_repro_or_new_config_opens_new_run(tmp_path, monkeypatch, cfg):
 
 def test_failed_stage_marks_run_failed(tmp_path, monkeypatch, cfg):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(RuntimeError):
-        with pipeline_run(cfg, "ingest") as run:
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), pipeline_run(cfg, "ingest") as run:
+        raise RuntimeError("boom")
     assert mlflow.get_run(run.info.run_id).info.status == "FAILED"
 
 

@@ -1,5 +1,6 @@
 """One complete MLflow run per pipeline execution, whatever DVC ran, skipped or restored (real DVC,
 real MLflow on sqlite, tiny synthetic data)."""
+
 from __future__ import annotations
 
 import json
@@ -17,13 +18,31 @@ from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METR
 
 from .helpers import BIN, commit, copy_repo, env, run
 
-SMALL = ["data=synthetic", "data.n_users=200", "data.n_items=100", "data.n_interactions=4000", "model.epochs=3",
-         "evaluate.ks=[5,10]", "evaluate.baselines=[popularity]", "evaluate.bootstrap.n_resamples=50"]
+SMALL = [
+    "data=synthetic",
+    "data.n_users=200",
+    "data.n_items=100",
+    "data.n_interactions=4000",
+    "model.epochs=3",
+    "evaluate.ks=[5,10]",
+    "evaluate.baselines=[popularity]",
+    "evaluate.bootstrap.n_resamples=50",
+]
 # what every pipeline run holds besides the headline metrics
 DATA_METRICS = {"data.splits.train.interactions", "data.raw.interactions"}
 TRAIN_METRICS = {"best_val_rmse", "train_seconds", "n_params"}
-LINEAGE_TAGS = {"git_commit", "git_dirty", "dvc.data/raw", "dvc.data/processed", tracking.TAG_FINGERPRINT,
-                tracking.TAG_COMMON, tracking.TAG_DATA, tracking.TAG_SPLIT, tracking.TAG_PID, tracking.TAG_HOST}
+LINEAGE_TAGS = {
+    "git_commit",
+    "git_dirty",
+    "dvc.data/raw",
+    "dvc.data/processed",
+    tracking.TAG_FINGERPRINT,
+    tracking.TAG_COMMON,
+    tracking.TAG_DATA,
+    tracking.TAG_SPLIT,
+    tracking.TAG_PID,
+    tracking.TAG_HOST,
+}
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +88,9 @@ def assert_complete(run_, repo) -> None:
     assert set(HEADLINE_METRICS) <= set(headline)
     assert {f"baseline.popularity.{k}" for k in HEADLINE_BASELINE_METRICS} <= set(headline)
     assert {k: metrics.get(k) for k in headline} == pytest.approx(headline)
-    assert DATA_METRICS | TRAIN_METRICS <= set(metrics)
+    assert set(metrics) >= DATA_METRICS | TRAIN_METRICS
     assert run_.data.params["model.epochs"] == str(load_params(repo / "params.yaml").model.epochs)
-    assert LINEAGE_TAGS <= set(run_.data.tags), LINEAGE_TAGS - set(run_.data.tags)
+    assert set(run_.data.tags) >= LINEAGE_TAGS, LINEAGE_TAGS - set(run_.data.tags)
     lock = lineage.read_lock(repo)
     processed = next(o["md5"] for o in lock["preprocess"]["outs"] if o["path"] == "data/processed")
     assert run_.data.tags["dvc.data/processed"] == processed
@@ -89,13 +108,14 @@ def test_full_repro_is_one_complete_run(repo, client):
     assert only.info.run_name.startswith("mf-") and only.info.run_name.endswith("-1")
     # every output of every stage, as dvc.lock records it (export's too, hashed before DVC wrote it)
     assert {f"dvc.{p}": h for p, h in lineage.locked_hashes(set(tracking.STAGE_ORDER), repo).items()} == {
-        k: v for k, v in only.data.tags.items() if k.startswith("dvc.")}
+        k: v for k, v in only.data.tags.items() if k.startswith("dvc.")
+    }
 
 
 def test_repro_of_train_alone_holds_the_downstream_metrics(repo, client):
     """A change to train's code only: train re-runs with an identical model, DVC skips evaluate and
-    export as unchanged (the case of `dvc exp run` where evaluate's result is current); the run (train alone) still holds evaluate's metrics, whose inputs are
-    exactly what train just wrote."""
+    export as unchanged (the case of `dvc exp run` where evaluate's result is current); the run
+    (train alone) still holds evaluate's metrics, whose inputs are exactly what train just wrote."""
     stage = repo / "src/recpipe/stages/train.py"
     stage.write_text(stage.read_text() + "# a comment\n")
     commit(repo, "comment in the train stage")
@@ -150,8 +170,9 @@ def test_outputs_of_another_config_are_not_logged(repo, client):
 def test_killed_stage_leaves_no_running_run(repo, client):
     """SIGKILL of a stage: its run is marked KILLED by the next recpipe process."""
     run(["recpipe", "compose", *SMALL, "model.epochs=100000", "model.patience=100000"], repo)
-    proc = subprocess.Popen([str(BIN / "recpipe"), "train"], cwd=repo, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(BIN / "recpipe"), "train"], cwd=repo, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 60
         while not [r for r in runs(client) if r.info.status == "RUNNING"]:

@@ -1,4 +1,5 @@
 """The train stage and the shared training loop: outputs, MLflow logging, early stopping, input pipeline."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,17 @@ from recpipe.training import fit, make_dataset, rmse, steps_per_epoch
 
 from .helpers import REPO, model_cfg, toy_processed
 
-SUMMARY_KEYS = {"model", "metric", "best_value", "best_epoch", "epochs_run", "train_seconds",
-                "examples_per_second", "n_params", "fitted_params"}
+SUMMARY_KEYS = {
+    "model",
+    "metric",
+    "best_value",
+    "best_epoch",
+    "epochs_run",
+    "train_seconds",
+    "examples_per_second",
+    "n_params",
+    "fitted_params",
+}
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +64,10 @@ def test_stage_writes_the_model_summary_and_curve_and_logs_each_epoch(
     train_metrics = read_json(paths.train_metrics)
     assert train_metrics == {
         "model": "mf",  # and split / data when the config has them (tests/test_dvc_views.py)
-        "train_seconds": summary["train_seconds"], "best_epoch": summary["best_epoch"],
-        "best_val_rmse": summary["best_value"]}
+        "train_seconds": summary["train_seconds"],
+        "best_epoch": summary["best_epoch"],
+        "best_val_rmse": summary["best_value"],
+    }
     assert list(train_metrics)[0] == "model"
     long = pd.read_csv(paths.training_curve)  # long format for dvc plots: epoch, series, value
     assert list(long.columns) == ["epoch", "series", "value"] and set(long["series"]) == {"loss", "val_rmse"}
@@ -85,13 +97,16 @@ def test_closed_form_models_train_through_the_same_stage(root: Path, tmp_path: P
     curve = pd.read_csv(paths.training_curve)
     assert curve["series"].tolist() == ["loss", "val_recall_at_10"] and curve["epoch"].tolist() == [1, 1]
     assert sorted(p.name for p in paths.train.iterdir()) == [
-        "metrics.json", "model", "train_summary.json", "training_curve.csv"]
+        "metrics.json",
+        "model",
+        "train_summary.json",
+        "training_curve.csv",
+    ]
 
 
 def test_early_stopping_stops_after_patience_and_restores_the_best_epoch(root: Path) -> None:
     data = load_processed(Paths(root=root).processed)
-    cfg = model_cfg("mf_rating_only", epochs=40, patience=2, l2=0.0, bias_l2=0.0, learning_rate=0.05,
-                    embedding_dim=32)
+    cfg = model_cfg("mf_rating_only", epochs=40, patience=2, l2=0.0, bias_l2=0.0, learning_rate=0.05, embedding_dim=32)
     model = build(cfg, data.n_users, data.n_items)
     result = fit(model, data, cfg, seed=0)
     assert len(result.history) == result.best_epoch + 2 < 40
@@ -117,8 +132,7 @@ def test_dataset_gives_full_batches_of_every_row_in_a_seeded_new_order_each_epoc
     first, second = epochs(5)
     for epoch in (first, second):
         assert len(epoch) == steps_per_epoch(100, 32) == 4
-        assert all(b["user_idx"].shape == (32,) and set(b) == {"user_idx", "item_idx", "rating", "seed"}
-                   for b in epoch)
+        assert all(b["user_idx"].shape == (32,) and set(b) == {"user_idx", "item_idx", "rating", "seed"} for b in epoch)
         users = np.concatenate([b["user_idx"] for b in epoch])
         assert sorted(users[:100]) == list(range(100))  # every row once, then the fill-up
         np.testing.assert_array_equal(users[100:], users[:28])

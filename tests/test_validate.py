@@ -1,4 +1,5 @@
 """Validation of data/raw: each problem is a DataError naming file, column, row count and first row."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,12 @@ def interactions(**columns) -> pd.DataFrame:
 
 
 def items_table(**columns) -> pa.Table:
-    base = {"item_id": ["10", "11", "12"], "title": ["A", "B", "C"],
-            "year": pa.array([1990, None, 2001], pa.int32()),
-            "genres": pa.array([["Drama"], [], ["Comedy", "Drama"]], pa.list_(pa.string()))}
+    base = {
+        "item_id": ["10", "11", "12"],
+        "title": ["A", "B", "C"],
+        "year": pa.array([1990, None, 2001], pa.int32()),
+        "genres": pa.array([["Drama"], [], ["Comedy", "Drama"]], pa.list_(pa.string())),
+    }
     return pa.table({**base, **columns})
 
 
@@ -60,23 +64,72 @@ def test_integer_ids_become_strings() -> None:
 @pytest.mark.parametrize(
     ("columns", "kwargs", "column", "problem", "n_rows", "row", "example"),
     [
-        ({"user_id": ["1", None, "2", None, "3"]}, {}, "user_id", "missing id (null or empty)", 2, 1,
-         {"user_id": None, "item_id": "11"}),
-        ({"item_id": ["10", "11", "10", " ", "10"]}, {}, "item_id", "missing id (null or empty)", 1, 3,
-         {"item_id": " "}),
-        ({"rating": ["4", "5", "3", "abc", "x"]}, {}, "rating", "not a number", 2, 3,
-         {"rating": "abc", "user_id": "3"}),
+        (
+            {"user_id": ["1", None, "2", None, "3"]},
+            {},
+            "user_id",
+            "missing id (null or empty)",
+            2,
+            1,
+            {"user_id": None, "item_id": "11"},
+        ),
+        (
+            {"item_id": ["10", "11", "10", " ", "10"]},
+            {},
+            "item_id",
+            "missing id (null or empty)",
+            1,
+            3,
+            {"item_id": " "},
+        ),
+        (
+            {"rating": ["4", "5", "3", "abc", "x"]},
+            {},
+            "rating",
+            "not a number",
+            2,
+            3,
+            {"rating": "abc", "user_id": "3"},
+        ),
         ({"rating": [4.0, None, 3.0, 1.0, 2.0]}, {}, "rating", "missing rating", 1, 1, {"rating": None}),
         ({"rating": [4.0, 5.0, np.inf, 1.0, 2.0]}, {}, "rating", "not a finite number", 1, 2, {}),
-        ({"rating": [4.0, 5.0, 3.0, 0.0, 7.0]}, {"rating_scale": [1, 5]}, "rating",
-         "rating outside data.rating_scale [1, 5]", 2, 3, {"rating": 0.0}),
+        (
+            {"rating": [4.0, 5.0, 3.0, 0.0, 7.0]},
+            {"rating_scale": [1, 5]},
+            "rating",
+            "rating outside data.rating_scale [1, 5]",
+            2,
+            3,
+            {"rating": 0.0},
+        ),
         ({"timestamp": [100, 200, -5, 120, 130]}, {}, "timestamp", "negative timestamp", 1, 2, {"timestamp": -5}),
-        ({"timestamp": [100.0, 200.5, 150.0, 120.0, 130.0]}, {}, "timestamp",
-         "not an integer number of seconds", 1, 1, {"timestamp": 200.5}),
-        ({"timestamp": ["100", "200", "yesterday", "120", "130"]}, {}, "timestamp",
-         "not an integer number of seconds", 1, 2, {"timestamp": "yesterday"}),
-        ({"timestamp": [100, None, 150, None, 130]}, {"require_timestamps": "split=temporal"}, "timestamp",
-         "missing timestamp", 2, 1, {}),
+        (
+            {"timestamp": [100.0, 200.5, 150.0, 120.0, 130.0]},
+            {},
+            "timestamp",
+            "not an integer number of seconds",
+            1,
+            1,
+            {"timestamp": 200.5},
+        ),
+        (
+            {"timestamp": ["100", "200", "yesterday", "120", "130"]},
+            {},
+            "timestamp",
+            "not an integer number of seconds",
+            1,
+            2,
+            {"timestamp": "yesterday"},
+        ),
+        (
+            {"timestamp": [100, None, 150, None, 130]},
+            {"require_timestamps": "split=temporal"},
+            "timestamp",
+            "missing timestamp",
+            2,
+            1,
+            {},
+        ),
     ],
 )
 def test_each_problem_names_file_column_rows_and_first_row(

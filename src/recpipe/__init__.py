@@ -1,4 +1,5 @@
 """recpipe: a reproducible recommender-system pipeline on TensorFlow (DVC + Hydra + MLflow)."""
+
 import os
 
 # TFRS needs Keras 2 (tf-keras). This must be set before TensorFlow is first imported anywhere.

@@ -3,6 +3,7 @@
 Entry points stay thin: parse arguments, load params.yaml, open the pipeline's MLflow run, call
 the stage's pure function. Errors a user can fix are printed without a traceback (exit 2).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,13 +59,14 @@ def bounded_int(lo: int, hi: int = INT32_MAX) -> Callable[[str], int]:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        *VERBOSE_FLAGS, action="store_true", default=argparse.SUPPRESS,
+        *VERBOSE_FLAGS,
+        action="store_true",
+        default=argparse.SUPPRESS,
         help="show debug messages and TensorFlow's own start-up/GPU/XLA messages",
     )
     parser = argparse.ArgumentParser(
         prog="recpipe",
-        description="Reproducible recommender-system pipeline: "
-        "ingest -> preprocess -> train -> evaluate -> export.",
+        description="Reproducible recommender-system pipeline: ingest -> preprocess -> train -> evaluate -> export.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
@@ -73,11 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in STAGES.items():
         p = sub.add_parser(name, help=text, description=text, parents=[common])
         p.add_argument(
-            "--params", default="params.yaml", type=Path,
+            "--params",
+            default="params.yaml",
+            type=Path,
             help="composed configuration to read (default: params.yaml)",
         )
     p = sub.add_parser(
-        "compose", parents=[common],
+        "compose",
+        parents=[common],
         help="Compose conf/ with Hydra overrides and write params.yaml.",
         description="Compose conf/config.yaml with Hydra overrides and write the result to "
         "params.yaml, the only configuration DVC stages read. Example: recpipe compose "
@@ -87,23 +92,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-dir", default="conf", type=Path, help="default: conf")
     p.add_argument("--output", default="params.yaml", type=Path, help="default: params.yaml")
     p.add_argument(
-        "--check", action="store_true",
+        "--check",
+        action="store_true",
         help="do not write; exit 1 if the output file differs from the composed config",
     )
     p = sub.add_parser(
-        "recommend", parents=[common],
+        "recommend",
+        parents=[common],
         help="Print top-k recommendations for a user from models/export.",
         description="Load the exported SavedModel and print a user's top-k items with titles. "
         "Users the model has never seen get the most popular items.",
     )
     p.add_argument("--user", required=True, help="user id as in the source data, e.g. 42")
     p.add_argument(
-        "-k", type=bounded_int(1), default=10,
+        "-k",
+        type=bounded_int(1),
+        default=10,
         help="number of items, at most the export's max_k (default: 10)",
     )
     p.add_argument("--export-dir", default="models/export", type=Path)
     p = sub.add_parser(
-        "similar", parents=[common],
+        "similar",
+        parents=[common],
         help="Print the catalog items most like a new item given only by its features (hybrid/content export).",
         description="Score a new item's feature-only vector (model=hybrid or model=content) against the "
         "catalog in models/export and print the k most similar items. Example: recpipe similar "
@@ -113,29 +123,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--genres", default="", help='"|"-separated genres, e.g. "Action|Sci-Fi"')
     p.add_argument("--year", type=bounded_int(1, 9999), default=None, help="release year (optional)")
     p.add_argument(
-        "-k", type=bounded_int(1), default=10,
+        "-k",
+        type=bounded_int(1),
+        default=10,
         help="number of items, at most the export's max_k (default: 10)",
     )
     p.add_argument("--export-dir", default="models/export", type=Path)
     p = sub.add_parser(
-        "serve", parents=[common],
+        "serve",
+        parents=[common],
         help="Serve an export over HTTP (JSON): /v1/recommend, /v1/similar, /v1/model, /docs.",
         description="HTTP JSON service (FastAPI on uvicorn) over an exported SavedModel; endpoints in "
         "docs/contracts.md. With RECPIPE_API_KEY set, requests need header X-API-Key.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=bounded_int(1, 65535), default=8080, help="default: 8080")
-    p.add_argument("--model", default="models/export",
-                   help="export directory, or models:/<name>@<alias> / models:/<name>/<version> from the "
-                   "MLflow registry (default: models/export)")
-    p.add_argument("--no-batching", dest="batching", action="store_false",
-                   help="one model call per request instead of micro-batching concurrent requests")
-    p.add_argument("--batch-wait-ms", type=float, default=0.0,
-                   help="how long a batch waits for more requests; 0 takes what queued while the previous "
-                   "model call ran (default: 0, the fastest in bench/serve.py)")
-    p.add_argument("--reload-interval", type=float, default=0.0, metavar="SECONDS",
-                   help="check the source this often and swap in a new export / registry version "
-                   "(default: 0, off; POST /admin/reload always works)")
+    p.add_argument(
+        "--model",
+        default="models/export",
+        help="export directory, or models:/<name>@<alias> / models:/<name>/<version> from the "
+        "MLflow registry (default: models/export)",
+    )
+    p.add_argument(
+        "--no-batching",
+        dest="batching",
+        action="store_false",
+        help="one model call per request instead of micro-batching concurrent requests",
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long a batch waits for more requests; 0 takes what queued while the previous "
+        "model call ran (default: 0, the fastest in bench/serve.py)",
+    )
+    p.add_argument(
+        "--reload-interval",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="check the source this often and swap in a new export / registry version "
+        "(default: 0, off; POST /admin/reload always works)",
+    )
     sub.add_parser(
         "run",
         add_help=False,
@@ -144,11 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Takes Hydra's arguments; see `recpipe run --help`.",
     )
     p = sub.add_parser(
-        "report", parents=[common],
+        "report",
+        parents=[common],
         help="Print like-for-like markdown tables of the evaluated MLflow runs (one per data set/split).",
         description="One markdown table per group of comparable runs (same dataset fingerprint, split "
         "and common config: seed, data, preprocess, split, evaluate); by default only the group of "
-        "params.yaml's config, with --dataset/--split the groups of that data/split. Each model's row is its latest run, or the best trial of its latest "
+        "params.yaml's config, with --dataset/--split the groups of that data/split. Each model's row "
+        "is its latest run, or the best trial of its latest "
         "sweep by the sweep's validation objective (labelled); baselines follow. --update-readme "
         "rewrites the block between <!-- results:start --> and <!-- results:end --> in README.md "
         "with one group and records its config hash.",
@@ -156,15 +187,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="recpipe", help="MLflow experiment (default: recpipe)")
     p.add_argument("--metrics", nargs="+", metavar="NAME", help="columns (default: the @10 metrics, rmse, mae)")
     p.add_argument("--sweep", metavar="PARENT_RUN_ID", help="only the runs of this sweep")
-    p.add_argument("--all", action="store_true", dest="all_groups",
-                   help="every group, not only params.yaml's config")
-    p.add_argument("--dataset", metavar="FINGERPRINT|DATA",
-                   help="only this data: a dataset fingerprint (prefix) or a data name such as ml-100k")
-    p.add_argument("--split", metavar="NAME", help="only this split (random, temporal, leave_last)")
-    p.add_argument("--params", default="params.yaml", type=Path,
-                   help="config whose group is shown by default (default: params.yaml)")
+    p.add_argument("--all", action="store_true", dest="all_groups", help="every group, not only params.yaml's config")
     p.add_argument(
-        "--update-readme", nargs="?", const=Path("README.md"), type=Path, metavar="PATH",
+        "--dataset",
+        metavar="FINGERPRINT|DATA",
+        help="only this data: a dataset fingerprint (prefix) or a data name such as ml-100k",
+    )
+    p.add_argument("--split", metavar="NAME", help="only this split (random, temporal, leave_last)")
+    p.add_argument(
+        "--params",
+        default="params.yaml",
+        type=Path,
+        help="config whose group is shown by default (default: params.yaml)",
+    )
+    p.add_argument(
+        "--update-readme",
+        nargs="?",
+        const=Path("README.md"),
+        type=Path,
+        metavar="PATH",
         help="write the table into PATH (default: README.md) instead of printing it",
     )
     return parser
@@ -224,8 +265,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.update_readme is not None:
             check_outputs([Output(args.update_readme, folder=False)])
         return report_command(
-            args.experiment, args.metrics, args.sweep, args.update_readme, dataset=args.dataset,
-            split=args.split, all_groups=args.all_groups, params=args.params,
+            args.experiment,
+            args.metrics,
+            args.sweep,
+            args.update_readme,
+            dataset=args.dataset,
+            split=args.split,
+            all_groups=args.all_groups,
+            params=args.params,
         )
     if args.command == "compose":
         from recpipe.config import compose_command
@@ -247,8 +294,19 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 # URI schemes MLflow 3 stores accept (an SQLAlchemy dialect may add a driver: postgresql+psycopg2).
-MLFLOW_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks",
-                  "databricks-uc", "uc")
+MLFLOW_SCHEMES = (
+    "",
+    "file",
+    "sqlite",
+    "postgresql",
+    "mysql",
+    "mssql",
+    "http",
+    "https",
+    "databricks",
+    "databricks-uc",
+    "uc",
+)
 
 
 def check_tracking_uri() -> None:

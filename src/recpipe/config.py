@@ -4,6 +4,7 @@
 ``dvc exp run -S ...`` does (compose, resolve, dump as YAML), and a test keeps the committed
 params.yaml equal to the composed defaults.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,9 +64,7 @@ def load_params(path: str | Path = "params.yaml") -> DictConfig:
     return cfg
 
 
-def compose_command(
-    overrides: Sequence[str], config_dir: Path, output: Path, *, check: bool = False
-) -> int:
+def compose_command(overrides: Sequence[str], config_dir: Path, output: Path, *, check: bool = False) -> int:
     """``recpipe compose``: write (or with ``check``, compare) the composed config, once it validates."""
     from recpipe.outputs import Output, check_outputs
     from recpipe.schema import validate

@@ -1,4 +1,5 @@
 """Errors a user can act on: printed by the CLI without a traceback, with a non-zero exit."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

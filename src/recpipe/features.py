@@ -9,6 +9,7 @@ new item or user is encoded exactly like the catalog (``encode_items``, ``encode
 Id 0 always means missing or unknown. A configured feature the data lacks (no such column, no
 value in it, or no title token shared by ``TITLE_MIN_COUNT`` titles) is left out of the spec.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -121,7 +122,9 @@ def title_vectorizer(vocabulary: Sequence[str], length: int = TITLE_LENGTH) -> t
     Ids: 0 padding, 1 unknown token, 2.. the ``vocabulary`` in order.
     """
     return tf.keras.layers.TextVectorization(
-        vocabulary=list(vocabulary), output_mode="int", output_sequence_length=length,
+        vocabulary=list(vocabulary),
+        output_mode="int",
+        output_sequence_length=length,
     )
 
 
@@ -219,8 +222,11 @@ def encode_items(items: pd.DataFrame, spec: FeatureSpec) -> dict[str, np.ndarray
     n = len(items)
     title = items["title"].fillna("").astype(str).tolist() if "title" in items.columns else [""] * n
     genres = genre_lists(items["genres"]) if "genres" in items.columns else [[] for _ in range(n)]
-    year = pd.to_numeric(pd.Series(items["year"], dtype=object), errors="coerce") if "year" in items.columns \
+    year = (
+        pd.to_numeric(pd.Series(items["year"], dtype=object), errors="coerce")
+        if "year" in items.columns
         else pd.Series(np.nan, index=items.index)
+    )
     encoded = ItemEncoder(spec)(
         tf.constant(title, tf.string, shape=[n]),
         tf.RaggedTensor.from_row_lengths(

@@ -1,4 +1,5 @@
 """Atomic writes: an interrupted stage leaves the old outputs or the new ones, never a mix."""
+
 from __future__ import annotations
 
 import ctypes
@@ -72,9 +73,7 @@ def recover_dir(path: str | os.PathLike) -> None:
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise RecpipeError(
-            f"{path} is a file, but the output directory goes there; move or delete it and run again"
-        )
+        raise RecpipeError(f"{path} is a file, but the output directory goes there; move or delete it and run again")
     old = _aside(path)
     if old.exists() or old.is_symlink():
         if path.exists() or not old.is_dir():

@@ -6,6 +6,7 @@ directory's ``<md5>.dir``) and compares them with ``dvc.lock``: a stage is *up t
 recorded params equal the current config and every recorded dependency and output hash equals the
 file on disk now — DVC's own definition, so outputs of an up-to-date stage belong to this config.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -90,8 +91,7 @@ def upstream(lock: Mapping[str, Mapping[str, Any]]) -> dict[str, set[str]]:
         return next((name for out, name in producers.items() if path == out or out in path.parents), None)
 
     return {
-        name: {p for d in e.get("deps") or [] if (p := producer(d["path"])) is not None}
-        for name, e in lock.items()
+        name: {p for d in e.get("deps") or [] if (p := producer(d["path"])) is not None} for name, e in lock.items()
     }
 
 

@@ -8,6 +8,7 @@ GPU probe's ``failed call to cuInit`` (an "error" on every machine without a GPU
 verbosity :func:`filter_native_stderr` routes fd 2 through a filter that drops exactly those lines
 (listed in ``NATIVE_NOISE``) and passes everything else through unchanged.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -41,8 +42,9 @@ def configure(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
     logging.getLogger("recpipe").setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR if name in (
-            "absl", "tensorflow") else logging.WARNING)
+        logging.getLogger(name).setLevel(
+            logging.INFO if verbose else logging.ERROR if name in ("absl", "tensorflow") else logging.WARNING
+        )
 
 
 def is_noise(line: bytes) -> bool:
@@ -99,4 +101,4 @@ def _pump(read_end: int, real: int) -> None:
 
 def _write_all(fd: int, data: bytes) -> None:
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]

@@ -4,6 +4,7 @@ A stage replaces its outputs at the very end (``recpipe.io``); a folder it canno
 where an output folder belongs, would only show up then, after minutes of training. ``check_outputs``
 finds both in milliseconds, before anything is read or written, and names the path.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,9 +46,7 @@ def check_output(out: Output) -> None:
     kind = "folder" if out.folder else "file"
     if path.exists() or path.is_symlink():
         if out.folder and not path.is_dir():
-            raise OutputError(
-                f"{path} is a file, but recpipe writes the folder {path}/ there; move or delete the file"
-            )
+            raise OutputError(f"{path} is a file, but recpipe writes the folder {path}/ there; move or delete the file")
         if not out.folder and path.is_dir():
             raise OutputError(
                 f"{path} is a folder, but recpipe writes the file {path} there; move or delete the folder"
@@ -56,9 +55,7 @@ def check_output(out: Output) -> None:
     while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise OutputError(
-            f"{parent} is a file, but the {kind} {path} is written inside it; move or delete {parent}"
-        )
+        raise OutputError(f"{parent} is a file, but the {kind} {path} is written inside it; move or delete {parent}")
     probe_writable(parent, path)
     if out.folder and path.is_dir():
         probe_writable(path, path)

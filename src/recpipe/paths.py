@@ -3,6 +3,7 @@
 Each stage writes exactly one output directory (``Paths.output``), replaced as a whole by
 ``recpipe.io.atomic_dir``; DVC tracks it as one ``persist`` output.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

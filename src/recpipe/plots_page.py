@@ -5,6 +5,7 @@ DVC's own page loads Vega from a CDN, so it is blank offline. This one carries V
 Vega-Embed inline (the bundle of the vl-convert-python package), so the plots render with no network.
 DVC replaces ``{plot_divs}`` and ``{refresh_tag}``; ``{scripts}`` (its CDN tags) is left out on purpose.
 """
+
 from __future__ import annotations
 
 import sys

@@ -6,6 +6,7 @@ ratio out of range) fails in a second with its key path, never as a traceback af
 Variants are picked by their name key (``data.source``, ``split.name``, ``model.name``); values are
 checked strictly (the YAML string ``"10"`` is not an integer).
 """
+
 from __future__ import annotations
 
 import re
@@ -16,9 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from recpipe.evaluation.metrics import BEYOND_ACCURACY_K, RANKING_METRICS
-
 from recpipe.errors import ConfigError
+from recpipe.evaluation.metrics import BEYOND_ACCURACY_K, RANKING_METRICS
 
 INT32_MAX = 2**31 - 1
 
@@ -42,6 +42,7 @@ class Section(BaseModel):
 
 
 # --- data ---------------------------------------------------------------------------------------
+
 
 class Features(Section):
     item: list[Name] = []
@@ -197,6 +198,7 @@ SPLITS = {"random": RandomSplit, "temporal": TemporalSplit, "leave_last": LeaveL
 
 # --- model --------------------------------------------------------------------------------------
 
+
 class Trained(Section):
     """What every model trained by gradient descent has (recpipe.training)."""
 
@@ -291,14 +293,23 @@ class EASE(Section):
 
 
 MODELS: dict[str, type[Section]] = {
-    "mf": MF, "ncf": NCF, "two_tower": TwoTower, "hybrid": Hybrid, "content": Content,
-    "popularity": Popularity, "random": RandomModel, "item_knn": KNN, "user_knn": KNN, "ease": EASE,
+    "mf": MF,
+    "ncf": NCF,
+    "two_tower": TwoTower,
+    "hybrid": Hybrid,
+    "content": Content,
+    "popularity": Popularity,
+    "random": RandomModel,
+    "item_knn": KNN,
+    "user_knn": KNN,
+    "ease": EASE,
 }
 BASELINES = ("popularity", "random", "item_knn", "user_knn", "ease")
 PER_USER_BEYOND_ACCURACY = ("novelty", "popularity", "diversity")  # recpipe.evaluation.metrics.beyond_accuracy
 
 
 # --- the other groups ---------------------------------------------------------------------------
+
 
 class Preprocess(Section):
     duplicates: Literal["latest", "first", "mean", "error"] = "latest"
@@ -351,8 +362,14 @@ class Seed(BaseModel):
 
 
 SECTIONS: dict[str, type[BaseModel] | None] = {
-    "data": None, "split": None, "model": None,  # variants: DATA, SPLITS, MODELS
-    "seed": Seed, "preprocess": Preprocess, "evaluate": Evaluate, "export": Export, "mlflow": Mlflow,
+    "data": None,
+    "split": None,
+    "model": None,  # variants: DATA, SPLITS, MODELS
+    "seed": Seed,
+    "preprocess": Preprocess,
+    "evaluate": Evaluate,
+    "export": Export,
+    "mlflow": Mlflow,
 }
 OPTIONAL_SECTIONS: dict[str, type[BaseModel]] = {"sweep": Sweep}  # recpipe run's job config adds it
 # The sections each stage reads (as its params in dvc.yaml; mlflow names the run's experiment).
@@ -367,6 +384,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 
 # --- validation ---------------------------------------------------------------------------------
 
+
 def validate(
     cfg: DictConfig | Mapping[str, Any], *, source: str = "the configuration", sections: Sequence[str] | None = None
 ) -> None:
@@ -380,8 +398,9 @@ def validate(
         tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     except OmegaConfBaseException as e:  # e.g. an interpolation ${...} that names nothing
         problem = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(getattr(e, "full_key", None) or "config", f"cannot resolve an interpolation: {problem}",
-                          hint=_hint(source)) from None
+        raise ConfigError(
+            getattr(e, "full_key", None) or "config", f"cannot resolve an interpolation: {problem}", hint=_hint(source)
+        ) from None
     if not isinstance(tree, dict):
         raise ConfigError("config", f"expected a mapping at the top of {source}")
     hint = _hint(source)
@@ -406,8 +425,12 @@ def validate(
             _check(MODELS[name], {"name": name, **(params or {})}, ("evaluate", "baseline_models", name), hint)
         for i, name in enumerate(tree["evaluate"].get("baselines") or []):
             if name not in models:
-                raise ConfigError(f"evaluate.baselines[{i}]", f"{name!r} has no config in evaluate.baseline_models "
-                                  f"(conf/config.yaml composes one per baseline from conf/model/{name}.yaml)", hint=hint)
+                raise ConfigError(
+                    f"evaluate.baselines[{i}]",
+                    f"{name!r} has no config in evaluate.baseline_models "
+                    f"(conf/config.yaml composes one per baseline from conf/model/{name}.yaml)",
+                    hint=hint,
+                )
         _check_bootstrap_metrics(tree["evaluate"], hint)
 
 
@@ -422,7 +445,8 @@ def _check_bootstrap_metrics(evaluate: Mapping[str, Any], hint: str) -> None:
                 f"evaluate.bootstrap.metrics[{i}]",
                 f"expected a per-user metric: one of {', '.join(RANKING_METRICS)} at a k of evaluate.ks "
                 f"(e.g. ndcg_at_{ks[0]}), or {', '.join(PER_USER_BEYOND_ACCURACY)} at {BEYOND_ACCURACY_K}; "
-                f"got {_show(name)}", hint=hint,
+                f"got {_show(name)}",
+                hint=hint,
             )
 
 
@@ -435,9 +459,7 @@ def _check_variant(group: str, tag: str, variants: Mapping[str, type[Section]], 
         raise ConfigError(group, f"expected a mapping, got {_show(section)}", hint=hint)
     choice = section.get(tag)
     if not isinstance(choice, str) or choice not in variants:
-        raise ConfigError(
-            f"{group}.{tag}", f"expected one of {', '.join(variants)}, got {_show(choice)}", hint=hint
-        )
+        raise ConfigError(f"{group}.{tag}", f"expected one of {', '.join(variants)}, got {_show(choice)}", hint=hint)
     _check(variants[choice], section, (group,), hint)
 
 
@@ -461,10 +483,17 @@ def _key(prefix: tuple[str, ...], loc: tuple[Any, ...]) -> str:
 
 
 _EXPECTED = {
-    "int_type": "an integer", "int_from_float": "an integer", "float_type": "a number",
-    "bool_type": "true or false", "string_type": "a string", "list_type": "a list",
-    "tuple_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
-    "model_attributes_type": "a mapping", "finite_number": "a finite number",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "finite_number": "a finite number",
     "string_too_short": "a non-empty string",
 }
 
@@ -485,8 +514,9 @@ def describe(error: Mapping[str, Any]) -> str:
     elif kind == "literal_error":
         expected = f"one of {ctx.get('expected', '')}".replace("'", "")
     elif kind in ("too_short", "too_long"):
-        expected = f"{'at least' if kind == 'too_short' else 'at most'} " \
-                   f"{ctx.get('min_length', ctx.get('max_length'))} item(s)"
+        expected = (
+            f"{'at least' if kind == 'too_short' else 'at most'} {ctx.get('min_length', ctx.get('max_length'))} item(s)"
+        )
     elif kind == "value_error":
         return str(ctx.get("error", error["msg"]))
 

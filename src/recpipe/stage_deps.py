@@ -6,6 +6,7 @@ function-level imports, parsed with ``ast``), never listed by hand.
 every module in it is needed), ``--write`` puts them into dvc.yaml; a test checks that dvc.yaml's deps
 cover the closure.
 """
+
 from __future__ import annotations
 
 import ast

@@ -16,6 +16,7 @@ the parent of its own invocation, with the flattened config and the stages' metr
 returns its objective (a value from the job's models/train/train_summary.json), which the Optuna sweeper
 optimises.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -25,9 +26,9 @@ import logging
 import os
 import secrets
 import sys
-from datetime import datetime
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 

@@ -3,6 +3,7 @@
 Item ids and titles come from the user's data; a title holding a newline, an escape sequence or
 another control character is printed escaped (``\\n``, ``\\x1b``), never raw.
 """
+
 from __future__ import annotations
 
 import pandas as pd

@@ -13,6 +13,7 @@ stage that is consistent with this config and ``dvc.lock`` (``recpipe.lineage``)
 the process that logs to them; a run left RUNNING by a process that died is marked KILLED by the
 next recpipe process that opens the experiment.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -107,7 +108,10 @@ def git_info(cwd: Path = Path(".")) -> dict[str, str]:
         ).stdout.strip()
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, check=True,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return {}
@@ -205,8 +209,11 @@ def reap_dead_runs(experiment_id: str) -> list[str]:
 
     client = MlflowClient(tracking_uri())
     query = f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{socket.gethostname()}'"
-    dead = [r for r in client.search_runs([experiment_id], query, max_results=10000)
-            if not process_alive(r.data.tags.get(TAG_PID, ""))]
+    dead = [
+        r
+        for r in client.search_runs([experiment_id], query, max_results=10000)
+        if not process_alive(r.data.tags.get(TAG_PID, ""))
+    ]
     for r in dead:
         client.set_tag(r.info.run_id, "recpipe.end_reason", f"process {r.data.tags[TAG_PID]} died")
         client.set_terminated(r.info.run_id, "KILLED")
@@ -223,7 +230,9 @@ def create_run(experiment_id: str, prefix: str, tags: Mapping[str, str], parent_
     tags = {**tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
     with db_lock():
         taken = client.search_runs(
-            [experiment_id], f"attributes.run_name LIKE '{prefix}-%'", max_results=50000,
+            [experiment_id],
+            f"attributes.run_name LIKE '{prefix}-%'",
+            max_results=50000,
             run_view_type=ViewType.ALL,  # deleted runs keep their names
         )
         suffixes = [name[len(prefix) + 1 :] for r in taken if (name := r.info.run_name or "").startswith(f"{prefix}-")]
@@ -269,8 +278,11 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
 
 
 def _finite(values: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def stats_metrics(stats: Mapping[str, Any]) -> dict[str, float]:
@@ -318,7 +330,9 @@ def log_data(cfg: DictConfig, processed: Path) -> None:
         with warnings.catch_warnings():  # MLflow's hint on integer columns in an inferred schema
             warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
             dataset = mlflow.data.from_pandas(
-                pd.read_parquet(path), source=LocalArtifactDatasetSource(path.as_uri()), name=f"{label}/{part}",
+                pd.read_parquet(path),
+                source=LocalArtifactDatasetSource(path.as_uri()),
+                name=f"{label}/{part}",
                 digest=lineage.dvc_hash(path),
             )
             mlflow.log_input(dataset, context=context)  # infers the schema
@@ -374,9 +388,10 @@ def continued_run(cfg: DictConfig, stage: str, experiment_id: str) -> str | None
 
 
 @contextmanager
-def pipeline_run(cfg: DictConfig, stage: str, paths: Paths = Paths()) -> Iterator[Any]:
+def pipeline_run(cfg: DictConfig, stage: str, paths: Paths | None = None) -> Iterator[Any]:
     """Open (or continue) the pipeline's MLflow run for ``stage``; yields the active run. When the
     stage succeeds, the run is completed from the consistent outputs (``log_consistent_outputs``)."""
+    paths = paths or Paths()
     import mlflow
 
     experiment_id = ensure_experiment(cfg.mlflow.experiment)
@@ -394,7 +409,13 @@ def pipeline_run(cfg: DictConfig, stage: str, paths: Paths = Paths()) -> Iterato
         mlflow.set_tags({**git_info(), **process_tags(), "recpipe.last_stage": stage})
         yield run
         log_consistent_outputs(cfg, stage, paths)
-        write_json(STATE_FILE, {
-            "run_id": run.info.run_id, "experiment_id": experiment_id, "config_hash": config_hash(cfg),
-            "stage": stage, "session": session_id(),
-        })
+        write_json(
+            STATE_FILE,
+            {
+                "run_id": run.info.run_id,
+                "experiment_id": experiment_id,
+                "config_hash": config_hash(cfg),
+                "stage": stage,
+                "session": session_id(),
+            },
+        )

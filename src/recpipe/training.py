@@ -7,6 +7,7 @@ models, content) by ``fit_closed_form``; ``objective`` picks the validation metr
 ``"rating"``, recall@10 over the full catalog for ``"implicit"``). Saving and loading live in
 ``recpipe.models.io``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -305,4 +306,3 @@ def write_training_curve(result: TrainResult, path: Path) -> None:
     long = result.history.melt(id_vars="epoch", value_vars=["loss", result.metric], var_name="series")
     with atomic_file(path) as tmp:
         long.sort_values(["series", "epoch"], kind="stable").to_csv(tmp, index=False)
-

@@ -4,6 +4,7 @@ A download is checked against a configured sha256 or, when there is none, agains
 GroupLens publishes beside each file (``<url>.md5``). After a verified download the file's sha256
 is recorded beside it (``<name>.sha256``), so a cached file is checked offline and never fetched again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,8 +57,9 @@ def download(url: str, dest: Path) -> tuple[str, str]:
     try:
         with _open(url) as resp, open(dest, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0)
-            with tqdm(total=total or None, unit="B", unit_scale=True, desc=name,
-                      disable=0 < total < 4 * CHUNK, leave=False) as bar:
+            with tqdm(
+                total=total or None, unit="B", unit_scale=True, desc=name, disable=0 < total < 4 * CHUNK, leave=False
+            ) as bar:
                 while block := resp.read(CHUNK):
                     out.write(block)
                     sha.update(block)

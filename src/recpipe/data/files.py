@@ -4,6 +4,7 @@ Columns are mapped by the config (``data.columns``, ``data.item_columns``, ``dat
 Values are not validated here beyond what the contract types need: the preprocess stage checks
 them and reports offending rows, so row order is kept and text ratings stay text.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -67,7 +68,9 @@ def read_table(
         for name, column in mapping.items():
             if column is not None and column not in present:
                 raise DataError(
-                    str(path), f"no such column (data.{key}.{name})", column=column,
+                    str(path),
+                    f"no such column (data.{key}.{name})",
+                    column=column,
                     hint=f"Columns present: {', '.join(printable(c) for c in present[:50])}",
                 )
         columns = None if all_columns else list(dict.fromkeys(c for c in mapping.values() if c is not None))
@@ -82,8 +85,11 @@ def _check_flat(schema: pa.Schema, mapping: Mapping[str, str | None], path: Path
     """Mapped Parquet columns hold single values (genres may be lists), not lists, structs or maps."""
     for name, column in mapping.items():
         if column is not None and name != "genres" and pa.types.is_nested(schema.field(column).type):
-            raise DataError(str(path), f"{schema.field(column).type} values where single values are expected "
-                            f"(data.{key}.{name})", column=column)
+            raise DataError(
+                str(path),
+                f"{schema.field(column).type} values where single values are expected (data.{key}.{name})",
+                column=column,
+            )
 
 
 def load_files(cfg: DictConfig) -> RawData:
@@ -97,7 +103,8 @@ def load_files(cfg: DictConfig) -> RawData:
     if df.empty:
         raise DataError(str(cfg.interactions), "no interactions (the file has a header but no rows)", n_rows=0)
     interactions = interactions_frame(
-        df[cols.user], df[cols.item],
+        df[cols.user],
+        df[cols.item],
         df[cols.rating] if cols.get("rating") else None,
         df[cols.timestamp] if cols.get("timestamp") else None,
         file=str(cfg.interactions),
@@ -117,8 +124,14 @@ def load_files(cfg: DictConfig) -> RawData:
 def read_items(cfg: DictConfig, sep: str) -> pd.DataFrame:
     """The item table ``data.items`` mapped by ``data.item_columns`` (title, year, genres optional)."""
     ic = cfg.item_columns
-    t = read_table(cfg["items"], ic, key="item_columns", sep=sep, text=(ic.item, ic.get("title"), ic.get("genres")),
-                   na_values=cfg.get("na_values"))
+    t = read_table(
+        cfg["items"],
+        ic,
+        key="item_columns",
+        sep=sep,
+        text=(ic.item, ic.get("title"), ic.get("genres")),
+        na_values=cfg.get("na_values"),
+    )
     n = len(t)
     return items_frame(
         t[ic.item],
@@ -131,7 +144,14 @@ def read_items(cfg: DictConfig, sep: str) -> pd.DataFrame:
 def read_users(cfg: DictConfig, sep: str) -> pd.DataFrame:
     """The user table ``data.users``: its id column (``data.user_columns.user``) as ``user_id``, then the rest."""
     col = cfg.user_columns.user
-    u = read_table(cfg.users, {"user": col}, key="user_columns", sep=sep, text=(col,), all_columns=True,
-                   na_values=cfg.get("na_values"))
+    u = read_table(
+        cfg.users,
+        {"user": col},
+        key="user_columns",
+        sep=sep,
+        text=(col,),
+        all_columns=True,
+        na_values=cfg.get("na_values"),
+    )
     others = u.drop(columns=[c for c in (col, "user_id") if c in u.columns]).reset_index(drop=True)
     return pd.concat([pd.DataFrame({"user_id": id_strings(u[col]).array}), others], axis=1)

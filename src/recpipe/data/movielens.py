@@ -5,6 +5,7 @@ atomic format; recbole itself is never imported (it needs torch). GroupLens rele
 layouts: ml-100k (``u.data``/``u.item``/``u.user``), ml-1m (``*.dat`` with ``::``) and the CSV
 releases (``ratings.csv``/``movies.csv``: ml-latest-small, ml-latest, ml-20m, ml-25m, ml-32m).
 """
+
 from __future__ import annotations
 
 import csv
@@ -46,21 +47,56 @@ BUILTIN_SHA256 = {
 }
 # u.genre of ML-100K: the order of the 19 genre flags in u.item.
 ML100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 # ML-1M README: occupation codes in users.dat.
 ML1M_OCCUPATIONS = (
-    "other", "academic/educator", "artist", "clerical/admin", "college/grad student", "customer service",
-    "doctor/health care", "executive/managerial", "farmer", "homemaker", "K-12 student", "lawyer",
-    "programmer", "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer",
-    "tradesman/craftsman", "unemployed", "writer",
+    "other",
+    "academic/educator",
+    "artist",
+    "clerical/admin",
+    "college/grad student",
+    "customer service",
+    "doctor/health care",
+    "executive/managerial",
+    "farmer",
+    "homemaker",
+    "K-12 student",
+    "lawyer",
+    "programmer",
+    "retired",
+    "sales/marketing",
+    "scientist",
+    "self-employed",
+    "technician/engineer",
+    "tradesman/craftsman",
+    "unemployed",
+    "writer",
 )
 
 Tables = tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]
 
 
 # --- ML-100K from the recbole wheel -----------------------------------------------------------
+
 
 def builtin_files() -> dict[str, Path]:
     """Paths of the ML-100K atomic files in the installed recbole wheel."""
@@ -91,12 +127,17 @@ def read_builtin(files: Mapping[str, Path]) -> RawData:
     # recbole keeps a year left in a few titles, "... (1995)", and puts junk in their year field
     title, title_year = split_title_year(item["movie_title"])
     items = items_frame(
-        item["item_id"], title, int32_or_null(item["release_year"]).fillna(title_year),
+        item["item_id"],
+        title,
+        int32_or_null(item["release_year"]).fillna(title_year),
         split_genres(item["class"], None),
     )
     return RawData(
         interactions=interactions_frame(
-            inter["user_id"], inter["item_id"], inter["rating"], inter["timestamp"],
+            inter["user_id"],
+            inter["item_id"],
+            inter["rating"],
+            inter["timestamp"],
             file=str(files["ml-100k.inter"]),
         ),
         items=items,
@@ -136,19 +177,23 @@ def verify_sha256(path: Path, expected: str, hint: str) -> None:
         raise RecpipeError(f"{path}: sha256 {got} does not match the expected {expected.lower()}; {hint}")
 
 
-def users_frame(user_id: pd.Series, age: pd.Series, gender: pd.Series, occupation: pd.Series,
-                zip_code: pd.Series) -> pd.DataFrame:
+def users_frame(
+    user_id: pd.Series, age: pd.Series, gender: pd.Series, occupation: pd.Series, zip_code: pd.Series
+) -> pd.DataFrame:
     """The MovieLens users table: user_id, age (int32), gender, occupation, zip."""
-    return pd.DataFrame({
-        "user_id": id_strings(user_id).array,
-        "age": int32_or_null(age).array,
-        "gender": gender.astype("str").array,
-        "occupation": occupation.astype("str").array,
-        "zip": zip_code.astype("str").array,
-    })
+    return pd.DataFrame(
+        {
+            "user_id": id_strings(user_id).array,
+            "age": int32_or_null(age).array,
+            "gender": gender.astype("str").array,
+            "occupation": occupation.astype("str").array,
+            "zip": zip_code.astype("str").array,
+        }
+    )
 
 
 # --- GroupLens releases -----------------------------------------------------------------------
+
 
 class Release:
     """A GroupLens release, a zip file or an extracted folder; files are found by name at its top or
@@ -163,8 +208,11 @@ class Release:
             with reading(path), zipfile.ZipFile(path) as z:
                 members = [n for n in z.namelist() if not n.endswith("/")]
         else:
-            raise DataError(str(path), "not a zip file or a folder (data.path)",
-                            hint="Give the release's .zip (complete, not truncated) or its extracted folder")
+            raise DataError(
+                str(path),
+                "not a zip file or a folder (data.path)",
+                hint="Give the release's .zip (complete, not truncated) or its extracted folder",
+            )
         self.members = sorted(members, key=lambda m: (m.count("/"), m))
         self.opened: list[str] = []
 
@@ -199,8 +247,16 @@ class Release:
             data: IO[bytes] = f
             if sep == "::":
                 data, sep = io.BytesIO(f.read().replace(b"::", b"\t")), "\t"
-            table = pd.read_csv(data, sep=sep, header=None, names=names, dtype=str, encoding=encoding,
-                                quoting=csv.QUOTE_NONE, keep_default_na=False)
+            table = pd.read_csv(
+                data,
+                sep=sep,
+                header=None,
+                names=names,
+                dtype=str,
+                encoding=encoding,
+                quoting=csv.QUOTE_NONE,
+                keep_default_na=False,
+            )
         if table.empty:
             raise DataError(self.where(name), "the file has no rows", hint="Re-download or re-extract the release")
         return table
@@ -231,8 +287,14 @@ def genre_flags(table: pd.DataFrame, file: str) -> np.ndarray:
     bad = ~values.isin([0, 1]).all(axis=1).to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(file, "genre flags that are not 0 or 1", column="genres", n_rows=int(bad.sum()), row=row,
-                        example={k: v for k, v in table.iloc[row].items() if v not in ("0", "1")})
+        raise DataError(
+            file,
+            "genre flags that are not 0 or 1",
+            column="genres",
+            n_rows=int(bad.sum()),
+            row=row,
+            example={k: v for k, v in table.iloc[row].items() if v not in ("0", "1")},
+        )
     return values.to_numpy(dtype=np.int8).astype(bool)
 
 
@@ -244,8 +306,9 @@ def _ml1m(rel: Release) -> Tables:
     codes = pd.to_numeric(user["occupation"], errors="coerce")
     occupation = codes.map(lambda c: ML1M_OCCUPATIONS[int(c)] if 0 <= c < len(ML1M_OCCUPATIONS) else str(c))
     return (
-        interactions_frame(data["user"], data["item"], data["rating"], data["timestamp"],
-                           file=rel.where("ratings.dat")),
+        interactions_frame(
+            data["user"], data["item"], data["rating"], data["timestamp"], file=rel.where("ratings.dat")
+        ),
         items_frame(movies["item"], title, year, split_genres(movies["genres"], "|")),
         users_frame(user["user"], user["age"], user["gender"], occupation, user["zip"]),
     )
@@ -260,8 +323,9 @@ def _csv_release(rel: Release) -> Tables:
     _require(movies, ("movieId", "title", "genres"), rel.where("movies.csv"))
     title, year = split_title_year(movies["title"])
     return (
-        interactions_frame(data["userId"], data["movieId"], data["rating"], data["timestamp"],
-                           file=rel.where("ratings.csv")),
+        interactions_frame(
+            data["userId"], data["movieId"], data["rating"], data["timestamp"], file=rel.where("ratings.csv")
+        ),
         items_frame(movies["movieId"], title, year, split_genres(movies["genres"], "|")),
         None,
     )
@@ -271,8 +335,12 @@ def _require(table: pd.DataFrame, columns: Sequence[str], file: str) -> None:
     """``table`` (a CSV release file) must have ``columns`` and at least one row."""
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise DataError(file, "missing column(s) of this release's layout", column=", ".join(missing),
-                        hint=f"Columns present: {', '.join(printable(c) for c in table.columns[:50])}")
+        raise DataError(
+            file,
+            "missing column(s) of this release's layout",
+            column=", ".join(missing),
+            hint=f"Columns present: {', '.join(printable(c) for c in table.columns[:50])}",
+        )
     if table.empty:
         raise DataError(file, "the file has no rows", hint="Re-download or re-extract the release")
 

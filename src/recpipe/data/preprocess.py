@@ -12,6 +12,7 @@ Choices (documented in conf/config.yaml, section ``preprocess``):
   genres) and counted in ``stats.filtered.items_not_in_item_table``; users missing from a user
   table likewise get null features (``stats.filtered.users_not_in_user_table``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -72,8 +73,12 @@ def deduplicate(df: pd.DataFrame, policy: str = "latest", *, file: str = "intera
         extra = pair.duplicated(keep="first").to_numpy()
         pos = int(np.flatnonzero(extra)[0])
         raise DataError(
-            file, "repeated (user_id, item_id) pair", column="user_id, item_id", n_rows=int(extra.sum()),
-            row=int(df.index[pos]), example=example_row(df, pos),
+            file,
+            "repeated (user_id, item_id) pair",
+            column="user_id, item_id",
+            n_rows=int(extra.sum()),
+            row=int(df.index[pos]),
+            example=example_row(df, pos),
             hint="set preprocess.duplicates to latest, first or mean to keep one row per pair",
         )
     ts = df["timestamp"].to_numpy(dtype=np.int64, na_value=NO_TIME, copy=True)
@@ -112,8 +117,10 @@ def filter_interactions(
     if min_rating is not None:
         rating = df["rating"].to_numpy(dtype=np.float64)
         if np.isnan(rating).all():
-            raise RecpipeError("preprocess.min_rating is set but the interactions have no ratings "
-                               "(implicit feedback); set preprocess.min_rating=null")
+            raise RecpipeError(
+                "preprocess.min_rating is set but the interactions have no ratings "
+                "(implicit feedback); set preprocess.min_rating=null"
+            )
         keep = rating >= float(min_rating)
         dropped["min_rating"] = int((~keep).sum())
     groups = {
@@ -186,8 +193,10 @@ def preprocess(
             min_rating=options["min_rating"],
         )
         if df.empty:
-            raise RecpipeError(f"no interactions left after the filters (dropped: {dropped}); lower "
-                               "preprocess.min_user_interactions / min_item_interactions / min_rating")
+            raise RecpipeError(
+                f"no interactions left after the filters (dropped: {dropped}); lower "
+                "preprocess.min_user_interactions / min_item_interactions / min_rating"
+            )
         bar.update()
         bar.set_postfix_str("vocabularies")
         user_ids, item_ids = sorted_ids(df["user_id"]), sorted_ids(df["item_id"])
@@ -227,8 +236,12 @@ def write_processed(result: Preprocessed, path: str | Path) -> None:
     with atomic_dir(path) as tmp:
         for name in SPLITS:
             frame = getattr(result, name)[INTERACTIONS_SCHEMA.names]
-            pq.write_table(pa.Table.from_pandas(frame, schema=INTERACTIONS_SCHEMA, preserve_index=False)
-                           .replace_schema_metadata(None), tmp / f"{name}.parquet")
+            pq.write_table(
+                pa.Table.from_pandas(frame, schema=INTERACTIONS_SCHEMA, preserve_index=False).replace_schema_metadata(
+                    None
+                ),
+                tmp / f"{name}.parquet",
+            )
         pq.write_table(result.users, tmp / "users.parquet")
         pq.write_table(result.items, tmp / "items.parquet")
         write_json(tmp / "stats.json", result.stats)

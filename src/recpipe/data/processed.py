@@ -1,4 +1,5 @@
 """Load the preprocess stage's outputs (vocabularies and splits) for training, evaluation, export."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,9 +45,7 @@ class Processed:
         frames = [self.split(s) for s in splits]
         rows = np.concatenate([f["user_idx"].to_numpy() for f in frames])
         cols = np.concatenate([f["item_idx"].to_numpy() for f in frames])
-        m = sp.csr_matrix(
-            (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(self.n_users, self.n_items)
-        )
+        m = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(self.n_users, self.n_items))
         m.data[:] = 1.0  # duplicates across splits count once
         return m
 
@@ -81,6 +80,7 @@ def _read(file: Path, *columns: str) -> pd.DataFrame:
         df = pd.read_parquet(file)
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise DataError(str(file), f"missing column(s) {', '.join(missing)}: damaged or not written by recpipe",
-                        hint=hint)
+        raise DataError(
+            str(file), f"missing column(s) {', '.join(missing)}: damaged or not written by recpipe", hint=hint
+        )
     return df

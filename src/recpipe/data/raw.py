@@ -5,6 +5,7 @@ Every source returns a :class:`RawData` whose frames already have the contract c
 null for implicit data), ``timestamp`` (int64 seconds, nullable); items ``item_id``, ``title``,
 ``year`` (int32, nullable), ``genres`` (list of strings); users ``user_id`` plus what the source has.
 """
+
 from __future__ import annotations
 
 import csv
@@ -40,8 +41,15 @@ _TITLE_YEAR = r"^(?P<title>.*?)\s*\((?P<year>\d{4})(?:[-–]\d{0,4})?\)\s*$"
 MAX_TIMESTAMP = 253_402_300_799
 # What the readers raise for a file that is empty, truncated, corrupt or not of its type.
 READ_ERRORS: tuple[type[BaseException], ...] = (
-    pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException, UnicodeDecodeError, EOFError,
-    zlib.error, zipfile.BadZipFile, csv.Error, OSError,
+    pd.errors.ParserError,
+    pd.errors.EmptyDataError,
+    pa.ArrowException,
+    UnicodeDecodeError,
+    EOFError,
+    zlib.error,
+    zipfile.BadZipFile,
+    csv.Error,
+    OSError,
 )
 _ARROW_TYPES = {
     "user_id": pa.string(),
@@ -102,8 +110,9 @@ def _write_table(df: pd.DataFrame, path: Path) -> None:
     table = pa.Table.from_pandas(df, preserve_index=False)
     for i, field in enumerate(table.schema):
         target = _ARROW_TYPES.get(field.name)
-        if field.name == "rating" and (pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
-                                       or pa.types.is_null(field.type)):
+        if field.name == "rating" and (
+            pa.types.is_integer(field.type) or pa.types.is_floating(field.type) or pa.types.is_null(field.type)
+        ):
             target = pa.float32()
         if target is not None and field.type != target:
             table = table.set_column(i, pa.field(field.name, target), table.column(i).cast(target))
@@ -172,21 +181,36 @@ def timestamps(values: pd.Series | None, n: int, *, file: str = "") -> pd.Series
         seconds = pd.to_numeric(values, errors="coerce").astype("float64")
         if seconds.isna().all():
             return _date_seconds(values, file, column)
-        _bad_timestamps(values, seconds.isna() & values.notna(), file, column,
-                        "text in a column of numeric timestamps (seconds since 1970)")
+        _bad_timestamps(
+            values,
+            seconds.isna() & values.notna(),
+            file,
+            column,
+            "text in a column of numeric timestamps (seconds since 1970)",
+        )
     v = seconds.to_numpy(dtype="float64", na_value=np.nan)
     present = ~np.isnan(v)
     _bad_timestamps(values, present & ~np.isfinite(v), file, column, "timestamp is not a finite number")
     _bad_timestamps(
-        values, present & np.isfinite(v) & (np.abs(v) > MAX_TIMESTAMP), file, column,
+        values,
+        present & np.isfinite(v) & (np.abs(v) > MAX_TIMESTAMP),
+        file,
+        column,
         f"timestamp beyond year 9999 in seconds (> {MAX_TIMESTAMP})",
         "timestamps are seconds since 1970; divide milliseconds by 1000",
     )
     fractional = present & (v != np.round(v))
     if fractional.any():
         row = int(np.flatnonzero(fractional)[0])
-        log.warning("%s, column '%s': %d timestamp(s) with fractions of a second rounded to whole seconds "
-                    "(first at row %d: %r)", file, column, int(fractional.sum()), row, float(seconds.iloc[row]))
+        log.warning(
+            "%s, column '%s': %d timestamp(s) with fractions of a second rounded to whole seconds "
+            "(first at row %d: %r)",
+            file,
+            column,
+            int(fractional.sum()),
+            row,
+            float(seconds.iloc[row]),
+        )
     return pd.Series(np.round(seconds.astype("float64"))).astype("Int64")
 
 
@@ -199,11 +223,13 @@ def _date_seconds(values: pd.Series, file: str, column: str) -> pd.Series:
         parsed = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
     except (pd.errors.OutOfBoundsDatetime, OverflowError):
         bad = np.array([_out_of_bounds(v) for v in values])
-        _bad_timestamps(values, bad, file, column, "date outside the years 1677-2262",
-                        "Give such timestamps as seconds since 1970")
+        _bad_timestamps(
+            values, bad, file, column, "date outside the years 1677-2262", "Give such timestamps as seconds since 1970"
+        )
         raise
-    _bad_timestamps(values, parsed.isna() & values.notna(), file, column,
-                    "timestamps that are neither numbers (seconds) nor dates")
+    _bad_timestamps(
+        values, parsed.isna() & values.notna(), file, column, "timestamps that are neither numbers (seconds) nor dates"
+    )
     return _datetime_seconds(parsed)
 
 
@@ -228,8 +254,15 @@ def _bad_timestamps(
     bad = np.asarray(bad, dtype=bool)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(file, problem, column=column, n_rows=int(bad.sum()), row=row,
-                        example={column: values.iloc[row]}, hint=hint and hint[0].upper() + hint[1:])
+        raise DataError(
+            file,
+            problem,
+            column=column,
+            n_rows=int(bad.sum()),
+            row=row,
+            example={column: values.iloc[row]},
+            hint=hint and hint[0].upper() + hint[1:],
+        )
 
 
 @contextmanager
@@ -268,6 +301,7 @@ def split_title_year(titles: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 def split_genres(values: pd.Series, sep: str | None) -> pd.Series:
     """Genre lists from strings joined by ``sep`` (None: whitespace); nulls and placeholders give []."""
+
     def split(v: Any) -> list[str]:
         return [g for g in (t.strip() for t in v.split(sep)) if g not in NO_GENRE] if isinstance(v, str) else []
 
@@ -279,22 +313,26 @@ def interactions_frame(
 ) -> pd.DataFrame:
     """The interactions table in contract form (``rating``/``timestamp`` None when the source has none)."""
     n = len(user)
-    return pd.DataFrame({
-        "user_id": id_strings(user).array,
-        "item_id": id_strings(item).array,
-        "rating": ratings(rating, n).array,
-        "timestamp": timestamps(timestamp, n, file=file).array,
-    })
+    return pd.DataFrame(
+        {
+            "user_id": id_strings(user).array,
+            "item_id": id_strings(item).array,
+            "rating": ratings(rating, n).array,
+            "timestamp": timestamps(timestamp, n, file=file).array,
+        }
+    )
 
 
 def items_frame(item_id: pd.Series, title: pd.Series, year: pd.Series, genres: pd.Series) -> pd.DataFrame:
     """The items table in contract form (``genres``: lists of strings)."""
-    return pd.DataFrame({
-        "item_id": id_strings(item_id).array,
-        "title": title.astype("str").array,
-        "year": int32_or_null(year).array,
-        "genres": pd.Series(list(genres), dtype=object).array,
-    })
+    return pd.DataFrame(
+        {
+            "item_id": id_strings(item_id).array,
+            "title": title.astype("str").array,
+            "year": int32_or_null(year).array,
+            "genres": pd.Series(list(genres), dtype=object).array,
+        }
+    )
 
 
 def items_from_interactions(item_ids: pd.Series) -> pd.DataFrame:

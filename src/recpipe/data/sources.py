@@ -1,4 +1,5 @@
 """The ingest sources, by name (``data.source``): each turns the ``data`` config section into RawData."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -7,6 +7,7 @@ Every split can also hold items out for cold-start evaluation (``split.cold_item
 the distinct items, drawn with ``split.cold_seed``): all interactions of those items go to test,
 the splitter divides the rest.
 """
+
 from __future__ import annotations
 
 import inspect

@@ -13,6 +13,7 @@
 Everything is vectorised numpy, in chunks where a per-row matrix would be large, so tens of millions of
 rows fit in 1-2 GB.
 """
+
 from __future__ import annotations
 
 import math
@@ -177,7 +178,7 @@ def generate(
     def draw(positions: np.ndarray, round_: int) -> np.ndarray:
         # later rounds draw uniformly: heavy users may have used up the popular items of their genre
         if round_ < MIXED_ROUNDS:
-            return sampler.mixed(user_genre[users[positions]], rng)
+            return sampler.mixed(user_genre[users[positions]], rng)  # noqa: F821  (deleted after the draws end)
         return rng.integers(0, n_items, len(positions), dtype=np.int32)
 
     bar.set_postfix_str("repeated pairs")
@@ -189,8 +190,10 @@ def generate(
     bar.update()
     bar.set_postfix_str("ids")
     interactions = interactions_frame(
-        ids_from_index(users, n_users), ids_from_index(items, n_items),
-        pd.Series(ratings), pd.Series(timestamps.astype(np.int64)),
+        ids_from_index(users, n_users),
+        ids_from_index(items, n_items),
+        pd.Series(ratings),
+        pd.Series(timestamps.astype(np.int64)),
     )
     bar.update()
     bar.close()
@@ -204,23 +207,32 @@ def generate(
         for a, b, two in zip(item_genre, second, has_second)
     ]
     item_ids = ids_from_index(np.arange(n_items), n_items)
-    items_df = items_frame(item_ids, "Item " + item_ids, pd.Series(rng.integers(1950, 2025, n_items)),
-                           pd.Series(genres, dtype=object))
-    users_df = pd.DataFrame({
-        "user_id": ids_from_index(np.arange(n_users), n_users).array,
-        "age": rng.integers(16, 75, n_users).astype(np.int32),
-        "gender": pd.Series(np.where(rng.random(n_users) < 0.5, "F", "M"), dtype="str").array,
-    })
+    items_df = items_frame(
+        item_ids, "Item " + item_ids, pd.Series(rng.integers(1950, 2025, n_items)), pd.Series(genres, dtype=object)
+    )
+    users_df = pd.DataFrame(
+        {
+            "user_id": ids_from_index(np.arange(n_users), n_users).array,
+            "age": rng.integers(16, 75, n_users).astype(np.int32),
+            "gender": pd.Series(np.where(rng.random(n_users) < 0.5, "F", "M"), dtype="str").array,
+        }
+    )
     params = {
-        "n_users": n_users, "n_items": n_items, "n_interactions": n_interactions, "n_genres": n_genres,
-        "popularity_exponent": popularity_exponent, "activity_exponent": activity_exponent, "seed": seed,
+        "n_users": n_users,
+        "n_items": n_items,
+        "n_interactions": n_interactions,
+        "n_genres": n_genres,
+        "popularity_exponent": popularity_exponent,
+        "activity_exponent": activity_exponent,
+        "seed": seed,
     }
     source = {"source": "synthetic", "generator": f"recpipe {__version__}", "params": params}
     return RawData(interactions=interactions, items=items_df, users=users_df, source=source)
 
 
-def _ratings(users: np.ndarray, items: np.ndarray, user_genre: np.ndarray, item_genre: np.ndarray,
-             rng: np.random.Generator) -> np.ndarray:
+def _ratings(
+    users: np.ndarray, items: np.ndarray, user_genre: np.ndarray, item_genre: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Ratings 1..5 (float32) from biases, latent factors, genre match and noise, in chunks of rows."""
     n_users, n_items = len(user_genre), len(item_genre)
     user_bias = rng.normal(0.0, 0.4, n_users).astype(np.float32)
@@ -230,21 +242,27 @@ def _ratings(users: np.ndarray, items: np.ndarray, user_genre: np.ndarray, item_
     item_f = rng.normal(size=(n_items, N_FACTORS)).astype(np.float32)
     out = np.empty(len(users), dtype=np.float32)
     for start in range(0, len(users), CHUNK):
-        u, i = users[start:start + CHUNK], items[start:start + CHUNK]
+        u, i = users[start : start + CHUNK], items[start : start + CHUNK]
         # np.take: much faster than fancy indexing for gathering rows
         dot = np.einsum("ij,ij->i", np.take(user_f, u, axis=0), np.take(item_f, i, axis=0))
         score = (
-            3.6 + user_bias[u] + item_bias[i] + dot
-            + 0.4 * (user_genre[u] == item_genre[i]) + rng.normal(0.0, 0.5, len(u)).astype(np.float32)
+            3.6
+            + user_bias[u]
+            + item_bias[i]
+            + dot
+            + 0.4 * (user_genre[u] == item_genre[i])
+            + rng.normal(0.0, 0.5, len(u)).astype(np.float32)
         )
-        out[start:start + CHUNK] = np.clip(np.rint(score), 1, 5)
+        out[start : start + CHUNK] = np.clip(np.rint(score), 1, 5)
     return out
 
 
 def load_synthetic(cfg: DictConfig) -> RawData:
     """``data.source=synthetic``: :func:`generate` with the sizes and exponents in ``data``."""
     return generate(
-        int(cfg.n_users), int(cfg.n_items), int(cfg.n_interactions),
+        int(cfg.n_users),
+        int(cfg.n_items),
+        int(cfg.n_interactions),
         popularity_exponent=float(cfg.get("popularity_exponent", 1.0)),
         activity_exponent=float(cfg.get("activity_exponent", 0.7)),
         n_genres=int(cfg.get("n_genres", 18)),

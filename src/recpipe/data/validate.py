@@ -5,6 +5,7 @@ how many rows are affected and the first such row (row numbers count from 0, as 
 ``pd.read_parquet(file).iloc[row]``). When ingest recorded the original source file in
 data/raw/source.json (``{"path": ...}``), the message mentions it too.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,11 @@ INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 ITEM_COLUMNS = ("item_id", "title")
 USER_COLUMNS = ("user_id",)
 RESERVED_COLUMN = "index"
-NA_ID_HINT = ("CSV cells spelled NA, null, NaN, N/A, ... are read as missing; if such an id is real, list "
-              "the cells that mean missing in data.na_values (e.g. `recpipe compose data=files "
-              "'data.na_values=[\"\"]'`)")  # the vocabulary index that preprocess adds to the item and user tables
+NA_ID_HINT = (
+    "CSV cells spelled NA, null, NaN, N/A, ... are read as missing; if such an id is real, list "
+    "the cells that mean missing in data.na_values (e.g. `recpipe compose data=files "
+    "'data.na_values=[\"\"]'`)"
+)  # the vocabulary index that preprocess adds to the item and user tables
 
 
 @dataclass(frozen=True)
@@ -112,9 +115,7 @@ def validate_interactions(
     )
 
 
-def validate_table(
-    table: pa.Table, file: str, required: Sequence[str], *, source: str | None = None
-) -> pa.Table:
+def validate_table(table: pa.Table, file: str, required: Sequence[str], *, source: str | None = None) -> pa.Table:
     """Check an item or user table (id column ``required[0]``) and return it with string ids.
 
     Errors: missing columns, a column named ``index`` (reserved), null/empty or repeated ids.
@@ -123,8 +124,10 @@ def validate_table(
     _require_columns(table.column_names, required, file, hint)
     if RESERVED_COLUMN in table.column_names:
         raise DataError(
-            file, f"the column name '{RESERVED_COLUMN}' is reserved for the vocabulary index",
-            column=RESERVED_COLUMN, hint="rename the column in the source",
+            file,
+            f"the column name '{RESERVED_COLUMN}' is reserved for the vocabulary index",
+            column=RESERVED_COLUMN,
+            hint="rename the column in the source",
         )
     id_col = required[0]
     frame = table.to_pandas()
@@ -151,8 +154,10 @@ def _require_columns(present: Sequence[str], required: Sequence[str], file: str,
     missing = [c for c in required if c not in present]
     if missing:
         raise DataError(
-            file, f"missing column{'s' if len(missing) > 1 else ''} (has: {', '.join(map(str, present))})",
-            column=", ".join(missing), hint=hint,
+            file,
+            f"missing column{'s' if len(missing) > 1 else ''} (has: {', '.join(map(str, present))})",
+            column=", ".join(missing),
+            hint=hint,
         )
 
 
@@ -186,35 +191,41 @@ def _check_ids(ids: pd.Series, df: pd.DataFrame, file: str, column: str, hint: s
         ids = ids.astype("str").astype("category")
     codes = ids.cat.codes.to_numpy()
     blank = np.append(ids.cat.categories.str.strip() == "", False)  # code -1 (null) picks the False
-    _check(df, (codes < 0) | blank[codes], file, column, "missing id (null or empty)",
-           _join(NA_ID_HINT, hint))
+    _check(df, (codes < 0) | blank[codes], file, column, "missing id (null or empty)", _join(NA_ID_HINT, hint))
     return ids
 
 
-def _check_ratings(
-    df: pd.DataFrame, file: str, rating_scale: Sequence[float] | None, hint: str | None
-) -> pd.Series:
+def _check_ratings(df: pd.DataFrame, file: str, rating_scale: Sequence[float] | None, hint: str | None) -> pd.Series:
     """Ratings as float32: all present (explicit feedback) or all null (implicit), within the scale."""
     raw = df["rating"]
     values = pd.to_numeric(raw, errors="coerce").astype("float64")
     given = raw.notna().to_numpy()
     null = values.isna().to_numpy()
     _check(df, given & null, file, "rating", "not a number", hint)
-    _check(df, null & (not null.all()), file, "rating", "missing rating (ratings must be all "
-           "present or, for implicit feedback, all null)", hint)
+    _check(
+        df,
+        null & (not null.all()),
+        file,
+        "rating",
+        "missing rating (ratings must be all present or, for implicit feedback, all null)",
+        hint,
+    )
     v = values.to_numpy()
     _check(df, ~null & ~np.isfinite(v), file, "rating", "not a finite number", hint)
     if rating_scale is not None:
         lo, hi = (float(x) for x in rating_scale)
-        _check(df, ~null & ((v < lo) | (v > hi)), file, "rating", f"rating outside data.rating_scale "
-               f"[{lo:g}, {hi:g}]", _join("Fix the data, or the scale (e.g. `recpipe compose "
-                                          "data.rating_scale=[0,10]`)", hint))
+        _check(
+            df,
+            ~null & ((v < lo) | (v > hi)),
+            file,
+            "rating",
+            f"rating outside data.rating_scale [{lo:g}, {hi:g}]",
+            _join("Fix the data, or the scale (e.g. `recpipe compose data.rating_scale=[0,10]`)", hint),
+        )
     return values.astype("float32")
 
 
-def _check_timestamps(
-    df: pd.DataFrame, file: str, require_timestamps: str | None, hint: str | None
-) -> pd.Series:
+def _check_timestamps(df: pd.DataFrame, file: str, require_timestamps: str | None, hint: str | None) -> pd.Series:
     """Timestamps as Int64 seconds: integers >= 0, null allowed unless ``require_timestamps``."""
     raw = df["timestamp"]
     values = pd.to_numeric(raw, errors="coerce")
@@ -227,9 +238,14 @@ def _check_timestamps(
         _check(df, ~null & (v != np.floor(v)), file, "timestamp", problem, hint)
     _check(df, ~null & (v < 0), file, "timestamp", "negative timestamp", hint)
     if require_timestamps:
-        _check(df, null, file, "timestamp", "missing timestamp",
-               _join(f"{require_timestamps} orders interactions by time; supply timestamps or use "
-                     "split=random", hint))
+        _check(
+            df,
+            null,
+            file,
+            "timestamp",
+            "missing timestamp",
+            _join(f"{require_timestamps} orders interactions by time; supply timestamps or use split=random", hint),
+        )
     return values.astype("Int64")
 
 

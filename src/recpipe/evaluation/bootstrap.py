@@ -6,6 +6,7 @@ Intervals are percentile intervals. The resampled user indices depend only on ``
 number of users, so every metric and every system evaluated on the same users is resampled
 with the same index draws: differences are paired.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -148,9 +149,7 @@ def compare_to_baselines(
     }
     shapes = {v.shape for per in systems.values() for v in per.values()}
     if len(shapes) != 1 or len(next(iter(shapes))) != 1:
-        raise RecpipeError(
-            f"per-user metrics must be 1-D and aligned over the same users, got shapes {sorted(shapes)}"
-        )
+        raise RecpipeError(f"per-user metrics must be 1-D and aligned over the same users, got shapes {sorted(shapes)}")
     # A metric undefined for every user (diversity without genres or vectors) gets no interval.
     systems = {name: {m: v for m, v in per.items() if np.isfinite(v).any()} for name, per in systems.items()}
     rows = [(s, m) for s, per in systems.items() for m in per]
@@ -172,7 +171,7 @@ def compare_to_baselines(
     for (s, m), (low, high) in zip(rows, bounds):
         ci[s][m] = [float(low), float(high)]
     vs_best = {}
-    for (metric, baseline), diff, (low, high) in zip(best.items(), stacked[len(rows):], bounds[len(rows):]):
+    for (metric, baseline), diff, (low, high) in zip(best.items(), stacked[len(rows) :], bounds[len(rows) :]):
         vs_best[metric] = {
             "baseline": baseline,
             "diff": _nanmean(diff),

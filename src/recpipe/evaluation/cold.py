@@ -5,6 +5,7 @@ holds many out on purpose; random splits leave a few). Each user with at least o
 ranks the cold items only (every other item is excluded), with their cold test items as truth.
 Keys are the ranking metrics prefixed ``cold_``: ``cold_recall_at_10``, ``cold_ndcg_at_10``, ...
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

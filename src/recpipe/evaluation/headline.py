@@ -3,6 +3,7 @@ MLflow). Everything else the evaluate stage computes goes to ``reports/detail.js
 
 Defined once here; the DVC metrics files and the MLflow run use exactly these names.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,10 +12,20 @@ from typing import Any
 
 # The trained model, in reports/metrics.json (rmse/mae only for models that predict ratings).
 HEADLINE_METRICS: tuple[str, ...] = (
-    "precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10", "hit_rate_at_10", "mrr_at_10",
-    "rmse", "mae",
-    "coverage_at_10", "diversity_at_10", "novelty_at_10", "popularity_at_10",
-    "ndcg_at_10_ci_low", "ndcg_at_10_ci_high",
+    "precision_at_10",
+    "recall_at_10",
+    "ndcg_at_10",
+    "map_at_10",
+    "hit_rate_at_10",
+    "mrr_at_10",
+    "rmse",
+    "mae",
+    "coverage_at_10",
+    "diversity_at_10",
+    "novelty_at_10",
+    "popularity_at_10",
+    "ndcg_at_10_ci_low",
+    "ndcg_at_10_ci_high",
 )
 # Each baseline, in reports/baselines.json as {name: {metric: value}}.
 HEADLINE_BASELINE_METRICS: tuple[str, ...] = ("ndcg_at_10", "recall_at_10")
@@ -37,7 +48,8 @@ def train_headline(summary: Mapping[str, Any]) -> dict[str, float]:
 
 
 def run_labels(cfg: Any) -> dict[str, str]:
-    """``RUN_LABELS`` of a config (those it has): ``{"model": "mf", "split": "random", "data": "movielens_builtin"}``."""
+    """``RUN_LABELS`` of a config (those it has), e.g.
+    ``{"model": "mf", "split": "random", "data": "movielens_builtin"}``."""
     from omegaconf import OmegaConf
 
     values = {label: OmegaConf.select(cfg, key) for label, key in RUN_LABELS.items()}

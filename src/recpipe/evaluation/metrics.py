@@ -6,6 +6,7 @@ has), and return one value per user; averaging over users is the caller's choice
 per-user values stay available for bootstrap intervals. Relevance is binary. Rank positions that
 hold no item (fewer candidates than K) are encoded as item ``-1`` and never count as hits.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -88,9 +89,7 @@ def ranking_metrics(hits: np.ndarray, n_truth: np.ndarray, ks: Sequence[int]) ->
     return out
 
 
-def metrics_from_topk(
-    topk_items: np.ndarray, truth_rows: sp.csr_matrix, ks: Sequence[int]
-) -> dict[str, np.ndarray]:
+def metrics_from_topk(topk_items: np.ndarray, truth_rows: sp.csr_matrix, ks: Sequence[int]) -> dict[str, np.ndarray]:
     """Per-user ranking metrics of top-K lists (rows aligned with ``truth_rows``, each >= 1 item)."""
     hits = hits_from_topk(topk_items, truth_rows)
     return ranking_metrics(hits, np.diff(truth_rows.indptr), ks)
@@ -199,9 +198,7 @@ def diversity(
         pair_ok = usable & valid[:, :, None] & valid[:, None, :] & upper
         counts = pair_ok.sum(axis=(1, 2))
         total = np.where(pair_ok, sim, 0.0).sum(axis=(1, 2))
-        out[start : start + len(top)] = 1.0 - np.divide(
-            total, counts, out=np.full(len(top), np.nan), where=counts > 0
-        )
+        out[start : start + len(top)] = 1.0 - np.divide(total, counts, out=np.full(len(top), np.nan), where=counts > 0)
     return out
 
 

@@ -4,6 +4,7 @@ A scorer is any ``score_fn(user_idx: int32 [b]) -> float32 [b, n_items]`` (a mod
 ``score_all``, or a baseline from ``recpipe.models.classic``), so models and baselines are
 measured by exactly the same code.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -46,9 +47,7 @@ def top_k_items(
         u = users[start : start + batch_size]
         s = np.array(score_fn(u), dtype=np.float32, copy=True)
         if s.shape != (len(u), n_items):
-            raise RecpipeError(
-                f"scorer returned shape {s.shape} for {len(u)} users; expected ({len(u)}, {n_items})"
-            )
+            raise RecpipeError(f"scorer returned shape {s.shape} for {len(u)} users; expected ({len(u)}, {n_items})")
         if np.isnan(s).any():
             raise RecpipeError("scorer returned NaN scores (did training diverge?)")
         s[exclude[u].toarray() != 0] = -np.inf
@@ -154,9 +153,7 @@ def evaluate_ranking(
     topk, _ = top_k_items(score_fn, users, evalset.exclude, max(*ks, k10), batch_size)
     per_user = metrics.metrics_from_topk(topk, evalset.truth[users], ks)
     per_user.update(
-        metrics.beyond_accuracy(
-            topk, evalset.item_popularity, evalset.n_train_users, evalset.item_genres, item_vectors
-        )
+        metrics.beyond_accuracy(topk, evalset.item_popularity, evalset.n_train_users, evalset.item_genres, item_vectors)
     )
     means = metrics.mean(per_user)
     means[metrics.metric_key("coverage", k10)] = metrics.coverage(topk[:, :k10], evalset.exclude.shape[1])

@@ -3,6 +3,7 @@
 Plots use matplotlib's object API (``Figure`` renders with the Agg canvas), so no pyplot state or
 display is involved. Every file is written atomically.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,9 +21,7 @@ from recpipe.evaluation.metrics import BEYOND_ACCURACY_K, RANKING_METRICS, metri
 from recpipe.io import atomic_file
 
 MAIN_METRICS = tuple(metric_key(m, 10) for m in RANKING_METRICS) + ("rmse", "mae")
-BEYOND_METRICS = tuple(
-    metric_key(m, BEYOND_ACCURACY_K) for m in ("coverage", "diversity", "novelty", "popularity")
-)
+BEYOND_METRICS = tuple(metric_key(m, BEYOND_ACCURACY_K) for m in ("coverage", "diversity", "novelty", "popularity"))
 
 
 def _fmt(value: float, sign: bool = False) -> str:
@@ -226,7 +225,7 @@ def plot_metric_vs_k(
         ax.set_xlabel("K (list length)")
         ax.set_title(f"{metric}@K")
         ax.grid(alpha=0.3)
-    for ax in axes[len(series):]:
+    for ax in axes[len(series) :]:
         ax.set_visible(False)
     legend = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
     fig.legend(list(legend.values()), list(legend), loc="upper left", bbox_to_anchor=(1.0, 0.95))
@@ -235,7 +234,9 @@ def plot_metric_vs_k(
     _save(fig, path)
 
 
-def recommended_popularity(topk_items: np.ndarray, item_popularity: np.ndarray, k: int = BEYOND_ACCURACY_K) -> np.ndarray:
+def recommended_popularity(
+    topk_items: np.ndarray, item_popularity: np.ndarray, k: int = BEYOND_ACCURACY_K
+) -> np.ndarray:
     """Train popularity of every item in the top ``k`` lists (empty slots, item -1, left out)."""
     top = np.asarray(topk_items)[:, :k]
     return np.asarray(item_popularity)[top[top >= 0]]
@@ -262,12 +263,19 @@ def plot_popularity(
     if catalog is not None:
         catalog = np.asarray(catalog, dtype=np.float64)
         ax.hist(
-            catalog + 1, bins, weights=np.full(len(catalog), 1 / len(catalog)), color="0.82",
+            catalog + 1,
+            bins,
+            weights=np.full(len(catalog), 1 / len(catalog)),
+            color="0.82",
             label=f"catalog ({len(catalog)} items, median {np.median(catalog):g})",
         )
     for name, pop in series.items():
         ax.hist(
-            pop + 1, bins, weights=np.full(len(pop), 1 / len(pop)), histtype="step", linewidth=2,
+            pop + 1,
+            bins,
+            weights=np.full(len(pop), 1 / len(pop)),
+            histtype="step",
+            linewidth=2,
             label=f"{name} (median {np.median(pop):g})",
         )
     ax.set_xscale("log")
@@ -277,4 +285,3 @@ def plot_popularity(
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     _save(fig, path)
-

@@ -4,6 +4,7 @@ A segment's metric is the mean of the per-user values over the segment's evaluat
 coverage is that of the segment's top-10 lists. Keys are ``<segment>.<metric>``, e.g.
 ``light_users.ndcg_at_10``, next to the overall ``ndcg_at_10`` in metrics.json.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

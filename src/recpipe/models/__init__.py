@@ -5,6 +5,7 @@ loads models/model/. Importing this package registers every model: ``mf``, ``ncf
 (trained by gradient steps), the classic ones (``classic``: ``popularity``, ``random``,
 ``item_knn``, ``user_knn``, ``ease``), ``content`` and ``hybrid``.
 """
+
 from recpipe.models import classic, content, hybrid, mf, ncf, two_tower  # noqa: F401  (registration)
 from recpipe.models.base import RecModel, available, build, get, register
 

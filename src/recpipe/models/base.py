@@ -6,6 +6,7 @@ stage (``recpipe.training``), saved as weights plus the config that rebuilds it
 ``score_all``; factorized models also expose their query and candidate vectors so export can build
 an approximate (ScaNN) index over them. ``register`` checks a class against this contract.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping

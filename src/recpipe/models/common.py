@@ -1,4 +1,5 @@
 """Pieces the recpipe models share: choosing training rows, sampled negatives, losses, constants."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,11 @@ def rating_rows(train: pd.DataFrame, model: str) -> pd.DataFrame:
     if missing.any():
         first = int(np.flatnonzero(missing)[0])
         raise DataError(
-            "data/processed/train.parquet", f"model {model!r} trains on ratings but some are null",
-            column="rating", n_rows=int(missing.sum()), row=first,
+            "data/processed/train.parquet",
+            f"model {model!r} trains on ratings but some are null",
+            column="rating",
+            n_rows=int(missing.sum()),
+            row=first,
             example=train.iloc[first][["user_id", "item_id", "rating"]].to_dict(),
             hint="Use an implicit objective (model=two_tower, or model=ncf model.objective=implicit).",
         )
@@ -30,8 +34,11 @@ def implicit_rows(train: pd.DataFrame, min_rating: float | None) -> pd.DataFrame
     kept = rows[(train["rating"] >= min_rating).to_numpy(dtype=bool, na_value=False)]
     if kept.empty:
         raise DataError(
-            "data/processed/train.parquet", f"no interaction has rating >= {min_rating}",
-            column="rating", n_rows=len(train), hint="Lower or null the model's min_rating.",
+            "data/processed/train.parquet",
+            f"no interaction has rating >= {min_rating}",
+            column="rating",
+            n_rows=len(train),
+            hint="Lower or null the model's min_rating.",
         )
     return kept
 

@@ -6,6 +6,7 @@ whole vector L2-normalized. A user's profile is the normalized (optionally ratin
 their train items' vectors, and an item's score is its cosine with the profile. No item id is
 learned, so items never seen in training rank like any other. Fit in closed form (``fit_closed_form``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -147,8 +148,11 @@ class ContentModel(RecModel):
         rows = data.train[["user_idx", "item_idx", "rating"]]
         self.profiles.assign(
             user_profiles(
-                self.item_matrix.numpy(), rows["user_idx"].to_numpy(), rows["item_idx"].to_numpy(),
-                interaction_weights(rows, self.weighting), self.n_users,
+                self.item_matrix.numpy(),
+                rows["user_idx"].to_numpy(),
+                rows["item_idx"].to_numpy(),
+                interaction_weights(rows, self.weighting),
+                self.n_users,
             )
         )
         return {}
@@ -165,4 +169,3 @@ class ContentModel(RecModel):
 
     def candidate_vectors(self) -> tf.Tensor:
         return tf.convert_to_tensor(self.item_matrix)
-

@@ -15,6 +15,7 @@ features alone. A new item given only by its features gets a vector the same way
 
 Training, loss and options are those of ``two_tower`` (``tfrs.tasks.Retrieval``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -85,7 +86,8 @@ class FeatureTower(tf.keras.layers.Layer):
                 name=f"{feature}_values", shape=shape, dtype=dtype, initializer="zeros", trainable=False
             )
             self.embeddings[feature] = (
-                tf.keras.layers.Dense(dim, use_bias=False, name=feature) if kind == MULTI_HOT
+                tf.keras.layers.Dense(dim, use_bias=False, name=feature)
+                if kind == MULTI_HOT
                 else tf.keras.layers.Embedding(size, dim, name=feature)
             )
         self.dense = [
@@ -186,10 +188,18 @@ class Hybrid(TwoTower):
         if sizes:
             blocks = feature_blocks(self.candidate_tower.catalog, sizes)
             items = tf.concat(list(blocks.values()), axis=1).numpy()
-            self.query_tower.set_features({"history": user_profiles(
-                items, rows["user_idx"].to_numpy(), rows["item_idx"].to_numpy(),
-                np.ones(len(rows), np.float32), self.query_tower.n, normalize=False,
-            )})
+            self.query_tower.set_features(
+                {
+                    "history": user_profiles(
+                        items,
+                        rows["user_idx"].to_numpy(),
+                        rows["item_idx"].to_numpy(),
+                        np.ones(len(rows), np.float32),
+                        self.query_tower.n,
+                        normalize=False,
+                    )
+                }
+            )
         return rows
 
     def item_vectors_from_features(self, encoded: Mapping[str, tf.Tensor]) -> tf.Tensor:

@@ -4,6 +4,7 @@ A saved model is the TF checkpoint of its variables (``weights``) and model_conf
 config, the vocabulary sizes and the JSON-ready build context (e.g. a feature spec), everything
 ``recpipe.models.build`` needs to rebuild it before the weights are restored.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,8 @@ def save_model(
 ) -> None:
     """Write the weights (TF checkpoint) and model_config.json to ``path``, atomically."""
     config = {
-        "model": OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig)
+        "model": OmegaConf.to_container(model_cfg, resolve=True)
+        if isinstance(model_cfg, DictConfig)
         else dict(model_cfg),
         "n_users": n_users,
         "n_items": n_items,

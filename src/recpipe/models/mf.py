@@ -1,4 +1,5 @@
 """Biased matrix factorization on explicit ratings, with an implicit-feedback term for ranking."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Neural collaborative filtering: user and item embeddings concatenated through an MLP (NCF's MLP)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -82,9 +83,7 @@ class NeuralCF(RecModel):
                 )
         return tf.squeeze(self.out(x), axis=-1) + self.global_mean
 
-    def _pairs(
-        self, users: tf.Tensor, items: tf.Tensor, seed: tf.Tensor | None = None
-    ) -> tuple[tf.Tensor, tf.Tensor]:
+    def _pairs(self, users: tf.Tensor, items: tf.Tensor, seed: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """Outputs for (user, item) pairs and the mean squared norm of the embeddings used."""
         p, q = tf.gather(self.user_embedding, users), tf.gather(self.item_embedding, items)
         first = self.hidden[0]

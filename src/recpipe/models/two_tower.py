@@ -1,4 +1,5 @@
 """Two-tower retrieval (TFRS): user and item towers trained with in-batch softmax on implicit positives."""
+
 from __future__ import annotations
 
 from typing import Any

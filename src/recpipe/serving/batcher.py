@@ -6,6 +6,7 @@ Requests queue up; one worker takes the first, gathers what else arrives within 
 batch's largest k, each request keeping its own first k columns. The call runs in a worker thread,
 so the event loop keeps accepting requests, which then form the next batch.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -41,8 +42,9 @@ def split_answer(answer: Answer, sizes: list[int], ks: list[int]) -> list[Answer
 class MicroBatcher:
     """Collects ``submit`` calls into batches for ``call(model, user_ids, k) -> Answer``."""
 
-    def __init__(self, call: Callable[[Any, list[str], int], Answer], max_wait_s: float = 0.0,
-                 max_users: int = 1024) -> None:
+    def __init__(
+        self, call: Callable[[Any, list[str], int], Answer], max_wait_s: float = 0.0, max_users: int = 1024
+    ) -> None:
         self.call, self.max_wait_s, self.max_users = call, max_wait_s, max_users
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recpipe-batch")

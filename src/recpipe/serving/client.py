@@ -1,4 +1,5 @@
 """The client commands on an export: ``recpipe recommend`` and ``recpipe similar``."""
+
 from __future__ import annotations
 
 from pathlib import Path

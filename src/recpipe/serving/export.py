@@ -9,6 +9,7 @@ hold item id "" and score -inf. Models that embed new items from their features 
 also get a ``similar_items`` signature (``recpipe.serving.similar``). ``recpipe.serving.load``
 reads an export back.
 """
+
 from __future__ import annotations
 
 import json
@@ -149,7 +150,8 @@ def build_server(model: RecModel, data: Processed, export_cfg: Any) -> TopKServe
         retriever=retriever,
         max_k=int(export_cfg.max_k),
         similar=SimilarItems(model, server_item_ids(data), item_titles(data.items), int(export_cfg.max_k))
-        if supports_similar(model) else None,
+        if supports_similar(model)
+        else None,
     )
     try:  # trace now: a model whose score_all needs a known batch size fails here, not mid-save
         server.top_k.get_concrete_function()
@@ -197,7 +199,10 @@ def save_server(server: TopKServer, path: str | Path, index: str) -> None:
     info = {"index": index, "n_users": server.n_users, "n_items": server.n_items, "max_k": server.k_cap}
     with atomic_dir(path) as tmp, _quiet_keras_save():
         tf.saved_model.save(
-            server, str(tmp), signatures=signatures(server), options=save_options(index),
+            server,
+            str(tmp),
+            signatures=signatures(server),
+            options=save_options(index),
         )
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
@@ -218,11 +223,13 @@ def register_server(server: TopKServer, export_cfg: Any, example_user: str) -> s
     text, ranked = np.dtype(object), (-1, -1)
     signature = ModelSignature(
         inputs=Schema([TensorSpec(text, (-1,))]),
-        outputs=Schema([
-            TensorSpec(text, ranked, "item_ids"),
-            TensorSpec(np.dtype(np.float32), ranked, "scores"),
-            TensorSpec(text, ranked, "titles"),
-        ]),
+        outputs=Schema(
+            [
+                TensorSpec(text, ranked, "item_ids"),
+                TensorSpec(np.dtype(np.float32), ranked, "scores"),
+                TensorSpec(text, ranked, "titles"),
+            ]
+        ),
     )
     scann = ["tensorflow-recommenders", "scann"] if export_cfg.index == "scann" else []
     requirements = ["tensorflow", "tf-keras", *scann]

@@ -6,6 +6,7 @@ JSON ``{"error": {"status", "message", "details"}}`` with a 4xx code for bad inp
 ``RECPIPE_API_KEY`` set, every request but ``/healthz`` and ``/readyz`` needs header ``X-API-Key``.
 The model is swapped atomically on reload: a request keeps the model it started with.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -102,8 +103,11 @@ class ServiceState:
         """Load what the source points at now and swap it in; False when nothing changed."""
         async with self._reload_lock:
             current = self.model
-            if only_if_changed and current is not None and \
-                    await run_in_threadpool(self.source.revision) == current.revision:
+            if (
+                only_if_changed
+                and current is not None
+                and await run_in_threadpool(self.source.revision) == current.revision
+            ):
                 return False
             try:
                 new = await run_in_threadpool(load, self.source)
@@ -143,8 +147,10 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.api_key and scope["path"] not in OPEN_PATHS and not hmac.compare_digest(
-            headers.get(API_KEY_HEADER.lower(), "").encode(), self.api_key.encode()
+        if (
+            self.api_key
+            and scope["path"] not in OPEN_PATHS
+            and not hmac.compare_digest(headers.get(API_KEY_HEADER.lower(), "").encode(), self.api_key.encode())
         ):
             return await error_response(401, f"missing or wrong {API_KEY_HEADER} header")(scope, receive, send)
         declared = headers.get("content-length", "")
@@ -206,7 +212,8 @@ def create_app(state: ServiceState, api_key: str | None = None) -> FastAPI:
             await state.batcher.stop()
 
     app = FastAPI(
-        title="recpipe", lifespan=lifespan,
+        title="recpipe",
+        lifespan=lifespan,
         description="Top-K recommendations from a recpipe export. Errors: "
         '`{"error": {"status", "message", "details"}}`. '
         f"With {API_KEY_ENV} set, send header `{API_KEY_HEADER}` (not needed for /healthz, /readyz).",
@@ -218,8 +225,11 @@ def create_app(state: ServiceState, api_key: str | None = None) -> FastAPI:
         errors = [{"location": list(e["loc"]), "message": e["msg"], "type": e["type"]} for e in exc.errors()]
         if any(e["type"] == "json_invalid" for e in errors):
             return error_response(400, "malformed JSON body", errors)
-        return error_response(422, "invalid request: " + "; ".join(
-            f"{'.'.join(map(str, e['location']))}: {e['message']}" for e in errors), errors)
+        return error_response(
+            422,
+            "invalid request: " + "; ".join(f"{'.'.join(map(str, e['location']))}: {e['message']}" for e in errors),
+            errors,
+        )
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -253,8 +263,13 @@ def create_app(state: ServiceState, api_key: str | None = None) -> FastAPI:
         model = state.ready_model()
         _check_k(k, model)
         ids, titles, scores, known = await state.recommend(model, [user_id], k)
-        return RecommendResponse(model_revision=model.revision, k=k, user_id=user_id, fallback=not bool(known[0]),
-                                 items=_items(ids[0], titles[0], scores[0]))
+        return RecommendResponse(
+            model_revision=model.revision,
+            k=k,
+            user_id=user_id,
+            fallback=not bool(known[0]),
+            items=_items(ids[0], titles[0], scores[0]),
+        )
 
     @app.post("/v1/recommend", response_model=BatchResponse, summary=f"Top-k items for up to {MAX_BATCH} users")
     async def recommend_batch(body: RecommendRequest) -> BatchResponse:
@@ -280,11 +295,15 @@ def create_app(state: ServiceState, api_key: str | None = None) -> FastAPI:
     ) -> SimilarResponse:
         model = state.ready_model()
         if model.similar is None:
-            raise HTTPException(404, "the served model has no similar_items signature (only model=hybrid and "
-                                "model=content exports have one)")
+            raise HTTPException(
+                404,
+                "the served model has no similar_items signature (only model=hybrid and "
+                "model=content exports have one)",
+            )
         if (item_id is None) == (title is None):
-            raise HTTPException(422, "give exactly one of item_id (a catalog item) or title (a new item, "
-                                "with optional genres and year)")
+            raise HTTPException(
+                422, "give exactly one of item_id (a catalog item) or title (a new item, with optional genres and year)"
+            )
         _check_k(k, model)
         if item_id is not None:
             found = await run_in_threadpool(model.similar_to_item, item_id, k)
@@ -316,8 +335,7 @@ async def _initial_load(state: ServiceState) -> None:
         log.error("%s", state.load_error or e)
 
 
-def serve_command(host: str, port: int, model: str, batching: bool, max_wait_ms: float,
-                  reload_interval: float) -> int:
+def serve_command(host: str, port: int, model: str, batching: bool, max_wait_ms: float, reload_interval: float) -> int:
     """``recpipe serve``: check the model source, then serve it with uvicorn until interrupted."""
     import uvicorn
 
@@ -330,7 +348,10 @@ def serve_command(host: str, port: int, model: str, batching: bool, max_wait_ms:
     source.revision()  # a missing export or an unknown registered model stops here, before binding
     state = ServiceState(source, batching=batching, max_wait_s=max_wait_ms / 1000, reload_interval_s=reload_interval)
     app = create_app(state, api_key=os.environ.get(API_KEY_ENV) or None)
-    print(f"recpipe serve: {source} on http://{host}:{port} (docs: /docs; micro-batching "
-          f"{'on, ' + str(max_wait_ms) + ' ms' if batching else 'off'})", flush=True)
+    print(
+        f"recpipe serve: {source} on http://{host}:{port} (docs: /docs; micro-batching "
+        f"{'on, ' + str(max_wait_ms) + ' ms' if batching else 'off'})",
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
     return 0

@@ -1,4 +1,5 @@
 """Reading an export back: what it holds, loading it, and querying its top-K signature."""
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,13 @@ def recommend(export: Any, user_ids: list[str], k: int) -> pd.DataFrame:
     out = export.signatures[SIGNATURE](user_id=tf.constant(user_ids, tf.string), k=tf.constant(k, tf.int32))
     items, titles, scores = (out[name].numpy() for name in ("item_ids", "titles", "scores"))
     rows = [
-        {"user_id": user, "rank": r + 1, "item_id": items[b, r].decode(),
-         "title": titles[b, r].decode(), "score": float(scores[b, r])}
+        {
+            "user_id": user,
+            "rank": r + 1,
+            "item_id": items[b, r].decode(),
+            "title": titles[b, r].decode(),
+            "score": float(scores[b, r]),
+        }
         for b, user in enumerate(user_ids)
         for r in range(items.shape[1])
         if items[b, r]

@@ -4,6 +4,7 @@
 an approximate ScaNN index over a factorized model's candidate vectors with stored user vectors.
 Both have ``top_k(user_idx, excluded, k, max_seen) -> (scores, items)``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -62,7 +63,6 @@ class ScannRetriever(tf.Module):
         dist = tf.where(tf.gather(excluded, cand, batch_dims=1), NEG_INF, dist)
         vals, pos = tf.math.top_k(dist, k)
         return vals, tf.gather(cand, pos, batch_dims=1)
-
 
 
 def query_vectors(model: RecModel, n_users: int, batch_size: int = 4096) -> np.ndarray:

@@ -6,6 +6,7 @@ stage logged. ``LoadedModel`` holds one loaded export with numpy-level query met
 TensorFlow signatures can be called from several threads) and the metadata ``GET /v1/model`` shows.
 ``ModelSource.revision`` says which model the source points at now, so a watcher can see it move.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,9 +50,7 @@ class ModelSource:
         if spec.startswith("models:/"):
             m = REGISTRY_URI.match(spec)
             if m is None:
-                raise RecpipeError(
-                    f"--model {spec!r}: expected models:/<name>@<alias> or models:/<name>/<version>"
-                )
+                raise RecpipeError(f"--model {spec!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
             return cls(name=m["name"], alias=m["alias"], version=m["version"])
         return cls(path=Path(spec))
 
@@ -119,8 +118,10 @@ class LoadedModel:
         """(item_ids, titles, scores) [k] for a new item from the ``similar_items`` signature."""
         assert self.similar is not None
         out = self.similar(
-            title=tf.constant([title]), genres=tf.constant([genres]),
-            year=tf.constant([np.nan if year is None else year], tf.float32), k=tf.constant(k, tf.int32),
+            title=tf.constant([title]),
+            genres=tf.constant([genres]),
+            year=tf.constant([np.nan if year is None else year], tf.float32),
+            k=tf.constant(k, tf.int32),
         )
         return out["item_ids"].numpy()[0], out["titles"].numpy()[0], out["scores"].numpy()[0]
 
@@ -144,7 +145,10 @@ class LoadedModel:
             sim = self.module.similar
             ids = sim.item_ids.numpy()
             self._catalog = (
-                {i.decode(): n for n, i in enumerate(ids)}, ids, sim.titles.numpy(), sim.catalog.numpy(),
+                {i.decode(): n for n, i in enumerate(ids)},
+                ids,
+                sim.titles.numpy(),
+                sim.catalog.numpy(),
             )
         return self._catalog
 
@@ -156,8 +160,13 @@ def load(source: ModelSource) -> LoadedModel:
         info = _read_json(source.path / INFO_FILE) or {}
         module = _load_saved_model(source.path, info.get("index") == "scann")
         exported = datetime.fromtimestamp((source.path / "saved_model.pb").stat().st_mtime, UTC)
-        meta = {"source": str(source), "export_path": str(source.path.resolve()), "index": info.get("index"),
-                "exported_at": exported.isoformat(timespec="seconds"), **_pipeline_metadata(source.path)}
+        meta = {
+            "source": str(source),
+            "export_path": str(source.path.resolve()),
+            "index": info.get("index"),
+            "exported_at": exported.isoformat(timespec="seconds"),
+            **_pipeline_metadata(source.path),
+        }
         return LoadedModel(module, revision, meta)
     return _load_registered(source)
 
@@ -172,9 +181,13 @@ def _load_registered(source: ModelSource) -> LoadedModel:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     version = source._registry_version()
     workdir = tempfile.TemporaryDirectory(prefix="recpipe-serve-")
-    local = Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{version.name}/{version.version}", dst_path=workdir.name, tracking_uri=tracking_uri(),
-    ))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{version.name}/{version.version}",
+            dst_path=workdir.name,
+            tracking_uri=tracking_uri(),
+        )
+    )
     flavor = (yaml.safe_load((local / "MLmodel").read_text()).get("flavors") or {}).get("tensorflow") or {}
     if "saved_model_dir" not in flavor:
         raise RecpipeError(f"{source} (version {version.version}): not a TensorFlow SavedModel from recpipe export")

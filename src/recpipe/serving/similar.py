@@ -7,6 +7,7 @@ the new item in TensorFlow, so it can be saved in a SavedModel next to the top-K
 export's ``similar_items`` signature), and ranks the catalog by cosine similarity to the new
 item's vector.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,12 +54,14 @@ class SimilarItems(tf.Module):
         self.titles = tf.Variable(tf.constant(titles, tf.string), trainable=False, name="titles")
         self.k_cap = min(int(max_k), len(item_ids))
 
-    @tf.function(input_signature=[
-        tf.TensorSpec([None], tf.string, name="title"),
-        tf.TensorSpec([None], tf.string, name="genres"),
-        tf.TensorSpec([None], tf.float32, name="year"),
-        tf.TensorSpec([], tf.int32, name="k"),
-    ])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="title"),
+            tf.TensorSpec([None], tf.string, name="genres"),
+            tf.TensorSpec([None], tf.float32, name="year"),
+            tf.TensorSpec([], tf.int32, name="k"),
+        ]
+    )
     def top_k(self, title: tf.Tensor, genres: tf.Tensor, year: tf.Tensor, k: tf.Tensor) -> dict[str, tf.Tensor]:
         names = tf.strings.strip(tf.strings.split(genres, "|"))
         encoded = self.encoder(title, tf.ragged.boolean_mask(names, tf.strings.length(names) > 0), year)
@@ -71,12 +74,18 @@ class SimilarItems(tf.Module):
 def similar_items(signature: Any, title: str, genres: str, year: float | None, k: int) -> pd.DataFrame:
     """Rows (rank, item_id, title, score) of the top-k items from a ``top_k`` function or signature."""
     out = signature(
-        title=tf.constant([title]), genres=tf.constant([genres]),
-        year=tf.constant([math.nan if year is None else float(year)], tf.float32), k=tf.constant(k, tf.int32),
+        title=tf.constant([title]),
+        genres=tf.constant([genres]),
+        year=tf.constant([math.nan if year is None else float(year)], tf.float32),
+        k=tf.constant(k, tf.int32),
     )
     items, titles, scores = (out[name].numpy()[0] for name in ("item_ids", "titles", "scores"))
     return pd.DataFrame(
-        {"rank": np.arange(1, len(items) + 1), "item_id": [i.decode() for i in items],
-         "title": [t.decode() for t in titles], "score": scores.astype(float)},
+        {
+            "rank": np.arange(1, len(items) + 1),
+            "item_id": [i.decode() for i in items],
+            "title": [t.decode() for t in titles],
+            "score": scores.astype(float),
+        },
         columns=COLUMNS,
     )

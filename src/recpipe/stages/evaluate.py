@@ -7,6 +7,7 @@ user segment (``light_users.<metric>`` / ``heavy_users.<metric>``) and, when tes
 
 Writes the reports directory as a whole (see ``write_reports``) and logs it to the active MLflow run.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,18 @@ from recpipe.paths import Paths
 log = logging.getLogger(__name__)
 
 TABLE_METRICS = (
-    "ndcg_at_10", "recall_at_10", "precision_at_10", "map_at_10", "mrr_at_10", "hit_rate_at_10",
-    "coverage_at_10", "novelty_at_10", "diversity_at_10", "popularity_at_10", "rmse", "mae",
+    "ndcg_at_10",
+    "recall_at_10",
+    "precision_at_10",
+    "map_at_10",
+    "mrr_at_10",
+    "hit_rate_at_10",
+    "coverage_at_10",
+    "novelty_at_10",
+    "diversity_at_10",
+    "popularity_at_10",
+    "rmse",
+    "mae",
 )
 _AT_K = re.compile(r"(?P<metric>.+)_at_(?P<k>\d+)")
 # metric-vs-K lines of reports/plots/metrics_at_k.csv (dvc plots: one line per system)
@@ -64,10 +75,14 @@ def rating_metrics(
     """rmse and mae of the model's predicted ratings (clipped to ``rating_scale``) on ``frame``."""
     users = frame["user_idx"].to_numpy(np.int32)
     items = frame["item_idx"].to_numpy(np.int32)
-    pred = np.concatenate([
-        np.asarray(model.predict_rating(tf.constant(users[s : s + batch_size]), tf.constant(items[s : s + batch_size])))
-        for s in range(0, len(users), batch_size)
-    ])
+    pred = np.concatenate(
+        [
+            np.asarray(
+                model.predict_rating(tf.constant(users[s : s + batch_size]), tf.constant(items[s : s + batch_size]))
+            )
+            for s in range(0, len(users), batch_size)
+        ]
+    )
     actual = frame["rating"].to_numpy(np.float64)
     return {"rmse": M.rmse(pred, actual, rating_scale), "mae": M.mae(pred, actual, rating_scale)}
 
@@ -95,7 +110,9 @@ def evaluate_model(
         result.metrics.update(segment_metrics(result, {name: mask}, data.n_items))
         rows = data.test[np.asarray(mask)[data.test["user_idx"].to_numpy()]]
         if rated and len(rows):
-            result.metrics.update({segment_key(name, k): v for k, v in rating_metrics(model, rows, rating_scale).items()})
+            result.metrics.update(
+                {segment_key(name, k): v for k, v in rating_metrics(model, rows, rating_scale).items()}
+            )
     if cold is not None and len(cold):
         result.metrics.update(cold_metrics(score, evalset.truth, cold, ks, batch_size))
     return result
@@ -171,15 +188,20 @@ def write_reports(dest: Path, report: Report) -> None:
     with atomic_dir(dest) as tmp:
         # headline files keep the order of the headline lists: the column order of dvc metrics/exp show
         write_json(tmp / "metrics.json", headline(everything["model"], HEADLINE_METRICS), sort_keys=False)
-        write_json(tmp / "baselines.json", {
-            b: headline(v, HEADLINE_BASELINE_METRICS) for b, v in everything["baselines"].items()
-        }, sort_keys=False)
+        write_json(
+            tmp / "baselines.json",
+            {b: headline(v, HEADLINE_BASELINE_METRICS) for b, v in everything["baselines"].items()},
+            sort_keys=False,
+        )
         write_json(tmp / tracking.DETAIL_FILE, everything)
         write_json(tmp / "intervals.json", report.intervals)
         write_json(tmp / "evaluation.json", report.summary)
         markdown = render_markdown(
-            report.model_name, _json_ready(report.metrics),
-            {b: _json_ready(v) for b, v in report.baselines.items()}, report.intervals, report.summary,
+            report.model_name,
+            _json_ready(report.metrics),
+            {b: _json_ready(v) for b, v in report.baselines.items()},
+            report.intervals,
+            report.summary,
         )
         (tmp / "evaluation.md").write_text(markdown + "\n", encoding="utf-8")
         plots = tmp / "plots"
@@ -221,12 +243,14 @@ def log_to_mlflow(report: Report, reports: Path, seconds: float) -> None:
     if mlflow.active_run() is None:
         return
     tracking.log_metrics(mlflow_metrics(report, seconds))
-    mlflow.log_params({
-        f"baseline.{name}.{key}": value
-        for name, used in report.summary["baseline_params"].items()
-        for key, value in used.items()
-        if isinstance(value, (int, float, str))
-    })
+    mlflow.log_params(
+        {
+            f"baseline.{name}.{key}": value
+            for name, used in report.summary["baseline_params"].items()
+            for key, value in used.items()
+            if isinstance(value, (int, float, str))
+        }
+    )
     mlflow.log_artifacts(str(reports), artifact_path="reports")
 
 

@@ -3,6 +3,7 @@
 The SavedModel (see ``recpipe.serving.export``) is also logged to the active MLflow run and registered
 in the model registry as ``cfg.export.registered_model_name``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,7 +29,9 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     version = register_server(server, cfg.export, example_user=str(data.users["user_id"].iloc[0]))
     save_server(server, paths.export, cfg.export.index)
     registered = f"; registered as {cfg.export.registered_model_name} v{version}" if version else ""
-    log.info(f"exported {cfg.export.index} top-k model ({data.n_users} users, {data.n_items} items, "
-             f"k <= {server.k_cap}) to {paths.export}{registered}")
+    log.info(
+        f"exported {cfg.export.index} top-k model ({data.n_users} users, {data.n_items} items, "
+        f"k <= {server.k_cap}) to {paths.export}{registered}"
+    )
     sample = recommend(load_export(paths.export), [str(data.users["user_id"].iloc[0])], 5)
     log.info(sample.map(lambda v: printable(v) if isinstance(v, str) else v).to_string(index=False))

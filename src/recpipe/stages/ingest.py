@@ -1,4 +1,5 @@
 """``recpipe ingest``: read the configured source (``data=...``) into data/raw/."""
+
 from __future__ import annotations
 
 import logging
@@ -19,6 +20,8 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     raw = load_source(cfg.data)
     s = write_raw(raw, paths.raw)
     label = " ".join(str(raw.source[k]) for k in ("source", "name") if k in raw.source)
-    log.info(f"ingest: {label}: {s['interactions']:,} interactions, {s['users']:,} users, "
-             f"{s['items']:,} items -> {paths.raw}")
+    log.info(
+        f"ingest: {label}: {s['interactions']:,} interactions, {s['users']:,} users, "
+        f"{s['items']:,} items -> {paths.raw}"
+    )
     log_metrics({f"raw_{k}": v for k, v in s.items()})

@@ -1,4 +1,5 @@
 """``recpipe preprocess``: validate data/raw, then write data/processed (splits, vocabularies, stats)."""
+
 from __future__ import annotations
 
 import logging

@@ -6,6 +6,7 @@ train_summary.json, metrics.json (model/split/data labels and the headline train
 training_curve.csv (per-epoch loss and validation metric, for ``dvc plots``); logs the curve and
 summary to the MLflow run.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,13 +31,16 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     """Train, keep the best epoch's weights, save the model and what training did."""
     data = load_processed(paths.processed)
     model, context = training.build_model(cfg.model, data, int(cfg.seed), OmegaConf.select(cfg, "data.features"))
-    log.info(f"training {cfg.model.name} on {len(data.train)} interactions "
-             f"({data.n_users} users, {data.n_items} items)")
+    log.info(
+        f"training {cfg.model.name} on {len(data.train)} interactions ({data.n_users} users, {data.n_items} items)"
+    )
 
     def log_epoch(row: dict[str, float]) -> None:
-        values = {"train_loss": row["loss"], "epoch_seconds": row["seconds"], **{
-            k: v for k, v in row.items() if k.startswith("val_")
-        }}
+        values = {
+            "train_loss": row["loss"],
+            "epoch_seconds": row["seconds"],
+            **{k: v for k, v in row.items() if k.startswith("val_")},
+        }
         log_metrics({k: v for k, v in values.items() if math.isfinite(v)}, step=int(row["epoch"]))
 
     result = training.fit(model, data, cfg.model, int(cfg.seed), on_epoch=log_epoch)
@@ -54,5 +58,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
         log_metrics(train_metrics(summary))
         if mlflow.active_run() is not None:
             mlflow.log_artifact(str(staged(paths.train_summary)))
-    log.info(f"best {result.metric} {result.best_value:.4f} at epoch {result.best_epoch}; "
-             f"{result.examples_per_second:,.0f} examples/s; saved to {paths.model}")
+    log.info(
+        f"best {result.metric} {result.best_value:.4f} at epoch {result.best_epoch}; "
+        f"{result.examples_per_second:,.0f} examples/s; saved to {paths.model}"
+    )

@@ -6,6 +6,7 @@ form, scored in TensorFlow): ``popularity``, ``random``, ``knn`` (item_knn / use
 kNN along an axis), ``ease``; ``base`` has what they share and ``baselines`` fits the configured
 baselines.
 """
+
 from recpipe.models.classic import ease, knn, popularity, random  # noqa: F401  (registration)
 from recpipe.models.classic.base import ClosedFormModel
 from recpipe.models.classic.baselines import CLASSIC_MODELS, fit_baselines, fit_classic

@@ -6,6 +6,7 @@ keeps what it learned (the train interactions, item-item / user-user weights; sp
 arrays) in tf.Variables, so ``score_all`` is TensorFlow and saving, loading and export work as for
 any model.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -4,6 +4,7 @@
 model's config, composed from conf/model/<name>.yaml by conf/config.yaml's defaults list
 (``- model@evaluate.baseline_models.<name>: <name>``), so a hyperparameter has one home.
 """
+
 from __future__ import annotations
 
 import logging

@@ -4,6 +4,7 @@
 ``tune_ease`` picks its lambda on the validation split; ``EASEModel`` holds the weights in
 tf.Variables and scores with TensorFlow.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

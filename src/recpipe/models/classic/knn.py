@@ -7,6 +7,7 @@ nearest; ``score(u)`` is ``X_u @ S`` (item) or ``S_u @ X`` (user). It does not m
 items (the caller excludes seen items), so ``score`` is directly a ranking ``score_fn``. ``KNN``
 holds the fitted matrices in tf.Variables and scores with TensorFlow.
 """
+
 from __future__ import annotations
 
 from typing import Any

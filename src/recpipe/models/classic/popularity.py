@@ -1,4 +1,5 @@
 """``model=popularity``: every user gets the items by train interaction count."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """``model=random``: every user gets the catalog in a random order of their own, fixed by ``seed``."""
+
 from __future__ import annotations
 
 from typing import Any
