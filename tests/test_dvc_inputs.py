@@ -12,6 +12,8 @@ import pytest
 
 from .helpers import CSV_FILES, changed_deps, commit, copy_repo, make_zip, run
 
+pytestmark = pytest.mark.integration  # real dvc / recpipe subprocesses
+
 RATINGS = "user_id,item_id,rating,timestamp\n" + "".join(
     f"{u},{i},{1 + (u + i) % 5},{1000 + 7 * u + i}\n" for u in range(12) for i in range(10) if (u * i) % 3
 )

@@ -7,9 +7,13 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS
 
 from .helpers import TINY_PIPELINE, run
+
+pytestmark = pytest.mark.integration  # real dvc / recpipe subprocesses
 
 BASELINES = ["popularity", "item_knn"]
 KS = [5, 10, 20, 50, 100]

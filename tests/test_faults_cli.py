@@ -109,6 +109,7 @@ def test_damaged_export_is_a_clear_error(tmp_path, garbage):
     assert_clean_failure(result, "export", "re-run `recpipe export`")
 
 
+@pytest.mark.integration
 def test_huge_k_as_a_subprocess(tmp_path):
     result = run_recpipe(["recommend", "--user", "1", "-k", "2147483648"], tmp_path)
     assert_clean_failure(result, "-k", "expected an integer from 1 to 2147483647, got 2147483648")
@@ -152,6 +153,7 @@ def test_unwritable_output_folder(tmp_path, folder, stage):
     assert outputs(tmp_path) == before
 
 
+@pytest.mark.integration
 def test_unwritable_models_as_a_subprocess(tmp_path):
     (tmp_path / "params.yaml").write_text(params_text())
     processed_data(tmp_path)
@@ -185,6 +187,7 @@ def test_native_noise_patterns():
     assert not any(is_noise(line) for line in KEPT)
 
 
+@pytest.mark.integration
 def test_native_stderr_filter_in_a_process():
     """Lines written straight to fd 2 (as C++ does) are filtered; the rest, partial lines and
     progress-bar redraws included, pass through unchanged and in order."""
@@ -203,6 +206,7 @@ def test_native_stderr_filter_in_a_process():
     assert proc.stderr == expected
 
 
+@pytest.mark.integration
 def test_train_is_quiet_by_default_and_verbose_with_v(tmp_path):
     (tmp_path / "params.yaml").write_text(params_text("model.epochs=1"))
     processed_data(tmp_path)

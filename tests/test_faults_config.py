@@ -125,6 +125,7 @@ def test_cli_stage_refuses_a_hand_edited_params_yaml(tmp_path_factory, case):
         assert outputs(root) == before
 
 
+@pytest.mark.integration
 def test_hand_edited_epochs_fails_in_a_second_as_a_subprocess(tmp_path):
     text = params_text()
     assert "  epochs: 2\n" in text
@@ -166,6 +167,7 @@ def test_compose_refuses_and_keeps_params_yaml(tmp_path_factory, case):
     assert out.read_text() == "previous\n"
 
 
+@pytest.mark.integration
 def test_recpipe_run_validates_every_job_before_starting(tmp_path):
     """A sweep with one bad job fails before Hydra starts any job: no job folder, exit 2."""
     (tmp_path / "conf").symlink_to(REPO / "conf", target_is_directory=True)

@@ -324,6 +324,7 @@ def test_nested_parquet_ids_are_refused(tmp_path):
     assert "column 'user_id': list<" in result.err and "data.columns.user" in result.err
 
 
+@pytest.mark.integration
 def test_damaged_inputs_as_subprocesses(tmp_path):
     """The console script itself: an empty CSV and a zip with a damaged member, exit 2, no traceback."""
     file = tmp_path / "interactions.csv"

@@ -17,6 +17,8 @@ import pytest
 
 from .helpers import BIN, changed_deps, dvc_status, env, run, snapshot
 
+pytestmark = pytest.mark.integration  # real dvc / recpipe subprocesses
+
 OUTPUTS = ("data/raw", "data/processed", "models/train", "reports", "models/export")
 
 

@@ -6,11 +6,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from recpipe.sweep import new_invocation_id
 
 from .helpers import BIN, REPO, env
+
+pytestmark = pytest.mark.integration  # real dvc / recpipe subprocesses
 
 TINY = [
     "data=synthetic",

@@ -18,6 +18,8 @@ from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METR
 
 from .helpers import BIN, commit, copy_repo, env, run
 
+pytestmark = pytest.mark.integration  # real dvc / recpipe subprocesses
+
 SMALL = [
     "data=synthetic",
     "data.n_users=200",
