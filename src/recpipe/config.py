@@ -8,8 +8,9 @@ params.yaml equal to the composed defaults.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,6 +37,16 @@ def compose(overrides: Sequence[str] = (), config_dir: str | Path = "conf", conf
     except (HydraException, OmegaConfBaseException) as e:
         raise RecpipeError(f"cannot compose config with overrides {list(overrides)}: {e}") from e
     return cfg
+
+
+def plain_dict(cfg: DictConfig | Mapping[str, Any], what: str = "config") -> dict[str, Any]:
+    """``cfg`` as a plain dict, interpolations resolved; ``what`` (e.g. "split") names it in the error."""
+    if not isinstance(cfg, DictConfig):
+        return dict(cfg)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(container, dict):  # a DictConfig holding None
+        raise RecpipeError(f"{what}: expected a mapping, got {container!r}")
+    return cast(dict[str, Any], container)
 
 
 def to_yaml(cfg: DictConfig) -> str:

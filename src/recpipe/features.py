@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from omegaconf import DictConfig, OmegaConf
 
+from recpipe.config import plain_dict
 from recpipe.errors import RecpipeError
 
 ITEM_FEATURES = ("genres", "year", "title")
@@ -55,7 +55,7 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FeatureSpec:
-        d = OmegaConf.to_container(d, resolve=True) if isinstance(d, DictConfig) else dict(d)
+        d = plain_dict(d, "features")
         tuples = {k: tuple(v) for k, v in d.items() if k != "categories"}
         return cls(**tuples, categories={k: tuple(v) for k, v in d.get("categories", {}).items()})
 
@@ -156,15 +156,16 @@ def requested(features_cfg: Any, side: str, known: Sequence[str]) -> tuple[str, 
 def fit_feature_spec(items: pd.DataFrame, users: pd.DataFrame | None, features_cfg: Any = None) -> FeatureSpec:
     """Fit the vocabularies and boundaries of the features ``features_cfg`` names (``{item: [...], user: [...]}``)
     on the catalog ``items`` and the ``users`` table; features without data are left out."""
-    item, spec = [], {}
+    item: list[str] = []
+    spec: dict[str, tuple[Any, ...]] = {}  # FeatureSpec's vocabulary and boundary fields
     for name in requested(features_cfg, "item", ITEM_FEATURES):
         if name not in items.columns or items[name].isna().all():
             continue
         if name == "genres":
-            vocab = sorted({g for gs in genre_lists(items["genres"]) for g in gs})
-            if not vocab:
+            genres = sorted({g for gs in genre_lists(items["genres"]) for g in gs})
+            if not genres:
                 continue
-            spec["genres"] = tuple(vocab)
+            spec["genres"] = tuple(genres)
         elif name == "year":
             spec["year_boundaries"] = quantile_boundaries(items["year"], YEAR_BUCKETS)
         else:
@@ -173,7 +174,8 @@ def fit_feature_spec(items: pd.DataFrame, users: pd.DataFrame | None, features_c
                 continue
             spec["title_vocabulary"] = vocab
         item.append(name)
-    user, categories = [], {}
+    user: list[str] = []
+    categories: dict[str, tuple[str, ...]] = {}
     for name in requested(features_cfg, "user", USER_FEATURES):
         if users is None or name not in users.columns or users[name].isna().all():
             continue

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -147,7 +147,12 @@ class SyntheticData(DataBase):
     seed: NonNegativeInt = 42
 
 
-DATA = {"movielens_builtin": BuiltinData, "grouplens": GroupLensData, "files": FilesData, "synthetic": SyntheticData}
+DATA: dict[str, type[Section]] = {
+    "movielens_builtin": BuiltinData,
+    "grouplens": GroupLensData,
+    "files": FilesData,
+    "synthetic": SyntheticData,
+}
 
 
 # --- split --------------------------------------------------------------------------------------
@@ -193,7 +198,7 @@ class LeaveLastSplit(SplitBase):
     n_test: PositiveInt = 1
 
 
-SPLITS = {"random": RandomSplit, "temporal": TemporalSplit, "leave_last": LeaveLastSplit}
+SPLITS: dict[str, type[Section]] = {"random": RandomSplit, "temporal": TemporalSplit, "leave_last": LeaveLastSplit}
 
 
 # --- model --------------------------------------------------------------------------------------
@@ -411,16 +416,19 @@ def validate(
     for key in sections if sections is not None else SECTIONS:
         if key not in tree:
             raise ConfigError(key, "missing (required section)", hint=hint)
-    for key, value in tree.items():
+    sections_tree = cast(dict[str, Any], tree)  # every key is a known section name (checked above)
+    for key, value in sections_tree.items():
         variants = {"data": ("source", DATA), "split": ("name", SPLITS), "model": ("name", MODELS)}.get(key)
         if variants is not None:
             _check_variant(key, *variants, value, hint)
         elif key == "seed":
             _check(Seed, {"seed": value}, (), hint)
         else:
-            _check(known[key], value, (key,), hint)  # type: ignore[arg-type]
-    if "evaluate" in tree:
-        models = tree["evaluate"].get("baseline_models") or {}
+            schema = known[key]
+            assert schema is not None  # only data, split and model (checked as variants) have none
+            _check(schema, value, (key,), hint)
+    if "evaluate" in sections_tree:
+        models = sections_tree["evaluate"].get("baseline_models") or {}
         for name, params in models.items():
             _check(MODELS[name], {"name": name, **(params or {})}, ("evaluate", "baseline_models", name), hint)
         for i, name in enumerate(tree["evaluate"].get("baselines") or []):

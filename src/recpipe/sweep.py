@@ -30,14 +30,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from filelock import FileLock
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from recpipe import tracking
-from recpipe.config import compose
+from recpipe.config import compose, plain_dict
 from recpipe.errors import RecpipeError
 from recpipe.io import read_json, write_json
 from recpipe.paths import Paths
@@ -115,6 +115,7 @@ def job_overrides(args: Sequence[str], limit: int = MAX_PRECHECKED_JOBS) -> list
         if o.is_sweep_override():
             choices.append([f"{head}={v}" for v in o.sweep_string_iterator()])
         else:
+            assert o.input_line is not None  # the parser sets it on every override it returns
             choices.append([o.input_line])
     return [list(c) for c in itertools.islice(itertools.product(*choices), limit)]
 
@@ -147,7 +148,8 @@ def _run_job(cfg: DictConfig) -> float:
         if not parent_file.exists():
             raise RecpipeError(f"{parent_file} not found: sweeps need conf/run.yaml's hydra.callbacks")
         parent = read_json(parent_file)
-    job_num = hc.job.get("num", 0)
+    job = cast(DictConfig, hc.job)  # HydraConfig.get() is a DictConfig typed as Hydra's dataclasses
+    job_num = job.get("num", 0)  # unset outside a sweep
     tags = {
         "recpipe.job_dir": str(out),
         "recpipe.job_num": str(job_num),
@@ -193,7 +195,7 @@ def section_hash(cfg: DictConfig, sections: Sequence[str]) -> str:
     part = OmegaConf.masked_copy(cfg, list(sections))
     files = {
         str(v): [(st := Path(v).stat()).st_size, st.st_mtime_ns]
-        for v in tracking.flatten(OmegaConf.to_container(part, resolve=True)).values()
+        for v in tracking.flatten(plain_dict(part)).values()
         if isinstance(v, str) and v and Path(v).is_file()
     }
     return tracking.config_hash(OmegaConf.create({"config": part, "files": files}))
@@ -250,7 +252,8 @@ def job_run(cfg: DictConfig, *, parent: dict[str, str] | None, tags: dict[str, s
     if parent and parent["experiment_id"] != experiment_id:
         raise RecpipeError(f"sweep parent run {parent['run_id']} is in another experiment than mlflow.experiment")
     all_tags = {**tags, **tracking.git_info(), **tracking.config_tags(cfg), **tracking.process_tags()}
-    run_id = tracking.create_run(experiment_id, tracking.run_prefix(cfg), all_tags, parent and parent["run_id"])
+    parent_run_id = parent["run_id"] if parent else None
+    run_id = tracking.create_run(experiment_id, tracking.run_prefix(cfg), all_tags, parent_run_id)
     with mlflow.start_run(run_id=run_id) as run:
         tracking.log_config(cfg)
         yield run

@@ -31,6 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from recpipe import lineage
+from recpipe.config import plain_dict
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS
 from recpipe.io import read_json, write_json
 from recpipe.paths import Paths
@@ -248,7 +249,7 @@ def run_prefix(cfg: DictConfig) -> str:
 
 def config_tags(cfg: DictConfig) -> dict[str, str]:
     """The tags every recpipe run carries about its config (model, hashes, data source, split)."""
-    data = OmegaConf.to_container(cfg.data, resolve=True) if "data" in cfg else {}
+    data = plain_dict(cfg.data, "data") if "data" in cfg else {}
     return {
         "model": str(OmegaConf.select(cfg, "model.name") or "pipeline"),
         "recpipe.config_hash": config_hash(cfg),
@@ -262,8 +263,7 @@ def log_config(cfg: DictConfig) -> None:
     """The flattened config as params of the active run."""
     import mlflow
 
-    container = OmegaConf.to_container(cfg, resolve=True)
-    mlflow.log_params({k: str(v)[:6000] for k, v in flatten(container).items()})
+    mlflow.log_params({k: str(v)[:6000] for k, v in flatten(plain_dict(cfg)).items()})
 
 
 # --- what a run holds: metrics from the files the stages write --------------------------------
@@ -320,7 +320,10 @@ def log_data(cfg: DictConfig, processed: Path) -> None:
     named ``<data>/<split>/<train|test>``, digest = the file's md5)."""
     import mlflow
     import pandas as pd
-    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.data.pandas_dataset import from_pandas
+    from mlflow.data.sources import (  # type: ignore[attr-defined]  # mlflow creates the class at import time
+        LocalArtifactDatasetSource,
+    )
 
     mlflow.set_tag(TAG_FINGERPRINT, dataset_fingerprint(processed))
     log_metrics(stats_metrics(read_json(processed / "stats.json")))
@@ -329,7 +332,7 @@ def log_data(cfg: DictConfig, processed: Path) -> None:
         path = (processed / f"{part}.parquet").resolve()
         with warnings.catch_warnings():  # MLflow's hint on integer columns in an inferred schema
             warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
-            dataset = mlflow.data.from_pandas(
+            dataset = from_pandas(
                 pd.read_parquet(path),
                 source=LocalArtifactDatasetSource(path.as_uri()),
                 name=f"{label}/{part}",

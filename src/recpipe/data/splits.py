@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from recpipe.config import plain_dict
 from recpipe.errors import RecpipeError
 
 Splits = tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
@@ -118,7 +119,7 @@ def make_splits(df: pd.DataFrame, split_cfg: DictConfig | Mapping[str, Any]) -> 
     ``cold_items`` (default 0) and ``cold_seed`` (default 42) hold items out: every interaction of a
     held-out item goes to test, never to train or val; the splitter divides the other rows.
     """
-    options = OmegaConf.to_container(split_cfg, resolve=True) if isinstance(split_cfg, DictConfig) else dict(split_cfg)
+    options = plain_dict(split_cfg, "split")
     name = options.pop("name", None)
     cold = cold_item_rows(df, options.pop("cold_items", 0.0), int(options.pop("cold_seed", 42)))
     if name not in SPLITTERS:
@@ -140,7 +141,7 @@ def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
     values = tuple(float(r) for r in ratios)
     if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1) > 1e-6:
         raise RecpipeError(f"split ratios must be three non-negative numbers summing to 1, got {list(ratios)}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def _rounded(x: float) -> int:

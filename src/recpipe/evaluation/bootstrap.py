@@ -164,7 +164,7 @@ def compare_to_baselines(
         means = {b: _nanmean(systems[b][metric]) for b in baselines if metric in systems[b]}
         if not means:
             continue
-        best[metric] = (max if direction else min)(means, key=means.get)
+        best[metric] = (max if direction else min)(means, key=means.__getitem__)
         stacked.append(values - systems[best[metric]][metric])
     bounds = _percentiles(resampled_means(np.stack(stacked), n_resamples, seed), level)
     ci: dict[str, dict[str, list[float]]] = {s: {} for s in systems}

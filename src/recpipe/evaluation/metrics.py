@@ -10,6 +10,7 @@ hold no item (fewer candidates than K) are encoded as item ``-1`` and never coun
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -55,7 +56,8 @@ def map_at_k(hits: np.ndarray, n_truth: np.ndarray, k: int) -> np.ndarray:
 
 def hit_rate_at_k(hits: np.ndarray, k: int) -> np.ndarray:
     """1 when any truth item is in the top ``k``, else 0."""
-    return hits[:, :k].any(axis=1).astype(np.float64)
+    hit = cast(np.ndarray, hits[:, :k].any(axis=1))  # an array, one value per row: hits is 2-D
+    return hit.astype(np.float64)
 
 
 def mrr_at_k(hits: np.ndarray, k: int) -> np.ndarray:

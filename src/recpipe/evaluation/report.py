@@ -10,7 +10,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -97,8 +97,8 @@ def _table(
 
 def render_markdown(
     model_name: str,
-    metrics: Mapping[str, float],
-    baselines: Mapping[str, Mapping[str, float]],
+    metrics: Mapping[str, float | None],
+    baselines: Mapping[str, Mapping[str, float | None]],
     intervals: Mapping[str, Any],
     summary: Mapping[str, Any] | None = None,
 ) -> str:
@@ -216,8 +216,8 @@ def plot_metric_vs_k(
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
     colors = {name: f"C{i % 10}" for i, name in enumerate(all_metrics)}  # one colour per system everywhere
     for ax, (metric, lines) in zip(axes, series.items()):
-        for name, (ks, values) in lines.items():
-            ax.plot(ks, values, marker="o", markersize=4, label=name, color=colors[name])
+        for name, (ks, ys) in lines.items():
+            ax.plot(ks, ys, marker="o", markersize=4, label=name, color=colors[name])
         ticks = sorted({k for ks, _ in lines.values() for k in ks})
         ax.set_xscale("log")
         ax.set_xticks(ticks, [str(k) for k in ticks])
@@ -257,7 +257,8 @@ def plot_popularity(
         raise RecpipeError("no recommended items to plot")
     everything = np.concatenate([*series.values(), *([] if catalog is None else [catalog])])
     # Log-spaced integer edges: popularity is a count, so every bin holds at least one value.
-    bins = np.unique(np.floor(np.logspace(0, np.log10(everything.max() + 2), 31)))
+    edges = np.unique(np.floor(np.logspace(0, np.log10(everything.max() + 2), 31)))
+    bins = cast(Sequence[float], edges)  # hist takes an array; matplotlib's stub only names sequences
     fig = Figure(figsize=(7.2, 4.2))
     ax = fig.subplots()
     if catalog is not None:

@@ -12,8 +12,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from recpipe.config import plain_dict
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.models.base import build
@@ -24,15 +25,6 @@ log = logging.getLogger(__name__)
 CLASSIC_MODELS = ("popularity", "random", "item_knn", "user_knn", "ease")
 
 
-def plain_config(cfg: Any) -> dict[str, Any]:
-    """``cfg`` as a plain dict, interpolations (e.g. ``seed: ${seed}``) resolved against its root."""
-    if isinstance(cfg, DictConfig):
-        container = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(container, dict)
-        return {str(k): v for k, v in container.items()}
-    return dict(cfg)
-
-
 def fit_classic(name: str, data: Processed, params: Mapping[str, Any]) -> tuple[ClosedFormModel, dict[str, Any]]:
     """Classic model ``name`` built with config ``params`` (its conf/model keys) and fit on ``data``.
 
@@ -40,7 +32,11 @@ def fit_classic(name: str, data: Processed, params: Mapping[str, Any]) -> tuple[
     """
     if name not in CLASSIC_MODELS:
         raise RecpipeError(f"{name!r} is not a classic model; available: {', '.join(CLASSIC_MODELS)}")
-    model = build(OmegaConf.create({**plain_config(params), "name": name}), n_users=data.n_users, n_items=data.n_items)
+    model = build(
+        OmegaConf.create({**plain_dict(params, f"model {name}"), "name": name}),
+        n_users=data.n_users,
+        n_items=data.n_items,
+    )
     assert isinstance(model, ClosedFormModel)
     return model, model.fit_closed_form(data)
 
