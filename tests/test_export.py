@@ -16,7 +16,7 @@ from recpipe.errors import RecpipeError
 from recpipe.models import RecModel
 from recpipe.paths import Paths
 from recpipe.serving.client import recommend_command
-from recpipe.serving.export import build_server, item_titles, register_server, save_server
+from recpipe.serving.export import build_server, content_uuid, item_titles, register_server, save_server
 from recpipe.serving.load import export_info, load_export, recommend
 from recpipe.stages import export as export_stage
 
@@ -136,6 +136,25 @@ def test_register_in_mlflow_and_load_back(tmp_path, toy_data):
     pred = loaded.predict(np.array(["1", "unknown"], dtype=object))
     expected = server.top_k(tf.constant(["1", "unknown"]), tf.constant(5))
     assert pred["item_ids"].numpy().tolist() == expected["item_ids"].numpy().tolist()
+
+
+def test_export_fingerprint_uuid_comes_from_the_content(tmp_path, toy_data):
+    """TensorFlow writes a random uuid into fingerprint.pb; the export's is derived from the
+    fingerprint's hashes, so the same model saved again (a fresh process traces the same graph) gives
+    the same bytes and DVC sees an unchanged export as unchanged. The export still loads."""
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    save_server(
+        build_server(TinyMF(toy_data.n_users, toy_data.n_items), toy_data, export_cfg()), tmp_path, "brute_force"
+    )
+    file = tmp_path / "fingerprint.pb"
+    saved = file.read_bytes()
+    random_uuid = fingerprint_pb2.FingerprintDef.FromString(saved)
+    random_uuid.uuid = "123456789"  # what another save of the same model would carry without the fix
+    file.write_bytes(random_uuid.SerializeToString())
+    content_uuid(tmp_path)
+    assert file.read_bytes() == saved
+    assert load_export(tmp_path).signatures["serving_default"] is not None
 
 
 def test_export_stage_saves_a_loadable_model(tmp_path, caplog):

@@ -12,6 +12,7 @@ reads an export back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -204,7 +205,24 @@ def save_server(server: TopKServer, path: str | Path, index: str) -> None:
             signatures=signatures(server),
             options=save_options(index),
         )
+        content_uuid(tmp)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def content_uuid(saved_model: Path) -> None:
+    """Replace the random uuid TensorFlow writes into a SavedModel's fingerprint.pb with one derived
+    from the fingerprint's own hashes, so that the same model saves to the same bytes (and DVC sees
+    an unchanged export as unchanged)."""
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    file = Path(saved_model) / "fingerprint.pb"
+    if not file.exists():
+        return
+    fingerprint = fingerprint_pb2.FingerprintDef.FromString(file.read_bytes())
+    fingerprint.uuid = ""
+    digest = hashlib.sha256(fingerprint.SerializeToString(deterministic=True)).digest()
+    fingerprint.uuid = str(int.from_bytes(digest[:16], "big"))
+    file.write_bytes(fingerprint.SerializeToString(deterministic=True))
 
 
 def register_server(server: TopKServer, export_cfg: Any, example_user: str) -> str | None:
