@@ -17,19 +17,11 @@ from recpipe.config import load_params
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS
 
 from .helpers import BIN, commit, copy_repo, env, run
+from .helpers import SMALL as HELPERS_SMALL
 
 pytestmark = pytest.mark.integration  # real dvc / recpipe subprocesses
 
-SMALL = [
-    "data=synthetic",
-    "data.n_users=200",
-    "data.n_items=100",
-    "data.n_interactions=4000",
-    "model.epochs=3",
-    "evaluate.ks=[5,10]",
-    "evaluate.baselines=[popularity]",
-    "evaluate.bootstrap.n_resamples=50",
-]
+SMALL = [*HELPERS_SMALL, "evaluate.bootstrap.n_resamples=50"]  # small pipeline, quick bootstrap
 # what every pipeline run holds besides the headline metrics
 DATA_METRICS = {"data.splits.train.interactions", "data.raw.interactions"}
 TRAIN_METRICS = {"best_val_rmse", "train_seconds", "n_params"}
