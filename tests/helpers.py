@@ -48,13 +48,16 @@ TINY_PIPELINE = [
 ]
 
 BIN = Path(sys.executable).parent
-# Not copied (top level only): environments, outputs, caches and local state.
+# Not copied (top level only): environments, outputs, caches and local state; dvc.lock too, since it
+# records outputs the copy's empty DVC cache does not hold (each copy's pipeline records its own).
 SKIP_TOP = {
     ".venv",
     ".git",
+    "dvc.lock",
     "data",
     "models",
     "reports",
+    "views",
     "mlflow.db",
     "mlartifacts",
     "outputs",
