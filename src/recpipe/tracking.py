@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recpipe import lineage
 from recpipe.config import plain_dict
-from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS
+from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS, headline
 from recpipe.io import read_json, write_json
 from recpipe.paths import Paths
 
@@ -300,9 +300,9 @@ def headline_metrics(detail: Mapping[str, Any]) -> dict[str, float]:
     """The headline metrics of reports/detail.json (``{"model": {...}, "baselines": {name: {...}}}``):
     the model's ``HEADLINE_METRICS`` under their names, each baseline's
     ``HEADLINE_BASELINE_METRICS`` as ``baseline.<name>.<key>``; undefined (null/NaN) ones left out."""
-    flat = {k: detail["model"].get(k) for k in HEADLINE_METRICS}
+    flat: dict[str, Any] = headline(detail["model"], HEADLINE_METRICS)
     for name, values in detail.get("baselines", {}).items():
-        flat.update({f"baseline.{name}.{k}": values.get(k) for k in HEADLINE_BASELINE_METRICS})
+        flat.update({f"baseline.{name}.{k}": v for k, v in headline(values, HEADLINE_BASELINE_METRICS).items()})
     return _finite(flat)
 
 
