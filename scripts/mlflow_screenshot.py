@@ -68,9 +68,12 @@ def wait_until(ready, what: str, timeout: float, proc: subprocess.Popen | None =
 
 
 @contextmanager
-def serve(cmd: Sequence[str], url: str, what: str, timeout: float = 90) -> Iterator[str]:
-    """Run server ``cmd`` until the context ends; yields ``url`` once a GET of it answers 200."""
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+def serve(
+    cmd: Sequence[str], url: str, what: str, timeout: float = 90, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Run server ``cmd`` (with ``env`` added to the environment) until the context ends; yields
+    ``url`` once a GET of it answers 200."""
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", **(env or {})}
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=env)
         try:

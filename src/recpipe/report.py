@@ -33,6 +33,7 @@ from recpipe.evaluation.bootstrap import higher_is_better
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS
 from recpipe.evaluation.report import MAIN_METRICS
 from recpipe.io import atomic_file
+from recpipe.tracking_server import check_server
 
 DEFAULT_METRICS = MAIN_METRICS  # the @10 ranking metrics, rmse, mae
 TRAIN_TIME = "train_seconds"  # logged by the train stage
@@ -94,6 +95,7 @@ def evaluated_runs(
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri or tracking.tracking_uri())
+    check_server(client.tracking_uri, experiment)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise RecpipeError(f"no MLflow experiment {experiment!r} at {client.tracking_uri}; run the pipeline first")

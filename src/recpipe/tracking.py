@@ -35,6 +35,7 @@ from recpipe.config import plain_dict
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS, headline
 from recpipe.io import read_json, write_json
 from recpipe.paths import Paths
+from recpipe.tracking_server import check_server
 
 STAGE_ORDER = ("ingest", "preprocess", "train", "evaluate", "export")
 STATE_FILE = Path(".recpipe") / "mlflow_run.json"
@@ -186,10 +187,12 @@ def db_lock() -> AbstractContextManager[Any]:
 def ensure_experiment(name: str) -> str:
     """Point MLflow at ``tracking_uri()`` and return the id of experiment ``name``, creating it
     (artifacts in ``mlartifacts/`` beside a sqlite database) when missing; runs of it that a dead
-    process left RUNNING on this host are marked KILLED (``reap_dead_runs``)."""
+    process left RUNNING on this host are marked KILLED (``reap_dead_runs``). A tracking server
+    is checked first (``tracking_server.check_server``)."""
     import mlflow
 
     uri = tracking_uri()
+    check_server(uri, name)
     mlflow.set_tracking_uri(uri)
     with db_lock():
         experiment = mlflow.get_experiment_by_name(name)

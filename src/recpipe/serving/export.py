@@ -233,6 +233,7 @@ def register_server(server: TopKServer, export_cfg: Any, example_user: str) -> s
     None when no run is active.
     """
     import mlflow
+    from mlflow.exceptions import MlflowException
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
@@ -251,17 +252,26 @@ def register_server(server: TopKServer, export_cfg: Any, example_user: str) -> s
     )
     scann = ["tensorflow-recommenders", "scann"] if export_cfg.index == "scann" else []
     requirements = ["tensorflow", "tf-keras", *scann]
-    with _quiet_keras_save():
-        info = mlflow.tensorflow.log_model(
-            server,
-            name="serving_model",
-            signature=signature,
-            input_example=np.array([example_user], dtype=object),
-            registered_model_name=export_cfg.registered_model_name,
-            pip_requirements=[f"{p}=={version(p)}" for p in requirements],
-            saved_model_kwargs={
-                "signatures": signatures(server),
-                "options": save_options(export_cfg.index),
-            },
-        )
+    try:
+        with _quiet_keras_save():
+            info = mlflow.tensorflow.log_model(
+                server,
+                name="serving_model",
+                signature=signature,
+                input_example=np.array([example_user], dtype=object),
+                registered_model_name=export_cfg.registered_model_name,
+                pip_requirements=[f"{p}=={version(p)}" for p in requirements],
+                saved_model_kwargs={
+                    "signatures": signatures(server),
+                    "options": save_options(export_cfg.index),
+                },
+            )
+    except MlflowException as e:  # a tracking server with authentication (403) or expired credentials (401)
+        if e.error_code not in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+            raise
+        raise RecpipeError(
+            f"export.registered_model_name={export_cfg.registered_model_name!r}: the MLflow server at "
+            f"{mlflow.get_tracking_uri()} refused to register the model ({e.message}). Ask its admin for "
+            "permission on that registered model, or name one of your own"
+        ) from None
     return None if info.registered_model_version is None else str(info.registered_model_version)
