@@ -7,7 +7,7 @@ STAMP := $(VENV)/.recpipe-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: help setup repro test test-fast lint params results bench screenshot clean
+.PHONY: help setup repro test test-fast lint params results bench screenshot mlflow-server clean
 
 help:
 	@echo "make repro      set up .venv, then run the DVC pipeline (dvc repro)"
@@ -18,6 +18,7 @@ help:
 	@echo "make results    run every model on params.yaml's data, rewrite README's results table"
 	@echo "make bench      run the benchmark scripts in bench/"
 	@echo "make screenshot render MLflow's run comparison to docs/mlflow_compare.png"
+	@echo "make mlflow-server  MLflow tracking server on PostgreSQL with authentication (docs/scale-out.md)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -41,10 +42,20 @@ $(CHROMIUM) &:
 screenshot: setup $(CHROMIUM)
 	$(BIN)/python scripts/mlflow_screenshot.py
 
+# PostgreSQL for the MLflow tracking server (scripts/mlflow_server.py and its test): Debian's package.
+POSTGRES := /usr/lib/postgresql
+$(POSTGRES):
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql
+
+# Needs MLFLOW_AUTH_ADMIN_PASSWORD and MLFLOW_FLASK_SERVER_SECRET_KEY in the environment; options
+# (--port, --state-dir, --backend-store-uri, ...) through MLFLOW_SERVER_ARGS.
+mlflow-server: setup $(POSTGRES)
+	$(BIN)/python scripts/mlflow_server.py $(MLFLOW_SERVER_ARGS)
+
 repro: setup
 	$(BIN)/dvc repro
 
-test: setup $(CHROMIUM)
+test: setup $(CHROMIUM) $(POSTGRES)
 	$(BIN)/python -m pytest
 
 test-fast: setup

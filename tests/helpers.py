@@ -339,28 +339,29 @@ JOB_METRICS = {
 }
 
 
-def recpipe_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    """``recpipe run ARGS`` in ``workdir`` (a copy of conf/) logging to ``workdir``/mlflow.db."""
+def recpipe_run(workdir: Path, *args: str, tracking_uri: str | None = None) -> subprocess.CompletedProcess:
+    """``recpipe run ARGS`` in ``workdir`` (a copy of conf/) logging to ``tracking_uri`` (default:
+    ``workdir``/mlflow.db)."""
     if not (workdir / "conf").exists():
         shutil.copytree(REPO / "conf", workdir / "conf")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+        mp.setenv("MLFLOW_TRACKING_URI", tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}")
         return run(["recpipe", "run", *args], workdir)
 
 
-def sweep_runs(workdir: Path) -> tuple[list, list]:
-    """(parent runs, child runs) in ``workdir``'s MLflow database."""
-    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("recpipe")
+def sweep_runs(workdir: Path, tracking_uri: str | None = None, experiment: str = "recpipe") -> tuple[list, list]:
+    """(parent runs, child runs) of ``experiment`` at ``tracking_uri`` (default: ``workdir``'s MLflow database)."""
+    client = MlflowClient(tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if "recpipe.sweep_dir" in r.data.tags]
     return parents, [r for r in runs if r not in parents]
 
 
-def check_sweep(workdir: Path, models: list[str]) -> list:
+def check_sweep(workdir: Path, models: list[str], tracking_uri: str | None = None, experiment: str = "recpipe") -> list:
     """One finished parent, one finished child per job (``models``, in job order) with the full
     metric set; job outputs in the job folders, none in the DVC output folders."""
-    parents, children = sweep_runs(workdir)
+    parents, children = sweep_runs(workdir, tracking_uri, experiment)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
     assert sorted(r.data.tags["recpipe.job_num"] for r in children) == [str(i) for i in range(len(models))]
