@@ -101,7 +101,9 @@ def init_cluster(data: Path, password: str) -> None:
     try:
         cmd = [str(pg_bindir() / "initdb"), "-D", str(data), "-U", PG_USER, f"--pwfile={pwfile}"]
         cmd += ["--auth=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8"]
-        subprocess.run(as_postgres(cmd), check=True, capture_output=True)
+        proc = subprocess.run(as_postgres(cmd), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"initdb failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
     finally:
         pwfile.unlink()
 
