@@ -5,7 +5,7 @@ MLflow's built-in authentication (``make mlflow-server`` runs this script).
     export MLFLOW_FLASK_SERVER_SECRET_KEY=...    # signs the server's sessions and CSRF tokens
     python scripts/mlflow_server.py [--state-dir .recpipe/mlflow-server] [--host 127.0.0.1] [--port 5000]
         [--backend-store-uri postgresql://user@db-host/mlflow --auth-database-uri postgresql://...]
-        [--default-permission NO_PERMISSIONS] [--workers 2]
+        [--default-permission NO_PERMISSIONS] [--workers 2] [--allowed-hosts mlflow.example.com]
 
 Without ``--backend-store-uri`` the script starts its own PostgreSQL (Debian's ``postgresql``) on a
 free 127.0.0.1 port with its data in ``<state-dir>/postgres/`` (run as the ``postgres`` user when
@@ -210,6 +210,7 @@ def tracking_server(
     default_permission: str = "NO_PERMISSIONS",
     workers: int = 2,
     db_password: str | None = None,
+    allowed_hosts: str | None = None,
 ) -> Iterator[str]:
     """``mlflow server`` with basic auth on ``backend_store_uri``, artifacts proxied to ``artifacts``
     (default ``<state>/artifacts``); yields its URL once it answers, stops it (by PID) at the end."""
@@ -228,6 +229,10 @@ def tracking_server(
     cmd = [str(mlflow), "server", "--app-name", "basic-auth", "--backend-store-uri", backend_store_uri]
     cmd += ["--serve-artifacts", "--artifacts-destination", artifacts]
     cmd += ["--host", host, "--port", str(port), "--workers", str(workers)]
+    if allowed_hosts:  # added to MLflow's defaults (localhost, private IPs), which the option replaces
+        from mlflow.server.security_utils import get_default_allowed_hosts
+
+        cmd += ["--allowed-hosts", ",".join([allowed_hosts, *get_default_allowed_hosts()])]
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     with serve(cmd, f"{url}/health", "mlflow server", timeout=180, env=env):
         yield url
@@ -244,6 +249,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--artifacts-destination", help="where artifacts go (default: <state-dir>/artifacts; s3://...)")
     p.add_argument("--default-permission", choices=PERMISSIONS, default="NO_PERMISSIONS")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--allowed-hosts", help="Host headers to accept besides localhost and private IPs (a DNS name)")
     return p.parse_args(argv)
 
 
@@ -259,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     state.mkdir(parents=True, exist_ok=True, mode=0o711)
     options = {"host": args.host, "port": args.port, "artifacts": args.artifacts_destination}
     options |= {"default_permission": args.default_permission, "workers": args.workers}
+    options["allowed_hosts"] = args.allowed_hosts
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C: stop what has started
     with ExitStack() as stack:
         if args.backend_store_uri:
             uris = (args.backend_store_uri, args.auth_database_uri)
