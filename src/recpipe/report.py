@@ -31,7 +31,7 @@ from recpipe import tracking
 from recpipe.errors import RecpipeError
 from recpipe.evaluation.bootstrap import higher_is_better
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS
-from recpipe.evaluation.report import MAIN_METRICS
+from recpipe.evaluation.render import MAIN_METRICS
 from recpipe.io import atomic_file
 
 DEFAULT_METRICS = MAIN_METRICS  # the @10 ranking metrics, rmse, mae
