@@ -14,11 +14,12 @@ from omegaconf import OmegaConf
 
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
-from recpipe.evaluation import metrics, reports, systems
+from recpipe.evaluation import reports, systems
 from recpipe.evaluation.bootstrap import compare_to_baselines
 from recpipe.evaluation.cold import cold_items_of, cold_metrics
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS
 from recpipe.evaluation.ranking import EvalSet, rank_metrics
+from recpipe.evaluation.registry import RANKING_METRICS
 from recpipe.evaluation.segments import user_segments
 from recpipe.models.classic import fit_baselines
 from recpipe.paths import Paths
@@ -52,7 +53,7 @@ def evalset(data) -> EvalSet:
 def test_model_metrics_have_contract_names_and_match_rank_metrics(data, evalset):
     model = TinyRatingMF(data.n_users, data.n_items)
     result = systems.evaluate_model(model, data, evalset, KS, batch_size=16, rating_scale=[1, 5])
-    ranking = {f"{m}_at_{k}" for m in metrics.RANKING_METRICS for k in KS}
+    ranking = {f"{m}_at_{k}" for m in RANKING_METRICS for k in KS}
     beyond = {f"{m}_at_10" for m in ("coverage", "novelty", "popularity", "diversity")}
     assert set(result.metrics) == ranking | beyond | {"rmse", "mae"}
     direct = rank_metrics(
@@ -153,7 +154,7 @@ def test_segment_and_cold_metrics(data):
     assert {k: v for k, v in m.items() if k.startswith("cold_")} == pytest.approx(
         cold_metrics(scorer, evalset.truth, cold, KS)
     )
-    assert {f"cold_{k}_at_{n}" for k in metrics.RANKING_METRICS for n in KS} <= set(m)
+    assert {f"cold_{k}_at_{n}" for k in RANKING_METRICS for n in KS} <= set(m)
     # without cold items there are no cold keys
     plain = systems.evaluate_model(model, data, EvalSet.from_processed(data), KS, 16, [1, 5], segments, cold[:0])
     assert not any(k.startswith("cold_") for k in plain.metrics)

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from recpipe import lineage
 from recpipe.config import plain_dict
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS, headline
+from recpipe.evaluation.registry import baseline_key
 from recpipe.io import read_json, write_json
 from recpipe.paths import Paths
 
@@ -302,7 +303,7 @@ def headline_metrics(detail: Mapping[str, Any]) -> dict[str, float]:
     ``HEADLINE_BASELINE_METRICS`` as ``baseline.<name>.<key>``; undefined (null/NaN) ones left out."""
     flat: dict[str, Any] = headline(detail["model"], HEADLINE_METRICS)
     for name, values in detail.get("baselines", {}).items():
-        flat.update({f"baseline.{name}.{k}": v for k, v in headline(values, HEADLINE_BASELINE_METRICS).items()})
+        flat.update({baseline_key(name, k): v for k, v in headline(values, HEADLINE_BASELINE_METRICS).items()})
     return _finite(flat)
 
 

@@ -8,7 +8,6 @@ items, baseline hyperparameters), evaluation.md (``render.render_markdown``) and
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,27 +17,19 @@ import numpy as np
 import pandas as pd
 
 from recpipe import tracking
-from recpipe.evaluation import metrics as M
 from recpipe.evaluation.bootstrap import ci_metrics
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS, headline
+from recpipe.evaluation.registry import (
+    BEYOND_METRICS,
+    MAIN_METRICS,
+    RANKING_METRICS,
+    baseline_key,
+    ci_keys,
+    split_at_k,
+)
 from recpipe.evaluation.render import plot_metric_vs_k, plot_popularity, render_markdown
 from recpipe.io import atomic_dir, write_json
 
-TABLE_METRICS = (
-    "ndcg_at_10",
-    "recall_at_10",
-    "precision_at_10",
-    "map_at_10",
-    "mrr_at_10",
-    "hit_rate_at_10",
-    "coverage_at_10",
-    "novelty_at_10",
-    "diversity_at_10",
-    "popularity_at_10",
-    "rmse",
-    "mae",
-)
-_AT_K = re.compile(r"(?P<metric>.+)_at_(?P<k>\d+)")
 # metric-vs-K lines of reports/plots/metrics_at_k.csv (dvc plots: one line per system)
 PLOT_METRICS = ("ndcg", "recall")
 
@@ -49,16 +40,18 @@ def metrics_at_k_table(
     """Long table (metric, system, k, value) of each system's ``<metric>_at_<k>`` for ``metrics``
     (overall values only: segment and cold keys are in detail.json), for ``dvc plots``."""
     rows = [
-        {"metric": m["metric"], "system": name, "k": int(m["k"]), "value": value}
+        {"metric": at_k[0], "system": name, "k": at_k[1], "value": value}
         for name, values in systems.items()
         for key, value in values.items()
-        if (m := _AT_K.fullmatch(key)) and m["metric"] in metrics
+        if (at_k := split_at_k(key)) and at_k[0] in metrics
     ]
     table = pd.DataFrame(rows, columns=["metric", "system", "k", "value"])
     return table.sort_values(["metric", "system", "k"], ignore_index=True)
 
 
-def format_table(systems: Mapping[str, Mapping[str, float]], rows: Sequence[str] = TABLE_METRICS) -> str:
+def format_table(
+    systems: Mapping[str, Mapping[str, float]], rows: Sequence[str] = (*MAIN_METRICS, *BEYOND_METRICS)
+) -> str:
     """A plain-text table: one row per metric (those any system has), one column per system."""
     names = list(systems)
     rows = [r for r in rows if any(r in v for v in systems.values())]
@@ -131,10 +124,10 @@ def write_reports(dest: Path, report: Report) -> None:
         (tmp / "evaluation.md").write_text(markdown + "\n", encoding="utf-8")
         plots = tmp / "plots"
         plots.mkdir()
-        at_k = metrics_at_k_table(report.systems, M.RANKING_METRICS)
+        at_k = metrics_at_k_table(report.systems, RANKING_METRICS)
         at_k[at_k["metric"].isin(PLOT_METRICS)].to_csv(plots / "metrics_at_k.csv", index=False)
         if len(at_k):
-            plot_metric_vs_k(report.systems, M.RANKING_METRICS, plots / "metric_vs_k.png")
+            plot_metric_vs_k(report.systems, RANKING_METRICS, plots / "metric_vs_k.png")
         if any(len(v) for v in report.recommended.values()):
             plot_popularity(report.recommended, plots / "popularity.png", report.item_popularity)
 
@@ -147,7 +140,8 @@ def detail(report: Report) -> dict[str, Any]:
     model = dict(report.metrics) | ci_metrics(report.intervals, report.model_name)
     for metric, c in report.intervals.get("vs_best_baseline", {}).items():
         model[f"{metric}_vs_best_baseline"] = c["diff"]
-        model[f"{metric}_vs_best_baseline_ci_low"], model[f"{metric}_vs_best_baseline_ci_high"] = c["low"], c["high"]
+        low, high = ci_keys(f"{metric}_vs_best_baseline")
+        model[low], model[high] = c["low"], c["high"]
     return {
         "model": _json_ready(model),
         "baselines": {b: _json_ready(dict(v) | ci_metrics(report.intervals, b)) for b, v in report.baselines.items()},
@@ -170,7 +164,7 @@ def log_to_mlflow(report: Report, reports: Path, seconds: float) -> None:
     tracking.log_metrics(mlflow_metrics(report, seconds))
     mlflow.log_params(
         {
-            f"baseline.{name}.{key}": value
+            baseline_key(name, key): value
             for name, used in report.summary["baseline_params"].items()
             for key, value in used.items()
             if isinstance(value, (int, float, str))

@@ -23,9 +23,10 @@ from recpipe.evaluation import metrics as M
 from recpipe.evaluation.bootstrap import compare_to_baselines
 from recpipe.evaluation.cold import cold_items_of, cold_metrics, cold_users
 from recpipe.evaluation.ranking import EvalSet, RankingEval, ScoreFn, evaluate_ranking
+from recpipe.evaluation.registry import segment_key
 from recpipe.evaluation.render import recommended_popularity
 from recpipe.evaluation.reports import Report
-from recpipe.evaluation.segments import describe_segments, segment_key, segment_metrics, user_segments
+from recpipe.evaluation.segments import describe_segments, segment_metrics, user_segments
 from recpipe.models.base import RecModel
 from recpipe.models.classic import fit_baselines
 
