@@ -16,6 +16,7 @@ from pathlib import Path
 
 from recpipe.errors import OutputError
 from recpipe.paths import Paths
+from recpipe.pipeline import STAGE_NAMES
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Output:
 
 STAGE_OUTPUTS: dict[str, Callable[[Paths], list[Output]]] = {
     stage: (lambda p, stage=stage: [Output(p.output(stage), True)])  # type: ignore[misc]
-    for stage in ("ingest", "preprocess", "train", "evaluate", "export")
+    for stage in STAGE_NAMES
 }  # each stage writes one output folder, replaced whole (dvc.yaml)
 
 

@@ -376,14 +376,6 @@ SECTIONS: dict[str, type[BaseModel] | None] = {
     "mlflow": Mlflow,
 }
 OPTIONAL_SECTIONS: dict[str, type[BaseModel]] = {"sweep": Sweep}  # recpipe run's job config adds it
-# The sections each stage reads (as its params in dvc.yaml; mlflow names the run's experiment).
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "ingest": ("data", "mlflow"),
-    "preprocess": ("data", "split", "preprocess", "mlflow"),
-    "train": ("data", "model", "seed", "mlflow"),
-    "evaluate": ("data", "model", "seed", "evaluate", "mlflow"),
-    "export": ("export", "mlflow"),
-}
 
 
 # --- validation ---------------------------------------------------------------------------------

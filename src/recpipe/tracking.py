@@ -36,8 +36,8 @@ from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METR
 from recpipe.evaluation.registry import baseline_key
 from recpipe.io import read_json, write_json
 from recpipe.paths import Paths
+from recpipe.pipeline import STAGE_NAMES
 
-STAGE_ORDER = ("ingest", "preprocess", "train", "evaluate", "export")
 STATE_FILE = Path(".recpipe") / "mlflow_run.json"
 ARTIFACT_DIR = "mlartifacts"
 # The config sections every model of a comparison shares: runs with the same hash of these are
@@ -384,8 +384,8 @@ def continued_run(cfg: DictConfig, stage: str, experiment_id: str) -> str | None
         state.get("config_hash") == config_hash(cfg)
         and state.get("experiment_id") == experiment_id
         and state.get("session") == session_id()
-        and state.get("stage") in STAGE_ORDER
-        and STAGE_ORDER.index(stage) > STAGE_ORDER.index(state["stage"])
+        and state.get("stage") in STAGE_NAMES
+        and STAGE_NAMES.index(stage) > STAGE_NAMES.index(state["stage"])
     ):
         return state.get("run_id")
     return None
