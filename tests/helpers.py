@@ -24,11 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from recpipe import tracking
 from recpipe.config import compose
-from recpipe.data.preprocess import preprocess, write_processed
-from recpipe.data.processed import Processed, load_processed
-from recpipe.data.raw import write_raw
+from recpipe.data.preprocess import preprocess
+from recpipe.data.processed import Processed, load_processed, write_processed
+from recpipe.data.raw import read_raw, write_raw
 from recpipe.data.synthetic import generate
-from recpipe.data.validate import read_raw
 from recpipe.evaluation.ranking import top_k_items
 from recpipe.models import RecModel, build
 from recpipe.models.io import save_model

@@ -12,11 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recpipe.data.preprocess import preprocess, write_processed
-from recpipe.data.processed import load_processed
-from recpipe.data.raw import RawData, write_raw
+from recpipe.data.preprocess import preprocess
+from recpipe.data.processed import load_processed, write_processed
+from recpipe.data.raw import RawData, read_raw, write_raw
 from recpipe.data.synthetic import generate
-from recpipe.data.validate import read_raw
 from recpipe.logs import is_noise
 from recpipe.outputs import STAGE_OUTPUTS
 from recpipe.paths import Paths

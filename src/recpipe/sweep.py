@@ -245,18 +245,13 @@ def active_metrics() -> dict[str, float]:
 
 @contextmanager
 def job_run(cfg: DictConfig, *, parent: dict[str, str] | None, tags: dict[str, str]) -> Iterator[Any]:
-    """An active MLflow run for one job (named ``<model>-<config hash>-<n>``), a child of
-    ``parent`` (``{"run_id", "experiment_id"}``) when given, with the flattened config as params."""
-    import mlflow
-
+    """An active MLflow run for one job (``tracking.start_new_run``), a child of ``parent``
+    (``{"run_id", "experiment_id"}``) when given."""
     experiment_id = tracking.ensure_experiment(cfg.mlflow.experiment)
     if parent and parent["experiment_id"] != experiment_id:
         raise RecpipeError(f"sweep parent run {parent['run_id']} is in another experiment than mlflow.experiment")
-    all_tags = {**tags, **tracking.git_info(), **tracking.config_tags(cfg), **tracking.process_tags()}
     parent_run_id = parent["run_id"] if parent else None
-    run_id = tracking.create_run(experiment_id, tracking.run_prefix(cfg), all_tags, parent_run_id)
-    with mlflow.start_run(run_id=run_id) as run:
-        tracking.log_config(cfg)
+    with tracking.start_new_run(cfg, experiment_id, {**tags, **tracking.git_info()}, parent_run_id) as run:
         yield run
 
 

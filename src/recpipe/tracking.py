@@ -267,6 +267,21 @@ def log_config(cfg: DictConfig) -> None:
     mlflow.log_params({k: str(v)[:6000] for k, v in flatten(plain_dict(cfg)).items()})
 
 
+def start_new_run(
+    cfg: DictConfig, experiment_id: str, tags: Mapping[str, str], parent_run_id: str | None = None
+) -> Any:
+    """Create a run of ``cfg`` (named ``<run_prefix>-<n>``, a child of ``parent_run_id`` when given),
+    tagged with ``config_tags``, ``tags`` and ``process_tags``, start it and log the flattened config
+    as params; returns the active run. The one way recpipe opens a new run: the pipeline's
+    (``pipeline_run``) and each ``recpipe run`` job's (``sweep.job_run``)."""
+    import mlflow
+
+    all_tags = {**config_tags(cfg), **tags, **process_tags()}
+    run = mlflow.start_run(run_id=create_run(experiment_id, run_prefix(cfg), all_tags, parent_run_id))
+    log_config(cfg)
+    return run
+
+
 # --- what a run holds: metrics from the files the stages write --------------------------------
 
 
@@ -406,9 +421,7 @@ def pipeline_run(cfg: DictConfig, stage: str, paths: Paths | None = None) -> Ite
         except mlflow.exceptions.MlflowException:  # recorded run deleted: start afresh
             run_id = None
     if run_id is None:
-        tags = {**config_tags(cfg), "recpipe.first_stage": stage, **process_tags()}
-        run = mlflow.start_run(run_id=create_run(experiment_id, run_prefix(cfg), tags))
-        log_config(cfg)
+        run = start_new_run(cfg, experiment_id, {"recpipe.first_stage": stage})
     with run:
         mlflow.set_tags({**git_info(), **process_tags(), "recpipe.last_stage": stage})
         yield run
