@@ -22,8 +22,7 @@ from recpipe.errors import ConfigError
 from recpipe.pipeline import STAGE_NAMES, STAGES
 from recpipe.schema import validate
 
-from .fault_helpers import assert_clean_failure, cli, fake_outputs, outputs, params_text, run_recpipe
-from .helpers import REPO
+from .helpers import REPO, assert_clean_failure, cli, fake_outputs, outputs, params_text, run_recpipe
 
 VARIANTS = [
     [f"data={d}", f"split={s}", f"model={m}"]
