@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from recpipe.data.processed import Preprocessed
 from recpipe.data.raw import RawTables
+from recpipe.data.schema import INDEX
 from recpipe.data.splits import make_splits
 from recpipe.data.validate import example_row
 from recpipe.errors import DataError, RecpipeError
@@ -141,7 +142,7 @@ def build_vocabulary(ids: np.ndarray, table: pa.Table | None, id_column: str) ->
     id_array = pa.array(ids, pa.string())
     columns: dict[str, pa.Array | pa.ChunkedArray] = {
         id_column: id_array,
-        "index": pa.array(np.arange(len(ids), dtype=np.int32)),
+        INDEX.name: pa.array(np.arange(len(ids), dtype=np.int32)),
     }
     if table is not None:
         positions = pd.Index(table.column(id_column).to_pandas()).get_indexer(ids)

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from recpipe.data.raw import reading
-from recpipe.data.schema import INTERACTIONS, arrow_schema
+from recpipe.data.schema import INDEX, INTERACTIONS, ITEM_IDX, USER_IDX, arrow_schema
 from recpipe.errors import DataError, RecpipeError
 from recpipe.io import atomic_dir, write_json
 
@@ -95,17 +95,18 @@ def load_processed(path: str | Path) -> Processed:
     path = Path(path)
     if not (path / "items.parquet").exists():
         raise RecpipeError(f"{path}: no preprocessed data; run `recpipe preprocess` (or `dvc repro`)")
-    users, items = _read(path / "users.parquet", "index", "user_id"), _read(path / "items.parquet", "index", "item_id")
-    uidx = pd.Series(users["index"].to_numpy(np.int32), index=users["user_id"].to_numpy(object))
-    iidx = pd.Series(items["index"].to_numpy(np.int32), index=items["item_id"].to_numpy(object))
+    index = INDEX.name
+    users, items = _read(path / "users.parquet", index, "user_id"), _read(path / "items.parquet", index, "item_id")
+    uidx = pd.Series(users[index].to_numpy(np.int32), index=users["user_id"].to_numpy(object))
+    iidx = pd.Series(items[index].to_numpy(np.int32), index=items["item_id"].to_numpy(object))
     splits = {}
     for name in SPLITS:
         df = _read(path / f"{name}.parquet", "user_id", "item_id")
-        df["user_idx"] = uidx.reindex(df["user_id"].to_numpy(object)).to_numpy(np.int32)
-        df["item_idx"] = iidx.reindex(df["item_id"].to_numpy(object)).to_numpy(np.int32)
+        df[USER_IDX.name] = uidx.reindex(df["user_id"].to_numpy(object)).to_numpy(np.int32)
+        df[ITEM_IDX.name] = iidx.reindex(df["item_id"].to_numpy(object)).to_numpy(np.int32)
         splits[name] = df
-    users = users.sort_values("index", ignore_index=True)
-    items = items.sort_values("index", ignore_index=True)
+    users = users.sort_values(index, ignore_index=True)
+    items = items.sort_values(index, ignore_index=True)
     return Processed(users=users, items=items, **splits)
 
 

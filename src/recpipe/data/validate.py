@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from recpipe.data.schema import INTERACTIONS, required
+from recpipe.data.schema import INDEX, INTERACTIONS, required
 from recpipe.errors import DataError
 
-RESERVED_COLUMN = "index"
+RESERVED_COLUMN = INDEX.name
 NA_ID_HINT = (
     "CSV cells spelled NA, null, NaN, N/A, ... are read as missing; if such an id is real, list "
     "the cells that mean missing in data.na_values (e.g. `recpipe compose data=files "
