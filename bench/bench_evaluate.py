@@ -29,11 +29,10 @@ from omegaconf import OmegaConf
 
 import recpipe  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from recpipe.config import compose
-from recpipe.data.preprocess import preprocess, write_processed
-from recpipe.data.processed import load_processed
-from recpipe.data.raw import write_raw
+from recpipe.data.preprocess import preprocess
+from recpipe.data.processed import load_processed, write_processed
+from recpipe.data.raw import read_raw, write_raw
 from recpipe.data.sources import load_source
-from recpipe.data.validate import read_raw
 from recpipe.models.classic import fit_classic
 from recpipe.models.io import save_model
 from recpipe.paths import Paths

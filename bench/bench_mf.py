@@ -23,11 +23,10 @@ import numpy as np
 from omegaconf import OmegaConf
 
 import recpipe  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from recpipe.data.preprocess import preprocess, write_processed
-from recpipe.data.processed import Processed, load_processed
-from recpipe.data.raw import write_raw
+from recpipe.data.preprocess import preprocess
+from recpipe.data.processed import Processed, load_processed, write_processed
+from recpipe.data.raw import read_raw, write_raw
 from recpipe.data.synthetic import generate
-from recpipe.data.validate import read_raw
 from recpipe.training import build_model, fit
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,9 +1,14 @@
 """What several test modules share (a plain module, not tests): toy data sets through the real
 ingest and preprocess, tiny models, reference implementations, and running the real pipeline
-(recpipe, dvc) in a throwaway copy of the repository."""
+(recpipe, dvc) in a throwaway copy of the repository; and for the fault-injection tests
+(tests/test_faults_*.py): the real ``recpipe`` command in-process or as a subprocess, outputs
+snapshot byte for byte, a folder made unwritable."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import json
 import math
 import os
@@ -12,6 +17,8 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +30,12 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from recpipe import tracking
-from recpipe.config import compose
-from recpipe.data.preprocess import preprocess, write_processed
-from recpipe.data.processed import Processed, load_processed
-from recpipe.data.raw import write_raw
+from recpipe.cli import main
+from recpipe.config import compose, to_yaml
+from recpipe.data.preprocess import preprocess
+from recpipe.data.processed import Processed, load_processed, write_processed
+from recpipe.data.raw import read_raw, write_raw
 from recpipe.data.synthetic import generate
-from recpipe.data.validate import read_raw
 from recpipe.evaluation.ranking import top_k_items
 from recpipe.models import RecModel, build
 from recpipe.models.io import save_model
@@ -460,3 +467,128 @@ def make_zip(path: Path, name: str) -> Path:
         for file, text in LAYOUTS[name].items():
             z.writestr(f"{name}/{file}", text.encode(ENCODING.get(file, "utf-8")))
     return path
+
+
+# --- fault injection: the real recpipe command, outputs byte for byte, unwritable folders ---------
+# A tiny, fast configuration: synthetic data (TINY_DATA), 2 epochs, one baseline.
+TINY_DATA = ["data=synthetic", "data.n_users=40", "data.n_items=30", "data.n_interactions=400"]
+TINY = [
+    "model.epochs=2",
+    "model.batch_size=256",
+    "evaluate.baselines=[popularity]",
+    "evaluate.bootstrap.n_resamples=10",
+    "export.max_k=20",
+]
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+def params_text(*overrides: str, data: Sequence[str] = TINY_DATA) -> str:
+    """params.yaml for the TINY config with ``data`` overrides plus ``overrides``, as ``recpipe compose`` writes it."""
+    return _composed((*data, *TINY, *overrides))
+
+
+@functools.lru_cache(maxsize=256)
+def _composed(overrides: tuple[str, ...]) -> str:
+    return to_yaml(compose(overrides, REPO / "conf"))
+
+
+@contextlib.contextmanager
+def inside(path: Path) -> Iterator[None]:
+    """Run with ``path`` as the working directory (stages read and write relative to it)."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def cli(args: Sequence[str], cwd: Path) -> Result:
+    """``recpipe ARGS`` in this process, in ``cwd``: exit code (argparse's exits included), stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with inside(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse: a bad argument exits 2 with its usage message
+            code = e.code if isinstance(e.code, int) else 1
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def run_recpipe(args: Sequence[str], cwd: Path, timeout: float = 120) -> Result:
+    """``recpipe ARGS`` as a real subprocess (console script) in ``cwd``."""
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{cwd / 'mlflow.db'}")
+    proc = subprocess.run(
+        [str(BIN / "recpipe"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (relative path -> bytes), for byte-identity checks."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def outputs(root: Path) -> dict[str, bytes]:
+    """The pipeline outputs under ``root``: data/raw, data/processed, models/, reports/."""
+    found: dict[str, bytes] = {}
+    for sub in ("data/raw", "data/processed", "models", "reports"):
+        if (root / sub).exists():
+            found |= {f"{sub}/{k}": v for k, v in tree_bytes(root / sub).items()}
+    return found
+
+
+def fake_outputs(root: Path) -> dict[str, bytes]:
+    """Previous outputs of every stage (distinct bytes per file) under ``root``; returns their snapshot."""
+    files = [
+        "data/raw/interactions.parquet",
+        "data/raw/source.json",
+        "data/processed/train.parquet",
+        "data/processed/stats.json",
+        "models/train/model/model_config.json",
+        "models/train/train_summary.json",
+        "models/train/training_curve.csv",
+        "models/export/recpipe_export.json",
+        "reports/metrics.json",
+        "reports/plots/metrics_at_k.csv",
+    ]
+    for i, name in enumerate(files):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(f"previous output {i} of {name}\n".encode())
+    return outputs(root)
+
+
+def assert_clean_failure(result: Result, *places: str) -> None:
+    """Exit code 2, one message naming every one of ``places``, no traceback."""
+    assert result.code == 2, f"exit {result.code}\n{result.text}"
+    assert "Traceback" not in result.text, result.text
+    for place in places:
+        assert place in result.err, f"{place!r} not in the message:\n{result.err}"
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """Make ``folder`` unwritable even for root (``chattr +i``); chmod for other users."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a folder unwritable for root here (chattr +i failed)")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)

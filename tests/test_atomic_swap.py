@@ -80,7 +80,7 @@ def test_recover_removes_a_stale_aside_file_or_directory(tmp_path):
 def test_a_file_where_the_directory_belongs_is_refused_and_kept(tmp_path):
     (tmp_path / "out").write_text("user data")
     with (
-        pytest.raises(RecpipeError, match="is a file, but the output directory goes there"),
+        pytest.raises(RecpipeError, match="out is a file, but recpipe writes the folder .*out/ there"),
         atomic_dir(tmp_path / "out"),
     ):
         pytest.fail("no work before the check")

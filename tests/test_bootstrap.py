@@ -146,10 +146,3 @@ def test_ci_metrics_flattens_one_system_for_mlflow():
         "mae_ci_low": out["ci"]["random"]["mae"][0],
         "mae_ci_high": out["ci"]["random"]["mae"][1],
     }
-
-
-def test_direction_of_metrics():
-    assert bootstrap.higher_is_better("ndcg_at_10") is True
-    assert bootstrap.higher_is_better("hit_rate_at_100") is True
-    assert bootstrap.higher_is_better("rmse") is False
-    assert bootstrap.higher_is_better("popularity_at_10") is None

@@ -14,11 +14,12 @@ from omegaconf import OmegaConf
 
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
-from recpipe.evaluation import metrics
+from recpipe.evaluation import reports, systems
 from recpipe.evaluation.bootstrap import compare_to_baselines
 from recpipe.evaluation.cold import cold_items_of, cold_metrics
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS
 from recpipe.evaluation.ranking import EvalSet, rank_metrics
+from recpipe.evaluation.registry import RANKING_METRICS
 from recpipe.evaluation.segments import user_segments
 from recpipe.models.classic import fit_baselines
 from recpipe.paths import Paths
@@ -51,8 +52,8 @@ def evalset(data) -> EvalSet:
 
 def test_model_metrics_have_contract_names_and_match_rank_metrics(data, evalset):
     model = TinyRatingMF(data.n_users, data.n_items)
-    result = evaluate.evaluate_model(model, data, evalset, KS, batch_size=16, rating_scale=[1, 5])
-    ranking = {f"{m}_at_{k}" for m in metrics.RANKING_METRICS for k in KS}
+    result = systems.evaluate_model(model, data, evalset, KS, batch_size=16, rating_scale=[1, 5])
+    ranking = {f"{m}_at_{k}" for m in RANKING_METRICS for k in KS}
     beyond = {f"{m}_at_10" for m in ("coverage", "novelty", "popularity", "diversity")}
     assert set(result.metrics) == ranking | beyond | {"rmse", "mae"}
     direct = rank_metrics(
@@ -66,7 +67,7 @@ def test_model_metrics_have_contract_names_and_match_rank_metrics(data, evalset)
 
 def test_rating_errors_are_clipped_to_the_scale(data):
     model = TinyRatingMF(data.n_users, data.n_items)
-    got = evaluate.rating_metrics(model, data.test, [1, 5], batch_size=7)
+    got = systems.rating_metrics(model, data.test, [1, 5], batch_size=7)
     pred = 3 + np.sum(model.user_emb.numpy()[data.test["user_idx"]] * model.item_emb.numpy()[data.test["item_idx"]], 1)
     assert (pred > 5).any() and (pred < 1).any()
     err = np.clip(pred, 1, 5) - data.test["rating"].to_numpy()
@@ -75,13 +76,13 @@ def test_rating_errors_are_clipped_to_the_scale(data):
 
 
 def test_ranking_only_model_has_no_rating_metrics(data, evalset):
-    result = evaluate.evaluate_model(TinyMF(data.n_users, data.n_items), data, evalset, KS, 64, [1, 5])
+    result = systems.evaluate_model(TinyMF(data.n_users, data.n_items), data, evalset, KS, 64, [1, 5])
     assert "rmse" not in result.metrics and "mae" not in result.metrics
 
 
 def evaluate_baselines(names, data, evalset, seed, changes=None):
     fitted = fit_baselines(names, data, baseline_configs(seed, changes))
-    return {n: evaluate.evaluate_model(m, data, evalset, KS, 32, [1, 5]) for n, (m, _) in fitted.items()}
+    return {n: systems.evaluate_model(m, data, evalset, KS, 32, [1, 5]) for n, (m, _) in fitted.items()}
 
 
 def test_baselines_scored_like_the_model(data, evalset):
@@ -137,7 +138,7 @@ def test_segment_and_cold_metrics(data):
     segments = user_segments(counts, threshold)
     cold = cold_items_of(cold_data)
     assert len(cold) == 6
-    result = evaluate.evaluate_model(model, cold_data, evalset, KS, 16, [1, 5], segments, cold)
+    result = systems.evaluate_model(model, cold_data, evalset, KS, 16, [1, 5], segments, cold)
     m = result.metrics
     # the segment means weight back to the overall mean
     light = segments["light_users"][result.users]
@@ -147,19 +148,19 @@ def test_segment_and_cold_metrics(data):
     ] == pytest.approx(m["ndcg_at_10"])
     # rating errors per segment: over the test rows of that segment's users
     rows = cold_data.test[segments["heavy_users"][cold_data.test["user_idx"]]]
-    assert m["heavy_users.rmse"] == pytest.approx(evaluate.rating_metrics(model, rows, [1, 5])["rmse"])
+    assert m["heavy_users.rmse"] == pytest.approx(systems.rating_metrics(model, rows, [1, 5])["rmse"])
     assert {"light_users.coverage_at_10", "heavy_users.mae"} <= set(m)
-    scorer = evaluate.model_scorer(model)
+    scorer = systems.model_scorer(model)
     assert {k: v for k, v in m.items() if k.startswith("cold_")} == pytest.approx(
         cold_metrics(scorer, evalset.truth, cold, KS)
     )
-    assert {f"cold_{k}_at_{n}" for k in metrics.RANKING_METRICS for n in KS} <= set(m)
+    assert {f"cold_{k}_at_{n}" for k in RANKING_METRICS for n in KS} <= set(m)
     # without cold items there are no cold keys
-    plain = evaluate.evaluate_model(model, data, EvalSet.from_processed(data), KS, 16, [1, 5], segments, cold[:0])
+    plain = systems.evaluate_model(model, data, EvalSet.from_processed(data), KS, 16, [1, 5], segments, cold[:0])
     assert not any(k.startswith("cold_") for k in plain.metrics)
 
 
-def make_report(name: str = "mf") -> evaluate.Report:
+def make_report(name: str = "mf") -> reports.Report:
     rng = np.random.default_rng(0)
     model = {
         "ndcg_at_5": 0.3,
@@ -179,17 +180,17 @@ def make_report(name: str = "mf") -> evaluate.Report:
         "baseline_params": {"popularity": {}, "random": {"seed": 0}},
     }
     recommended = {s: rng.integers(0, 30, 40).astype(float) for s in (name, "popularity", "random")}
-    return evaluate.Report(name, model, base, intervals, summary, recommended, rng.integers(0, 30, 20).astype(float))
+    return reports.Report(name, model, base, intervals, summary, recommended, rng.integers(0, 30, 20).astype(float))
 
 
 def test_write_reports(tmp_path):
     report = make_report()
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "stale.json").write_text("{}")
-    evaluate.write_reports(tmp_path / "reports", report)
+    reports.write_reports(tmp_path / "reports", report)
 
-    reports = tmp_path / "reports"
-    assert sorted(p.relative_to(reports).as_posix() for p in reports.rglob("*")) == [
+    out = tmp_path / "reports"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
         "baselines.json",
         "detail.json",
         "evaluation.json",
@@ -203,7 +204,7 @@ def test_write_reports(tmp_path):
     ]
     low, high = report.intervals["ci"]["mf"]["ndcg_at_10"]
     # headline metrics only, in HEADLINE_METRICS order (the columns of dvc metrics/exp show)
-    metrics = json.loads((reports / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == [k for k in HEADLINE_METRICS if k in metrics]
     assert metrics == {
         "ndcg_at_10": 0.4,
@@ -213,20 +214,20 @@ def test_write_reports(tmp_path):
         "ndcg_at_10_ci_low": low,
         "ndcg_at_10_ci_high": high,
     }
-    assert json.loads((reports / "baselines.json").read_text()) == {
+    assert json.loads((out / "baselines.json").read_text()) == {
         "popularity": {"ndcg_at_10": 0.2},
         "random": {"ndcg_at_10": 0.01},
     }
-    assert json.loads((reports / "intervals.json").read_text()) == report.intervals
-    assert json.loads((reports / "evaluation.json").read_text()) == report.summary
-    detail = json.loads((reports / "detail.json").read_text())
-    assert detail == evaluate.detail(report)
+    assert json.loads((out / "intervals.json").read_text()) == report.intervals
+    assert json.loads((out / "evaluation.json").read_text()) == report.summary
+    detail = json.loads((out / "detail.json").read_text())
+    assert detail == reports.detail(report)
     assert detail["model"]["ndcg_at_10_ci_low"] == report.intervals["ci"]["mf"]["ndcg_at_10"][0]
     assert detail["baselines"]["popularity"]["ndcg_at_10"] == 0.2
-    md = (reports / "evaluation.md").read_text()
+    md = (out / "evaluation.md").read_text()
     assert "| ndcg_at_10 | **0.4000** [" in md and "| light_users.ndcg_at_10 | **0.2000** | — | — |" in md
     assert "| cold_ndcg_at_10 | **0.0500** |" in md and "- random: seed=0" in md
-    table = pd.read_csv(reports / "plots" / "metrics_at_k.csv")
+    table = pd.read_csv(out / "plots" / "metrics_at_k.csv")
     assert list(table.columns) == ["metric", "system", "k", "value"]
     assert len(table) == 2 + 2 + 2  # overall ndcg_at_K of each system; no cold or segment values
     row = table[(table.system == "popularity") & (table.k == 10)]
@@ -236,7 +237,7 @@ def test_write_reports(tmp_path):
 def test_mlflow_metric_names():
     """MLflow gets the headline set only; everything else is in detail.json (an artifact)."""
     report = make_report()
-    flat = evaluate.mlflow_metrics(report, 1.5)
+    flat = reports.mlflow_metrics(report, 1.5)
     low, high = report.intervals["ci"]["mf"]["ndcg_at_10"]
     assert flat["ndcg_at_10_ci_low"] == low and flat["ndcg_at_10_ci_high"] == high
     assert flat["baseline.popularity.ndcg_at_10"] == 0.2
@@ -245,14 +246,14 @@ def test_mlflow_metric_names():
     assert {k.rsplit(".", 1)[1] for k in flat if k.startswith("baseline.")} <= set(HEADLINE_BASELINE_METRICS)
     assert "ndcg_at_5" not in flat and "baseline.random.ndcg_at_10_ci_low" not in flat
     diff = report.intervals["vs_best_baseline"]["ndcg_at_10"]
-    assert evaluate.detail(report)["model"]["ndcg_at_10_vs_best_baseline_ci_low"] == diff["low"]
+    assert reports.detail(report)["model"]["ndcg_at_10_vs_best_baseline_ci_low"] == diff["low"]
     assert "diversity_at_10" not in flat and flat["time_evaluate_s"] == 1.5  # NaN is not logged
-    assert evaluate.system_name("ease", ["popularity", "ease"]) == "ease_model"
-    assert evaluate.system_name("mf", ["popularity", "ease"]) == "mf"
+    assert systems.system_name("ease", ["popularity", "ease"]) == "ease_model"
+    assert systems.system_name("mf", ["popularity", "ease"]) == "mf"
 
 
 def test_format_table():
-    text = evaluate.format_table({"mf": {"ndcg_at_10": 0.31234, "rmse": 0.9}, "popularity": {"ndcg_at_10": 0.2}})
+    text = reports.format_table({"mf": {"ndcg_at_10": 0.31234, "rmse": 0.9}, "popularity": {"ndcg_at_10": 0.2}})
     lines = text.splitlines()
     assert lines[0].split() == ["mf", "popularity"]
     assert lines[1].split() == ["ndcg_at_10", "0.3123", "0.2000"]

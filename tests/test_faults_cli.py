@@ -12,28 +12,29 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recpipe.data.preprocess import preprocess, write_processed
-from recpipe.data.processed import load_processed
-from recpipe.data.raw import RawData, write_raw
+from recpipe.data.preprocess import preprocess
+from recpipe.data.processed import load_processed, write_processed
+from recpipe.data.raw import RawData, read_raw, write_raw
 from recpipe.data.synthetic import generate
-from recpipe.data.validate import read_raw
 from recpipe.logs import is_noise
 from recpipe.outputs import STAGE_OUTPUTS
 from recpipe.paths import Paths
 from recpipe.serving.export import INFO_FILE, build_server, save_server
 from recpipe.terminal import printable
 
-from .fault_helpers import (
+from .helpers import (
+    REPO,
     assert_clean_failure,
     cli,
+    export_cfg,
     fake_outputs,
     outputs,
     params_text,
     read_only,
     run_recpipe,
-    snapshot,
+    save_mf,
+    tree_bytes,
 )
-from .helpers import REPO, export_cfg, save_mf
 
 HOSTILE_TITLE = "Evil\nTitle\x1b[31m\r\x07"
 MAX_K = 20
@@ -137,10 +138,10 @@ def test_something_in_the_way_of_an_output(tmp_path, stage):
                 (root / blocker / "kept.txt").write_text("kept")
             else:
                 (root / blocker).write_text("a file in the way\n")
-            before = snapshot(root)
+            before = tree_bytes(root)
             result = cli([stage], root)
             assert_clean_failure(result, str(blocker), "move or delete")
-            assert snapshot(root) == before
+            assert tree_bytes(root) == before
 
 
 @pytest.mark.parametrize("folder,stage", [("data", "ingest"), ("models", "train"), ("reports", "evaluate")])

@@ -19,10 +19,10 @@ from omegaconf import OmegaConf
 
 from recpipe.config import compose, to_yaml
 from recpipe.errors import ConfigError
-from recpipe.schema import STAGE_SECTIONS, validate
+from recpipe.pipeline import STAGE_NAMES, STAGES
+from recpipe.schema import validate
 
-from .fault_helpers import assert_clean_failure, cli, fake_outputs, outputs, params_text, run_recpipe
-from .helpers import REPO
+from .helpers import REPO, assert_clean_failure, cli, fake_outputs, outputs, params_text, run_recpipe
 
 VARIANTS = [
     [f"data={d}", f"split={s}", f"model={m}"]
@@ -63,8 +63,9 @@ def wrong_value(value: Any) -> st.SearchStrategy[Any]:
     words = st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)
     if isinstance(value, bool):
         return st.one_of(words, st.sampled_from([0, 1, "true", "no"]))
-    if isinstance(value, int):  # (negatives and fractions are valid for some numbers, e.g. rating_scale)
-        return st.one_of(words, st.sampled_from(["10", "1e3", [1], {"a": 1}, None]))
+    if isinstance(value, int):  # (negatives and fractions are valid for some numbers, e.g. rating_scale;
+        # null for some counts, e.g. export.scann.num_reordering_candidates)
+        return st.one_of(words, st.sampled_from(["10", "1e3", [1], {"a": 1}]))
     if isinstance(value, float):
         return st.one_of(words, st.sampled_from([float("nan"), float("inf"), "0.5", [0.5], {"a": 0.5}]))
     return st.one_of(st.sampled_from([[["nested"]], {"a": "b"}, {"x": 1}]))
@@ -118,7 +119,7 @@ def test_cli_stage_refuses_a_hand_edited_params_yaml(tmp_path_factory, case):
     (root / "params.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))  # what OmegaConf reads back
     before = fake_outputs(root)
     section = key.split(".")[0].split("[")[0]
-    stages = [s for s, sections in STAGE_SECTIONS.items() if section in sections] or list(STAGE_SECTIONS)
+    stages = [s.name for s in STAGES if section in s.sections] or list(STAGE_NAMES)
     for stage in stages:
         result = cli([stage], root)
         assert_clean_failure(result, key, "params.yaml")
@@ -202,7 +203,7 @@ def test_garbage_params_yaml(tmp_path_factory, garbage):
     root = tmp_path_factory.mktemp("garbage")
     (root / "params.yaml").write_bytes(garbage)
     before = fake_outputs(root)
-    for stage in STAGE_SECTIONS:
+    for stage in STAGE_NAMES:
         result = cli([stage], root)
         assert result.code == 2 and "Traceback" not in result.text, result.text
         assert "params.yaml" in result.err, result.err

@@ -24,8 +24,17 @@ from hypothesis import strategies as st
 from recpipe.errors import ConfigError
 from recpipe.schema import validate
 
-from .fault_helpers import Result, assert_clean_failure, cli, fake_outputs, outputs, params_text, run_recpipe
-from .helpers import ENCODING, LAYOUTS
+from .helpers import (
+    ENCODING,
+    LAYOUTS,
+    Result,
+    assert_clean_failure,
+    cli,
+    fake_outputs,
+    outputs,
+    params_text,
+    run_recpipe,
+)
 
 FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 FORMATS = ("csv", "tsv", "csv.gz", "parquet")

@@ -18,6 +18,7 @@ from recpipe.evaluation.ranking import (
     top_k_items,
     users_with_truth,
 )
+from recpipe.evaluation.registry import RANKING_METRICS
 
 N_USERS, N_ITEMS = 40, 25
 
@@ -125,7 +126,7 @@ def test_evaluate_ranking_adds_beyond_accuracy(case):
     result = evaluate_ranking(lambda u: scores[u], es, ks=(5,))
     out = result.metrics
     assert set(out) == {
-        *(f"{m}_at_5" for m in metrics.RANKING_METRICS),
+        *(f"{m}_at_5" for m in RANKING_METRICS),
         "coverage_at_10",
         "novelty_at_10",
         "popularity_at_10",

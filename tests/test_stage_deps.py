@@ -9,10 +9,12 @@ import pytest
 import yaml
 
 from recpipe import stage_deps
+from recpipe.paths import Paths
+from recpipe.pipeline import DVC_STAGES, STAGES, stage
 
 from .helpers import REPO
 
-STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
 def covered(file: Path, deps: list[str]) -> bool:
@@ -21,17 +23,32 @@ def covered(file: Path, deps: list[str]) -> bool:
     return any(rel == Path(d) or Path(d) in rel.parents for d in deps)
 
 
-@pytest.mark.parametrize("stage", stage_deps.STAGES)
-def test_deps_cover_import_closure(stage):
-    deps = STAGES[stage]["deps"]
-    files = stage_deps.stage_files(stage)
-    module = stage_deps.MODULE_STAGES.get(stage, f"recpipe.stages.{stage}")
-    assert stage_deps.module_file(module) in files
-    assert (REPO / "src/recpipe/cli.py" in files) == (stage not in stage_deps.MODULE_STAGES)
+@pytest.mark.parametrize("name", stage_deps.STAGES)
+def test_deps_cover_import_closure(name):
+    deps = DVC_YAML[name]["deps"]
+    files = stage_deps.stage_files(name)
+    assert stage_deps.module_file(stage(name).module) in files
+    assert (REPO / "src/recpipe/cli.py" in files) == stage(name).command
     missing = sorted(str(f.relative_to(REPO)) for f in files if not covered(f, deps))
-    assert not missing, f"dvc.yaml stage {stage} lacks deps (see `python -m recpipe.stage_deps`): {missing}"
+    assert not missing, f"dvc.yaml stage {name} lacks deps (see `python -m recpipe.stage_deps`): {missing}"
     stale = [d for d in deps if d.startswith("src/") and not (REPO / d).exists()]
-    assert not stale, f"dvc.yaml stage {stage} names missing files: {stale}"
+    assert not stale, f"dvc.yaml stage {name} names missing files: {stale}"
+
+
+def test_dvc_yaml_stages_are_the_declared_ones():
+    """dvc.yaml runs the stages of ``recpipe.pipeline`` in its order, each writing its one output."""
+    assert list(DVC_YAML) == [s.name for s in DVC_STAGES]
+    for s in DVC_STAGES:
+        entry = DVC_YAML[s.name]
+        output = Paths().output(s.name).as_posix()
+        expected = f"recpipe {s.name}" if s.command else f"python -m {s.module} {output}"
+        assert entry["cmd"] == expected
+        assert entry["outs"] == [{output: {"persist": True}}]
+    # each recpipe stage depends on the outputs of stages before it only
+    for i, s in enumerate(STAGES):
+        data_deps = {d for d in DVC_YAML[s.name]["deps"] if not d.startswith(("src/", "${"))}
+        earlier = {Paths().output(e.name).as_posix() for e in STAGES[:i]}
+        assert all(any(d == o or d.startswith(f"{o}/") for o in earlier) for d in data_deps), (s.name, data_deps)
 
 
 def test_closure_follows_function_level_and_relative_imports(tmp_path):
@@ -72,7 +89,7 @@ def test_train_closure_has_what_the_issue_found_missing():
 )
 def test_params_cover_what_the_stage_reads(stage, sections):
     """The config keys each stage module reads (``cfg.<section>`` / OmegaConf.select) are declared."""
-    declared = set(STAGES[stage]["params"])
+    declared = set(DVC_YAML[stage]["params"])
     assert sections <= declared
     source = (REPO / "src/recpipe/stages" / f"{stage}.py").read_text()
     for section in sections:

@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from recpipe import lineage, tracking
 from recpipe.config import load_params
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS
+from recpipe.pipeline import STAGE_NAMES
 
 from .helpers import BIN, commit, copy_repo, env, run
 from .helpers import SMALL as HELPERS_SMALL
@@ -69,7 +70,7 @@ def repro(repo, *compose_args: str) -> str:
 
 
 def ran(output: str) -> list[str]:
-    return [s for s in tracking.STAGE_ORDER if f"Running stage '{s}'" in output]
+    return [s for s in STAGE_NAMES if f"Running stage '{s}'" in output]
 
 
 def assert_complete(run_, repo) -> None:
@@ -95,13 +96,13 @@ def assert_complete(run_, repo) -> None:
 
 def test_full_repro_is_one_complete_run(repo, client):
     out = repro(repo)
-    assert ran(out) == list(tracking.STAGE_ORDER)
+    assert ran(out) == list(STAGE_NAMES)
     [only] = runs(client)
     assert_complete(only, repo)
     assert only.data.tags["recpipe.first_stage"] == "ingest" and only.data.tags["recpipe.last_stage"] == "export"
     assert only.info.run_name.startswith("mf-") and only.info.run_name.endswith("-1")
     # every output of every stage, as dvc.lock records it (export's too, hashed before DVC wrote it)
-    assert {f"dvc.{p}": h for p, h in lineage.locked_hashes(set(tracking.STAGE_ORDER), repo).items()} == {
+    assert {f"dvc.{p}": h for p, h in lineage.locked_hashes(set(STAGE_NAMES), repo).items()} == {
         k: v for k, v in only.data.tags.items() if k.startswith("dvc.")
     }
 

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recpipe.data.validate import read_raw, validate_interactions, validate_table
+from recpipe.data.raw import read_raw
+from recpipe.data.validate import validate_interactions, validate_table
 from recpipe.errors import DataError, RecpipeError
 
 FILE = "data/raw/interactions.parquet"

@@ -17,22 +17,11 @@ from pathlib import Path
 import recpipe  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from recpipe import logs
 from recpipe.errors import RecpipeError
+from recpipe.pipeline import STAGES, stage
 
 log = logging.getLogger(__name__)
 INT32_MAX = 2**31 - 1
 VERBOSE_FLAGS = ("-v", "--verbose")
-
-STAGES: dict[str, str] = {
-    "ingest": "Read the configured source (data=...) into data/raw/*.parquet.",
-    "preprocess": "Validate, deduplicate and filter data/raw, build vocabularies and train/val/test "
-    "splits into data/processed/.",
-    "train": "Train the configured model (model=...) on data/processed; writes models/train/ (model/, "
-    "train_summary.json, metrics.json, training_curve.csv).",
-    "evaluate": "Score the full catalog for every test user, for the model and the baselines; writes "
-    "reports/: metrics.json and baselines.json (headline metrics), detail.json (every metric, with "
-    "per-segment and cold-item ones), intervals.json (bootstrap), evaluation.md and plots/.",
-    "export": "Export a top-K serving SavedModel to models/export/ and register it in MLflow.",
-}
 
 EPILOG = """\
 Stages read only params.yaml. Change configuration with `recpipe compose [overrides]`
@@ -72,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, text in STAGES.items():
-        p = sub.add_parser(name, help=text, description=text, parents=[common])
+    for s in STAGES:
+        p = sub.add_parser(s.name, help=s.help, description=s.help, parents=[common])
         p.add_argument(
             "--params",
             default="params.yaml",
@@ -258,8 +247,8 @@ def _guarded(command: str, call: Callable[[], int]) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the subcommand ``args.command``."""
     if args.command == "report":
+        from recpipe.leaderboard import report_command
         from recpipe.outputs import Output, check_outputs
-        from recpipe.report import report_command
 
         check_tracking_uri()
         if args.update_readme is not None:
@@ -333,17 +322,18 @@ def run_stage(name: str, params: Path) -> int:
     from recpipe.io import recover_dir
     from recpipe.outputs import STAGE_OUTPUTS, check_outputs
     from recpipe.paths import Paths
-    from recpipe.schema import STAGE_SECTIONS, validate
+    from recpipe.schema import validate
 
+    declared = stage(name)
     cfg = load_params(params)
-    validate(cfg, source=str(params), sections=STAGE_SECTIONS[name])
+    validate(cfg, source=str(params), sections=declared.sections)
     paths = Paths()
     check_outputs(STAGE_OUTPUTS[name](paths))
     check_tracking_uri()
     recover_dir(paths.output(name))
-    stage = importlib.import_module(f"recpipe.stages.{name}")
+    module = importlib.import_module(declared.module)
     with tracking.pipeline_run(cfg, name):
-        stage.run(cfg, paths)
+        module.run(cfg, paths)
     return 0
 
 

@@ -64,3 +64,11 @@ class UsageError(RecpipeError):
 
 class OutputError(RecpipeError):
     """An output location a stage cannot write: names the path and what is wrong with it."""
+
+
+class FileInTheWayError(OutputError):
+    """A file stands where an output folder belongs; nothing is deleted (it may be the user's).
+    Raised by ``outputs.check_output`` before a stage starts and by ``io.recover_dir``."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(f"{path} is a file, but recpipe writes the folder {path}/ there; move or delete the file")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from recpipe.errors import RecpipeError
+from recpipe.errors import FileInTheWayError
 
 TMP_SUFFIX = ".tmp"
 _UMASK = os.umask(0)
@@ -68,12 +68,12 @@ def recover_dir(path: str | os.PathLike) -> None:
 
     A directory left renamed aside (``.<name>.old``) is put back when ``path`` is missing, else
     removed; temporary directories (``.<name>.*.tmp``) are removed. A file standing where the
-    directory belongs is refused with a ``RecpipeError`` (it may be the user's; nothing is deleted).
+    directory belongs is refused with a ``FileInTheWayError`` (it may be the user's; nothing is deleted).
     Writers of one output must not run concurrently (DVC's repository lock sees to that).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise RecpipeError(f"{path} is a file, but the output directory goes there; move or delete it and run again")
+        raise FileInTheWayError(path)
     old = _aside(path)
     if old.exists() or old.is_symlink():
         if path.exists() or not old.is_dir():

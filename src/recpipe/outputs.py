@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from recpipe.errors import OutputError
+from recpipe.errors import FileInTheWayError, OutputError
 from recpipe.paths import Paths
+from recpipe.pipeline import STAGE_NAMES
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Output:
 
 STAGE_OUTPUTS: dict[str, Callable[[Paths], list[Output]]] = {
     stage: (lambda p, stage=stage: [Output(p.output(stage), True)])  # type: ignore[misc]
-    for stage in ("ingest", "preprocess", "train", "evaluate", "export")
+    for stage in STAGE_NAMES
 }  # each stage writes one output folder, replaced whole (dvc.yaml)
 
 
@@ -46,7 +47,7 @@ def check_output(out: Output) -> None:
     kind = "folder" if out.folder else "file"
     if path.exists() or path.is_symlink():
         if out.folder and not path.is_dir():
-            raise OutputError(f"{path} is a file, but recpipe writes the folder {path}/ there; move or delete the file")
+            raise FileInTheWayError(path)
         if not out.folder and path.is_dir():
             raise OutputError(
                 f"{path} is a folder, but recpipe writes the file {path} there; move or delete the folder"

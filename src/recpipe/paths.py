@@ -1,7 +1,8 @@
 """Where each stage reads and writes (docs/contracts.md), relative to one root.
 
-Each stage writes exactly one output directory (``Paths.output``), replaced as a whole by
-``recpipe.io.atomic_dir``; DVC tracks it as one ``persist`` output.
+Each stage writes exactly one output directory (``Paths.output``; the stages are declared in
+``recpipe.pipeline``), replaced as a whole by ``recpipe.io.atomic_dir``; DVC tracks it as one
+``persist`` output.
 """
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ class Paths:
     root: Path = Path(".")
 
     @property
+    def data(self) -> Path:
+        """The data folder: raw/ and processed/."""
+        return self.root / "data"
+
+    @property
     def raw(self) -> Path:
-        return self.root / "data" / "raw"
+        return self.data / "raw"
 
     @property
     def processed(self) -> Path:
-        return self.root / "data" / "processed"
+        return self.data / "processed"
 
     @property
     def train(self) -> Path:
@@ -57,12 +63,14 @@ class Paths:
     def plots(self) -> Path:
         return self.reports / "plots"
 
+    @property
+    def plots_page(self) -> Path:
+        """The offline HTML page ``dvc plots show`` fills (``recpipe.plots_page``)."""
+        return self.root / "views" / "plots_page.html"
+
     def output(self, stage: str) -> Path:
-        """The one output directory of ``stage`` (the stage names of dvc.yaml)."""
-        return {
-            "ingest": self.raw,
-            "preprocess": self.processed,
-            "train": self.train,
-            "evaluate": self.reports,
-            "export": self.export,
-        }[stage]
+        """The one output of ``stage`` (a stage name of dvc.yaml, ``recpipe.pipeline``)."""
+        from recpipe.pipeline import stage as declared
+
+        path: Path = getattr(self, declared(stage).output)
+        return path

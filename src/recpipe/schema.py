@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recpipe.errors import ConfigError
-from recpipe.evaluation.metrics import BEYOND_ACCURACY_K, RANKING_METRICS
+from recpipe.evaluation.registry import BEYOND_ACCURACY_K, PER_USER_BEYOND_ACCURACY, RANKING_METRICS, metric_key
 
 INT32_MAX = 2**31 - 1
 
@@ -310,7 +310,6 @@ MODELS: dict[str, type[Section]] = {
     "ease": EASE,
 }
 BASELINES = ("popularity", "random", "item_knn", "user_knn", "ease")
-PER_USER_BEYOND_ACCURACY = ("novelty", "popularity", "diversity")  # recpipe.evaluation.metrics.beyond_accuracy
 
 
 # --- the other groups ---------------------------------------------------------------------------
@@ -377,14 +376,6 @@ SECTIONS: dict[str, type[BaseModel] | None] = {
     "mlflow": Mlflow,
 }
 OPTIONAL_SECTIONS: dict[str, type[BaseModel]] = {"sweep": Sweep}  # recpipe run's job config adds it
-# The sections each stage reads (as its params in dvc.yaml; mlflow names the run's experiment).
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "ingest": ("data", "mlflow"),
-    "preprocess": ("data", "split", "preprocess", "mlflow"),
-    "train": ("data", "model", "seed", "mlflow"),
-    "evaluate": ("data", "model", "seed", "evaluate", "mlflow"),
-    "export": ("export", "mlflow"),
-}
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -445,8 +436,8 @@ def validate(
 def _check_bootstrap_metrics(evaluate: Mapping[str, Any], hint: str) -> None:
     """Every bootstrap metric is a per-user metric evaluate computes (a typo would get no interval)."""
     ks = evaluate["ks"]
-    known = [f"{m}_at_{k}" for m in RANKING_METRICS for k in ks]
-    known += [f"{m}_at_{BEYOND_ACCURACY_K}" for m in PER_USER_BEYOND_ACCURACY]
+    known = [metric_key(m, k) for m in RANKING_METRICS for k in ks]
+    known += [metric_key(m, BEYOND_ACCURACY_K) for m in PER_USER_BEYOND_ACCURACY]
     for i, name in enumerate((evaluate.get("bootstrap") or {}).get("metrics") or []):
         if name not in known:
             raise ConfigError(

@@ -14,13 +14,13 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from recpipe import pipeline
+
 PACKAGE = "recpipe"
 SRC = Path(__file__).resolve().parent.parent  # src/
-STAGES = ("ingest", "preprocess", "train", "evaluate", "export", "plots_page")
+STAGES = tuple(s.name for s in pipeline.DVC_STAGES)
 # What ``recpipe <stage>`` runs besides the stage module: cli's module level and ``run_stage``.
 RUNNER = ("recpipe.cli", "run_stage")
-# Stages whose command is ``python -m <module>``.
-MODULE_STAGES = {"plots_page": "recpipe.plots_page"}
 
 
 def module_file(name: str, src: Path = SRC) -> Path | None:
@@ -79,11 +79,12 @@ def closure(seeds: Iterable[tuple[str, str | None]], src: Path = SRC) -> set[Pat
     return files
 
 
-def stage_files(stage: str, src: Path = SRC) -> set[Path]:
-    """The source files the command of ``stage`` runs (``recpipe <stage>`` or ``python -m``)."""
-    if stage in MODULE_STAGES:
-        return closure([(MODULE_STAGES[stage], None)], src)
-    return closure([(f"{PACKAGE}.stages.{stage}", None), RUNNER], src)
+def stage_files(name: str, src: Path = SRC) -> set[Path]:
+    """The source files the command of stage ``name`` runs (``recpipe <name>`` or ``python -m``)."""
+    declared = pipeline.stage(name)
+    if not declared.command:
+        return closure([(declared.module, None)], src)
+    return closure([(declared.module, None), RUNNER], src)
 
 
 def compact(files: set[Path], root: Path) -> list[str]:

@@ -41,6 +41,7 @@ from recpipe.config import compose, plain_dict
 from recpipe.errors import RecpipeError
 from recpipe.io import read_json, write_json
 from recpipe.paths import Paths
+from recpipe.pipeline import stage
 from recpipe.schema import validate
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,9 @@ def _run_job(cfg: DictConfig) -> float:
     }
     with job_run(cfg, parent=parent, tags=tags):
         data_root = prepare_data(cfg)
-        link = out / "data"
+        link = Paths(root=out).data
         if not link.exists():
-            link.symlink_to((data_root / "data").resolve(), target_is_directory=True)
+            link.symlink_to(Paths(root=data_root).data.resolve(), target_is_directory=True)
         tracking.log_data(cfg, Paths(root=out).processed)
         run_stages(cfg, Paths(root=out), JOB_STAGES)
         summary = read_json(Paths(root=out).train_summary)
@@ -173,7 +174,7 @@ def _run_job(cfg: DictConfig) -> float:
 def run_stages(cfg: DictConfig, paths: Paths, stages: Sequence[str]) -> None:
     """Run the stage modules ``stages`` in order on ``paths`` (they log to the active run)."""
     for name in stages:
-        importlib.import_module(f"recpipe.stages.{name}").run(cfg, paths)
+        importlib.import_module(stage(name).module).run(cfg, paths)
 
 
 def objective(summary: dict[str, Any], key: str | None) -> float:
@@ -244,18 +245,13 @@ def active_metrics() -> dict[str, float]:
 
 @contextmanager
 def job_run(cfg: DictConfig, *, parent: dict[str, str] | None, tags: dict[str, str]) -> Iterator[Any]:
-    """An active MLflow run for one job (named ``<model>-<config hash>-<n>``), a child of
-    ``parent`` (``{"run_id", "experiment_id"}``) when given, with the flattened config as params."""
-    import mlflow
-
+    """An active MLflow run for one job (``tracking.start_new_run``), a child of ``parent``
+    (``{"run_id", "experiment_id"}``) when given."""
     experiment_id = tracking.ensure_experiment(cfg.mlflow.experiment)
     if parent and parent["experiment_id"] != experiment_id:
         raise RecpipeError(f"sweep parent run {parent['run_id']} is in another experiment than mlflow.experiment")
-    all_tags = {**tags, **tracking.git_info(), **tracking.config_tags(cfg), **tracking.process_tags()}
     parent_run_id = parent["run_id"] if parent else None
-    run_id = tracking.create_run(experiment_id, tracking.run_prefix(cfg), all_tags, parent_run_id)
-    with mlflow.start_run(run_id=run_id) as run:
-        tracking.log_config(cfg)
+    with tracking.start_new_run(cfg, experiment_id, {**tags, **tracking.git_info()}, parent_run_id) as run:
         yield run
 
 

@@ -33,11 +33,12 @@ from omegaconf import DictConfig, OmegaConf
 from recpipe import lineage
 from recpipe.config import plain_dict
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS, headline
+from recpipe.evaluation.registry import baseline_key
 from recpipe.io import read_json, write_json
 from recpipe.paths import Paths
+from recpipe.pipeline import STAGE_NAMES
 from recpipe.tracking_server import check_server
 
-STAGE_ORDER = ("ingest", "preprocess", "train", "evaluate", "export")
 STATE_FILE = Path(".recpipe") / "mlflow_run.json"
 ARTIFACT_DIR = "mlartifacts"
 # The config sections every model of a comparison shares: runs with the same hash of these are
@@ -269,6 +270,21 @@ def log_config(cfg: DictConfig) -> None:
     mlflow.log_params({k: str(v)[:6000] for k, v in flatten(plain_dict(cfg)).items()})
 
 
+def start_new_run(
+    cfg: DictConfig, experiment_id: str, tags: Mapping[str, str], parent_run_id: str | None = None
+) -> Any:
+    """Create a run of ``cfg`` (named ``<run_prefix>-<n>``, a child of ``parent_run_id`` when given),
+    tagged with ``config_tags``, ``tags`` and ``process_tags``, start it and log the flattened config
+    as params; returns the active run. The one way recpipe opens a new run: the pipeline's
+    (``pipeline_run``) and each ``recpipe run`` job's (``sweep.job_run``)."""
+    import mlflow
+
+    all_tags = {**config_tags(cfg), **tags, **process_tags()}
+    run = mlflow.start_run(run_id=create_run(experiment_id, run_prefix(cfg), all_tags, parent_run_id))
+    log_config(cfg)
+    return run
+
+
 # --- what a run holds: metrics from the files the stages write --------------------------------
 
 
@@ -305,7 +321,7 @@ def headline_metrics(detail: Mapping[str, Any]) -> dict[str, float]:
     ``HEADLINE_BASELINE_METRICS`` as ``baseline.<name>.<key>``; undefined (null/NaN) ones left out."""
     flat: dict[str, Any] = headline(detail["model"], HEADLINE_METRICS)
     for name, values in detail.get("baselines", {}).items():
-        flat.update({f"baseline.{name}.{k}": v for k, v in headline(values, HEADLINE_BASELINE_METRICS).items()})
+        flat.update({baseline_key(name, k): v for k, v in headline(values, HEADLINE_BASELINE_METRICS).items()})
     return _finite(flat)
 
 
@@ -386,8 +402,8 @@ def continued_run(cfg: DictConfig, stage: str, experiment_id: str) -> str | None
         state.get("config_hash") == config_hash(cfg)
         and state.get("experiment_id") == experiment_id
         and state.get("session") == session_id()
-        and state.get("stage") in STAGE_ORDER
-        and STAGE_ORDER.index(stage) > STAGE_ORDER.index(state["stage"])
+        and state.get("stage") in STAGE_NAMES
+        and STAGE_NAMES.index(stage) > STAGE_NAMES.index(state["stage"])
     ):
         return state.get("run_id")
     return None
@@ -408,9 +424,7 @@ def pipeline_run(cfg: DictConfig, stage: str, paths: Paths | None = None) -> Ite
         except mlflow.exceptions.MlflowException:  # recorded run deleted: start afresh
             run_id = None
     if run_id is None:
-        tags = {**config_tags(cfg), "recpipe.first_stage": stage, **process_tags()}
-        run = mlflow.start_run(run_id=create_run(experiment_id, run_prefix(cfg), tags))
-        log_config(cfg)
+        run = start_new_run(cfg, experiment_id, {"recpipe.first_stage": stage})
     with run:
         mlflow.set_tags({**git_info(), **process_tags(), "recpipe.last_stage": stage})
         yield run

@@ -23,7 +23,9 @@ import tensorflow as tf
 
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
+from recpipe.evaluation import metrics
 from recpipe.evaluation.ranking import rank_metrics
+from recpipe.evaluation.registry import metric_key
 from recpipe.features import fit_feature_spec
 from recpipe.io import atomic_file
 from recpipe.models import RecModel, build, get
@@ -127,7 +129,7 @@ def rmse(model: RecModel, rows: pd.DataFrame) -> float:
     pred = model.predict_rating(
         tf.constant(rows["user_idx"].to_numpy(np.int32)), tf.constant(rows["item_idx"].to_numpy(np.int32))
     ).numpy()
-    return float(np.sqrt(np.mean((rows["rating"].to_numpy(np.float64) - pred) ** 2)))
+    return metrics.rmse(pred, rows["rating"].to_numpy(np.float64))
 
 
 def validator(model: RecModel, data: Processed) -> tuple[str, Callable[[], float], bool]:
@@ -142,7 +144,7 @@ def validator(model: RecModel, data: Processed) -> tuple[str, Callable[[], float
         val = data.val.dropna(subset=["rating"])
         return "val_rmse", lambda: rmse(model, val), False
     exclude, truth = data.matrix("train"), data.matrix("val")
-    key = f"recall_at_{VAL_K}"
+    key = metric_key("recall", VAL_K)
 
     def recall() -> float:
         return float(rank_metrics(lambda users: model.score_all(tf.constant(users)), exclude, truth, (VAL_K,))[key])

@@ -16,41 +16,24 @@ Choices (documented in conf/config.yaml, section ``preprocess``):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from recpipe.data.processed import SPLITS
+from recpipe.data.processed import Preprocessed
+from recpipe.data.raw import RawTables
+from recpipe.data.schema import INDEX
 from recpipe.data.splits import make_splits
-from recpipe.data.validate import RawTables, example_row
+from recpipe.data.validate import example_row
 from recpipe.errors import DataError, RecpipeError
-from recpipe.io import atomic_dir, write_json
 
 DUPLICATE_POLICIES = ("latest", "first", "mean", "error")
-INTERACTIONS_SCHEMA = pa.schema(
-    [("user_id", pa.string()), ("item_id", pa.string()), ("rating", pa.float32()), ("timestamp", pa.int64())]
-)
 NO_TIME = np.iinfo(np.int64).min  # a null timestamp, sorting before every real one
 FILTER_REASONS = ("min_rating", "min_user_interactions", "min_item_interactions")
-
-
-@dataclass(frozen=True)
-class Preprocessed:
-    """The contents of data/processed: three splits (contract columns), vocabularies, stats."""
-
-    train: pd.DataFrame
-    val: pd.DataFrame
-    test: pd.DataFrame
-    users: pa.Table
-    items: pa.Table
-    stats: dict[str, Any]
 
 
 def deduplicate(df: pd.DataFrame, policy: str = "latest", *, file: str = "interactions") -> tuple[pd.DataFrame, int]:
@@ -159,7 +142,7 @@ def build_vocabulary(ids: np.ndarray, table: pa.Table | None, id_column: str) ->
     id_array = pa.array(ids, pa.string())
     columns: dict[str, pa.Array | pa.ChunkedArray] = {
         id_column: id_array,
-        "index": pa.array(np.arange(len(ids), dtype=np.int32)),
+        INDEX.name: pa.array(np.arange(len(ids), dtype=np.int32)),
     }
     if table is not None:
         positions = pd.Index(table.column(id_column).to_pandas()).get_indexer(ids)
@@ -229,22 +212,6 @@ def split_stats(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame) -> d
         for key, column in (("cold_users", "user_id"), ("cold_items", "item_id")):
             stats[name][key] = int((~pd.Index(df[column].unique()).isin(train[column].unique())).sum())
     return stats
-
-
-def write_processed(result: Preprocessed, path: str | Path) -> None:
-    """Write ``result`` as the directory ``path`` in one atomic step (the old one stays until then)."""
-    with atomic_dir(path) as tmp:
-        for name in SPLITS:
-            frame = getattr(result, name)[INTERACTIONS_SCHEMA.names]
-            pq.write_table(
-                pa.Table.from_pandas(frame, schema=INTERACTIONS_SCHEMA, preserve_index=False).replace_schema_metadata(
-                    None
-                ),
-                tmp / f"{name}.parquet",
-            )
-        pq.write_table(result.users, tmp / "users.parquet")
-        pq.write_table(result.items, tmp / "items.parquet")
-        write_json(tmp / "stats.json", result.stats)
 
 
 def summary(stats: Mapping[str, Any]) -> str:

@@ -1,18 +1,54 @@
-"""Load the preprocess stage's outputs (vocabularies and splits) for training, evaluation, export."""
+"""The preprocess stage's output, data/processed/ (vocabularies, splits, stats): its writer
+(``write_processed``) and its reader (``load_processed``, for training, evaluation and export).
+Columns: ``recpipe.data.schema``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from recpipe.data.raw import reading
+from recpipe.data.schema import INDEX, INTERACTIONS, ITEM_IDX, USER_IDX, arrow_schema
 from recpipe.errors import DataError, RecpipeError
+from recpipe.io import atomic_dir, write_json
 
 SPLITS = ("train", "val", "test")
+_INTERACTIONS_SCHEMA = arrow_schema(INTERACTIONS)
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """The contents of data/processed: three splits (contract columns), vocabularies, stats."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    users: pa.Table
+    items: pa.Table
+    stats: dict[str, Any]
+
+
+def write_processed(result: Preprocessed, path: str | Path) -> None:
+    """Write ``result`` as the directory ``path`` in one atomic step (the old one stays until then)."""
+    with atomic_dir(path) as tmp:
+        for name in SPLITS:
+            frame = getattr(result, name)[_INTERACTIONS_SCHEMA.names]
+            pq.write_table(
+                pa.Table.from_pandas(frame, schema=_INTERACTIONS_SCHEMA, preserve_index=False).replace_schema_metadata(
+                    None
+                ),
+                tmp / f"{name}.parquet",
+            )
+        pq.write_table(result.users, tmp / "users.parquet")
+        pq.write_table(result.items, tmp / "items.parquet")
+        write_json(tmp / "stats.json", result.stats)
 
 
 @dataclass(frozen=True)
@@ -59,17 +95,18 @@ def load_processed(path: str | Path) -> Processed:
     path = Path(path)
     if not (path / "items.parquet").exists():
         raise RecpipeError(f"{path}: no preprocessed data; run `recpipe preprocess` (or `dvc repro`)")
-    users, items = _read(path / "users.parquet", "index", "user_id"), _read(path / "items.parquet", "index", "item_id")
-    uidx = pd.Series(users["index"].to_numpy(np.int32), index=users["user_id"].to_numpy(object))
-    iidx = pd.Series(items["index"].to_numpy(np.int32), index=items["item_id"].to_numpy(object))
+    index = INDEX.name
+    users, items = _read(path / "users.parquet", index, "user_id"), _read(path / "items.parquet", index, "item_id")
+    uidx = pd.Series(users[index].to_numpy(np.int32), index=users["user_id"].to_numpy(object))
+    iidx = pd.Series(items[index].to_numpy(np.int32), index=items["item_id"].to_numpy(object))
     splits = {}
     for name in SPLITS:
         df = _read(path / f"{name}.parquet", "user_id", "item_id")
-        df["user_idx"] = uidx.reindex(df["user_id"].to_numpy(object)).to_numpy(np.int32)
-        df["item_idx"] = iidx.reindex(df["item_id"].to_numpy(object)).to_numpy(np.int32)
+        df[USER_IDX.name] = uidx.reindex(df["user_id"].to_numpy(object)).to_numpy(np.int32)
+        df[ITEM_IDX.name] = iidx.reindex(df["item_id"].to_numpy(object)).to_numpy(np.int32)
         splits[name] = df
-    users = users.sort_values("index", ignore_index=True)
-    items = items.sort_values("index", ignore_index=True)
+    users = users.sort_values(index, ignore_index=True)
+    items = items.sort_values(index, ignore_index=True)
     return Processed(users=users, items=items, **splits)
 
 

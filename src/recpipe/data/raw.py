@@ -1,20 +1,23 @@
-"""The ingest stage's output, data/raw/, and the conversions every source uses to reach it.
+"""The ingest stage's output, data/raw/: its writer (``write_raw``), its reader (``read_raw``, which
+validates with ``recpipe.data.validate``), and the conversions every source uses to reach it.
 
 Every source returns a :class:`RawData` whose frames already have the contract columns
-(docs/contracts.md): interactions ``user_id``, ``item_id`` (strings), ``rating`` (float32,
-null for implicit data), ``timestamp`` (int64 seconds, nullable); items ``item_id``, ``title``,
-``year`` (int32, nullable), ``genres`` (list of strings); users ``user_id`` plus what the source has.
+(``recpipe.data.schema``, docs/contracts.md): interactions ``user_id``, ``item_id`` (strings),
+``rating`` (float32, null for implicit data), ``timestamp`` (int64 seconds, nullable); items
+``item_id``, ``title``, ``year`` (int32, nullable), ``genres`` (list of strings); users ``user_id``
+plus what the source has.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import os
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +29,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recpipe.errors import DataError
+from recpipe.data.schema import INTERACTION_COLUMNS, INTERACTIONS, ITEM_COLUMNS, ITEMS, USERS, required
+from recpipe.data.validate import source_hint, validate_interactions, validate_table
+from recpipe.errors import DataError, RecpipeError
 from recpipe.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 
-INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
-ITEM_COLUMNS = ("item_id", "title", "year", "genres")
 # Genre tokens that mean "no genre" (ML-100K's "unknown" flag, the CSV releases' placeholder).
 NO_GENRE = frozenset({"", "unknown", "(no genres listed)"})
 # A title ending in its year, "Toy Story (1995)" or "Fawlty Towers (1975-1979)".
@@ -51,14 +54,8 @@ READ_ERRORS: tuple[type[BaseException], ...] = (
     csv.Error,
     OSError,
 )
-_ARROW_TYPES = {
-    "user_id": pa.string(),
-    "item_id": pa.string(),
-    "timestamp": pa.int64(),
-    "title": pa.string(),
-    "year": pa.int32(),
-    "genres": pa.list_(pa.string()),
-}
+# The contract types written; rating is cast only from numbers or nulls (validate names a bad one).
+_ARROW_TYPES = {c.name: c.type for c in (*INTERACTIONS, *ITEMS)}
 
 
 @dataclass(frozen=True)
@@ -110,13 +107,77 @@ def _write_table(df: pd.DataFrame, path: Path) -> None:
     table = pa.Table.from_pandas(df, preserve_index=False)
     for i, field in enumerate(table.schema):
         target = _ARROW_TYPES.get(field.name)
-        if field.name == "rating" and (
+        if field.name == "rating" and not (
             pa.types.is_integer(field.type) or pa.types.is_floating(field.type) or pa.types.is_null(field.type)
         ):
-            target = pa.float32()
+            target = None
         if target is not None and field.type != target:
             table = table.set_column(i, pa.field(field.name, target), table.column(i).cast(target))
     pq.write_table(table, path)
+
+
+@dataclass(frozen=True)
+class RawTables:
+    """Validated raw tables.
+
+    ``interactions`` has the contract columns with dtypes ``user_id``/``item_id`` categorical of str, ``rating``
+    float32 (all NaN for implicit data), ``timestamp`` Int64 (nullable); its index is the row number
+    in the file. ``items``/``users`` are the tables as read (Arrow, so feature types survive), with
+    string ids that are unique and non-null. ``files`` maps "interactions", "items", "users" to the
+    paths shown in messages.
+    """
+
+    interactions: pd.DataFrame
+    items: pa.Table
+    users: pa.Table | None
+    files: dict[str, str]
+
+
+def source_path(raw_dir: str | Path) -> str | None:
+    """The original source file ingest recorded in ``raw_dir/source.json`` (key ``path``), if any."""
+    try:
+        info = json.loads((Path(raw_dir) / "source.json").read_text())
+    except (OSError, ValueError):
+        return None
+    path = info.get("path") if isinstance(info, dict) else None
+    return str(path) if path else None
+
+
+def read_raw(
+    raw_dir: str | Path,
+    *,
+    rating_scale: Sequence[float] | None = None,
+    require_timestamps: str | None = None,
+) -> RawTables:
+    """Read and validate ``raw_dir``'s interactions.parquet, items.parquet and optional users.parquet.
+
+    ``require_timestamps`` (e.g. "split=temporal") makes a null timestamp an error, naming the reason.
+    """
+    raw_dir = Path(raw_dir)
+    source = source_path(raw_dir)
+    files = {name: str(raw_dir / f"{name}.parquet") for name in ("interactions", "items", "users")}
+    interactions = validate_interactions(
+        _read_table(files["interactions"], source, dictionary=("user_id", "item_id")).to_pandas(),
+        files["interactions"],
+        rating_scale=rating_scale,
+        require_timestamps=require_timestamps,
+        source=source,
+    )
+    items = validate_table(_read_table(files["items"], source), files["items"], required(ITEMS), source=source)
+    users = None
+    if Path(files["users"]).exists():
+        users = validate_table(_read_table(files["users"], source), files["users"], required(USERS), source=source)
+    return RawTables(interactions=interactions, items=items, users=users, files=files)
+
+
+def _read_table(file: str, source: str | None, dictionary: Sequence[str] = ()) -> pa.Table:
+    """Read a Parquet file; string columns in ``dictionary`` come as dictionaries (pandas categoricals)."""
+    if not Path(file).exists():
+        raise RecpipeError(f"{file}: not found; run `recpipe ingest` (or `dvc repro`) first")
+    try:
+        return pq.read_table(file, read_dictionary=list(dictionary))
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(file, f"not a readable Parquet file ({e})", hint=source_hint(source)) from e
 
 
 def id_strings(values: pd.Series | np.ndarray | Iterable[Any]) -> pd.Series:

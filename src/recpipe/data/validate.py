@@ -1,4 +1,4 @@
-"""Read and validate data/raw before preprocessing.
+"""Validate data/raw's tables before preprocessing (``recpipe.data.raw.read_raw`` reads them).
 
 Every problem a user can fix raises :class:`recpipe.errors.DataError` naming the file, the column,
 how many rows are affected and the first such row (row numbers count from 0, as in
@@ -8,82 +8,22 @@ data/raw/source.json (``{"path": ...}``), the message mentions it too.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from recpipe.errors import DataError, RecpipeError
+from recpipe.data.schema import INDEX, INTERACTIONS, required
+from recpipe.errors import DataError
 
-INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
-ITEM_COLUMNS = ("item_id", "title")
-USER_COLUMNS = ("user_id",)
-RESERVED_COLUMN = "index"
+RESERVED_COLUMN = INDEX.name
 NA_ID_HINT = (
     "CSV cells spelled NA, null, NaN, N/A, ... are read as missing; if such an id is real, list "
     "the cells that mean missing in data.na_values (e.g. `recpipe compose data=files "
     "'data.na_values=[\"\"]'`)"
 )  # the vocabulary index that preprocess adds to the item and user tables
-
-
-@dataclass(frozen=True)
-class RawTables:
-    """Validated raw tables.
-
-    ``interactions`` has the contract columns with dtypes ``user_id``/``item_id`` categorical of str, ``rating``
-    float32 (all NaN for implicit data), ``timestamp`` Int64 (nullable); its index is the row number
-    in the file. ``items``/``users`` are the tables as read (Arrow, so feature types survive), with
-    string ids that are unique and non-null. ``files`` maps "interactions", "items", "users" to the
-    paths shown in messages.
-    """
-
-    interactions: pd.DataFrame
-    items: pa.Table
-    users: pa.Table | None
-    files: dict[str, str]
-
-
-def source_path(raw_dir: str | Path) -> str | None:
-    """The original source file ingest recorded in ``raw_dir/source.json`` (key ``path``), if any."""
-    try:
-        info = json.loads((Path(raw_dir) / "source.json").read_text())
-    except (OSError, ValueError):
-        return None
-    path = info.get("path") if isinstance(info, dict) else None
-    return str(path) if path else None
-
-
-def read_raw(
-    raw_dir: str | Path,
-    *,
-    rating_scale: Sequence[float] | None = None,
-    require_timestamps: str | None = None,
-) -> RawTables:
-    """Read and validate ``raw_dir``'s interactions.parquet, items.parquet and optional users.parquet.
-
-    ``require_timestamps`` (e.g. "split=temporal") makes a null timestamp an error, naming the reason.
-    """
-    raw_dir = Path(raw_dir)
-    source = source_path(raw_dir)
-    files = {name: str(raw_dir / f"{name}.parquet") for name in ("interactions", "items", "users")}
-    interactions = validate_interactions(
-        _read_table(files["interactions"], source, dictionary=("user_id", "item_id")).to_pandas(),
-        files["interactions"],
-        rating_scale=rating_scale,
-        require_timestamps=require_timestamps,
-        source=source,
-    )
-    items = validate_table(_read_table(files["items"], source), files["items"], ITEM_COLUMNS, source=source)
-    users = None
-    if Path(files["users"]).exists():
-        users = validate_table(_read_table(files["users"], source), files["users"], USER_COLUMNS, source=source)
-    return RawTables(interactions=interactions, items=items, users=users, files=files)
 
 
 def validate_interactions(
@@ -100,10 +40,10 @@ def validate_interactions(
     out-of-``rating_scale`` ratings, non-integer or negative timestamps, and null timestamps when
     ``require_timestamps`` names a reason. The input frame is not modified.
     """
-    hint = _source_hint(source)
+    hint = source_hint(source)
     if len(df) == 0:
         raise DataError(file, "no interactions", n_rows=0, hint=hint)
-    _require_columns(list(df.columns), INTERACTION_COLUMNS, file, hint)
+    _require_columns(list(df.columns), required(INTERACTIONS), file, hint)
     df = df.reset_index(drop=True)
     return pd.DataFrame(
         {
@@ -120,7 +60,7 @@ def validate_table(table: pa.Table, file: str, required: Sequence[str], *, sourc
 
     Errors: missing columns, a column named ``index`` (reserved), null/empty or repeated ids.
     """
-    hint = _source_hint(source)
+    hint = source_hint(source)
     _require_columns(table.column_names, required, file, hint)
     if RESERVED_COLUMN in table.column_names:
         raise DataError(
@@ -136,17 +76,7 @@ def validate_table(table: pa.Table, file: str, required: Sequence[str], *, sourc
     return table.set_column(table.column_names.index(id_col), id_col, pa.array(ids.to_numpy(object), pa.string()))
 
 
-def _read_table(file: str, source: str | None, dictionary: Sequence[str] = ()) -> pa.Table:
-    """Read a Parquet file; string columns in ``dictionary`` come as dictionaries (pandas categoricals)."""
-    if not Path(file).exists():
-        raise RecpipeError(f"{file}: not found; run `recpipe ingest` (or `dvc repro`) first")
-    try:
-        return pq.read_table(file, read_dictionary=list(dictionary))
-    except (OSError, pa.ArrowException) as e:
-        raise DataError(file, f"not a readable Parquet file ({e})", hint=_source_hint(source)) from e
-
-
-def _source_hint(source: str | None) -> str | None:
+def source_hint(source: str | None) -> str | None:
     return f"Ingested from {source}" if source else None
 
 

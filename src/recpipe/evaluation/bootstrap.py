@@ -16,29 +16,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from recpipe.errors import RecpipeError
-from recpipe.evaluation.metrics import RANKING_METRICS
+from recpipe.evaluation.registry import ci_keys, higher_is_better
 
 # Index elements drawn per chunk (rows of resampled users x n_users), int64: 32 MB.
 _CHUNK_ELEMENTS = 1 << 22
-LOWER_IS_BETTER = ("rmse", "mae")
 _EMPTY = "bootstrap over an empty set of users (no test user has a test item?)"
-
-
-def base_metric(key: str) -> str:
-    """The contract metric behind a segment or cold-item key: ``light_users.ndcg_at_10`` and
-    ``cold_ndcg_at_10`` -> ``ndcg_at_10``."""
-    return key.rpartition(".")[2].removeprefix("cold_")
-
-
-def higher_is_better(metric: str) -> bool | None:
-    """True for ranking metrics, False for rating errors, None when there is no better direction
-    (also for segment and cold-item variants of each, see ``base_metric``)."""
-    metric = base_metric(metric)
-    if metric in LOWER_IS_BETTER:
-        return False
-    if metric.rpartition("_at_")[0] in RANKING_METRICS:
-        return True
-    return None
 
 
 def _check(n_resamples: int, level: float) -> None:
@@ -192,5 +174,6 @@ def ci_metrics(intervals: Mapping[str, Any], system: str) -> dict[str, float]:
     """One system's intervals as flat MLflow metrics ``<metric>_ci_low`` / ``<metric>_ci_high``."""
     out = {}
     for metric, (low, high) in intervals["ci"].get(system, {}).items():
-        out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = low, high
+        low_key, high_key = ci_keys(metric)
+        out[low_key], out[high_key] = low, high
     return out

@@ -16,8 +16,7 @@ import scipy.sparse as sp
 from recpipe.data.processed import Processed
 from recpipe.evaluation import metrics
 from recpipe.evaluation.ranking import ScoreFn, top_k_items, users_with_truth
-
-PREFIX = "cold_"
+from recpipe.evaluation.registry import cold_key
 
 
 def cold_items(seen: sp.csr_matrix, truth: sp.csr_matrix) -> np.ndarray:
@@ -58,4 +57,4 @@ def cold_metrics(
     nothing = sp.csr_matrix((truth.shape[0], len(cold)), dtype=np.float32)
     topk, _ = top_k_items(lambda u: np.asarray(score_fn(u))[:, cold], users, nothing, max(ks), batch_size)
     per_user = metrics.metrics_from_topk(topk, cold_truth[users], ks)
-    return {PREFIX + k: v for k, v in metrics.mean(per_user).items()}
+    return {cold_key(k): v for k, v in metrics.mean(per_user).items()}

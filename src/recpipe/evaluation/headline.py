@@ -10,25 +10,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-# The trained model, in reports/metrics.json (rmse/mae only for models that predict ratings).
-HEADLINE_METRICS: tuple[str, ...] = (
-    "precision_at_10",
-    "recall_at_10",
-    "ndcg_at_10",
-    "map_at_10",
-    "hit_rate_at_10",
-    "mrr_at_10",
-    "rmse",
-    "mae",
-    "coverage_at_10",
-    "diversity_at_10",
-    "novelty_at_10",
-    "popularity_at_10",
-    "ndcg_at_10_ci_low",
-    "ndcg_at_10_ci_high",
-)
+from recpipe.evaluation.registry import BEYOND_METRICS, MAIN_METRICS, TABLE_K, ci_keys, metric_key
+
+# The trained model, in reports/metrics.json (rmse/mae only for models that predict ratings): the
+# ranking metrics at 10 (precision, recall, ndcg, map, hit_rate, mrr), rmse, mae, the
+# beyond-accuracy metrics (coverage, diversity, novelty, popularity) and ndcg_at_10's interval.
+HEADLINE_METRICS: tuple[str, ...] = (*MAIN_METRICS, *BEYOND_METRICS, *ci_keys(metric_key("ndcg", TABLE_K)))
 # Each baseline, in reports/baselines.json as {name: {metric: value}}.
-HEADLINE_BASELINE_METRICS: tuple[str, ...] = ("ndcg_at_10", "recall_at_10")
+HEADLINE_BASELINE_METRICS: tuple[str, ...] = (metric_key("ndcg", TABLE_K), metric_key("recall", TABLE_K))
 # The train stage, in models/train/metrics.json; plus ``best_<validation metric>``.
 HEADLINE_TRAIN_METRICS: tuple[str, ...] = ("train_seconds", "best_epoch")
 # Labels first in models/train/metrics.json, so that dvc exp show / dvc metrics show start with what

@@ -15,13 +15,8 @@ from typing import cast
 import numpy as np
 import scipy.sparse as sp
 
-RANKING_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate", "mrr")
-BEYOND_ACCURACY_K = 10
-
-
-def metric_key(name: str, k: int) -> str:
-    """Contract spelling of a cut-off metric: ``metric_key("ndcg", 10) == "ndcg_at_10"``."""
-    return f"{name}_at_{k}"
+# Metric names, directions and key spellings live in the registry.
+from recpipe.evaluation.registry import BEYOND_ACCURACY_K, metric_key
 
 
 def _discounts(k: int) -> np.ndarray:

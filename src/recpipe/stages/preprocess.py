@@ -6,9 +6,10 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from recpipe.data.preprocess import preprocess, summary, write_processed
+from recpipe.data.preprocess import preprocess, summary
+from recpipe.data.processed import write_processed
+from recpipe.data.raw import read_raw
 from recpipe.data.splits import NEEDS_TIMESTAMPS
-from recpipe.data.validate import read_raw
 from recpipe.paths import Paths
 from recpipe.tracking import log_metrics, stats_metrics
 

@@ -19,10 +19,11 @@ from tqdm.auto import tqdm
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.evaluation.ranking import rank_metrics
+from recpipe.evaluation.registry import TABLE_K, metric_key
 from recpipe.models.base import register
 from recpipe.models.classic.base import ClosedFormModel, Fitted, SparseRows, as_binary_csr
 
-TUNE_METRIC = "ndcg_at_10"
+TUNE_METRIC = metric_key("ndcg", TABLE_K)
 MAX_ITEMS = 40_000
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from recpipe.errors import RecpipeError
 from recpipe.evaluation.bootstrap import compare_to_baselines
-from recpipe.evaluation.report import (
+from recpipe.evaluation.render import (
     plot_metric_vs_k,
     plot_popularity,
     recommended_popularity,

@@ -14,7 +14,7 @@ from recpipe import tracking
 from recpipe.cli import main
 from recpipe.config import load_params
 from recpipe.errors import RecpipeError
-from recpipe.report import END, START, evaluated_runs, group_runs, readme_config_hash, replace_block
+from recpipe.leaderboard import END, START, evaluated_runs, group_runs, readme_config_hash, replace_block
 
 from .helpers import REPO
 

@@ -29,9 +29,8 @@ from typing import Any
 
 from recpipe import tracking
 from recpipe.errors import RecpipeError
-from recpipe.evaluation.bootstrap import higher_is_better
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS
-from recpipe.evaluation.report import MAIN_METRICS
+from recpipe.evaluation.registry import MAIN_METRICS, higher_is_better, split_baseline_key
 from recpipe.io import atomic_file
 from recpipe.tracking_server import check_server
 
@@ -162,10 +161,8 @@ def baseline_rows(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
     """``baseline.<name>.<metric>`` metrics of one run as ``{name: {metric: value}}``."""
     out: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
-        if key.startswith("baseline."):
-            name, _, metric = key.removeprefix("baseline.").rpartition(".")
-            if metric in HEADLINE_BASELINE_METRICS:
-                out.setdefault(name, {})[metric] = value
+        if (parts := split_baseline_key(key)) and parts[1] in HEADLINE_BASELINE_METRICS:
+            out.setdefault(parts[0], {})[parts[1]] = value
     return dict(sorted(out.items()))
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -16,12 +15,19 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from recpipe.errors import RecpipeError
-from recpipe.evaluation.bootstrap import higher_is_better
-from recpipe.evaluation.metrics import BEYOND_ACCURACY_K, RANKING_METRICS, metric_key
+from recpipe.evaluation.registry import (
+    BEYOND_ACCURACY_K,
+    BEYOND_METRICS,
+    MAIN_METRICS,
+    RANKING_METRICS,
+    TABLE_K,
+    cold_key,
+    higher_is_better,
+    metric_key,
+    segment_key,
+    split_at_k,
+)
 from recpipe.io import atomic_file
-
-MAIN_METRICS = tuple(metric_key(m, 10) for m in RANKING_METRICS) + ("rmse", "mae")
-BEYOND_METRICS = tuple(metric_key(m, BEYOND_ACCURACY_K) for m in ("coverage", "diversity", "novelty", "popularity"))
 
 
 def _fmt(value: float, sign: bool = False) -> str:
@@ -147,7 +153,8 @@ def _summary_sections(
     model = systems[model_name]
     out: list[str] = []
     segments = summary.get("segments", {})
-    rows = [f"{seg}.{m}" for seg in segments for m in (*MAIN_METRICS, *BEYOND_METRICS) if f"{seg}.{m}" in model]
+    rows = [segment_key(seg, m) for seg in segments for m in (*MAIN_METRICS, *BEYOND_METRICS)]
+    rows = [r for r in rows if r in model]
     if rows:
         described = "; ".join(
             f"{seg}: {info['users']} users with {info['train_interactions']} train interactions"
@@ -155,7 +162,7 @@ def _summary_sections(
         )
         out += ["## By user segment", "", f"{described}.", "", *_table(rows, model_name, systems, {}, False), ""]
     cold = summary.get("cold_items", {})
-    rows = [f"cold_{metric_key(m, 10)}" for m in RANKING_METRICS if f"cold_{metric_key(m, 10)}" in model]
+    rows = [r for r in (cold_key(metric_key(m, TABLE_K)) for m in RANKING_METRICS) if r in model]
     if rows:
         out += [
             "## Cold items",
@@ -201,9 +208,8 @@ def plot_metric_vs_k(
     wanted = [metrics] if isinstance(metrics, str) else list(metrics)
     series: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
     for metric in wanted:
-        pattern = re.compile(rf"{re.escape(metric)}_at_(\d+)")
         for name, values in all_metrics.items():
-            ks = sorted(int(m.group(1)) for key in values if (m := pattern.fullmatch(key)))
+            ks = sorted(at_k[1] for key in values if (at_k := split_at_k(key)) and at_k[0] == metric)
             if ks:
                 series.setdefault(metric, {})[name] = (ks, [values[metric_key(metric, k)] for k in ks])
     if not series:
