@@ -383,7 +383,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "preprocess": ("data", "split", "preprocess", "mlflow"),
     "train": ("data", "model", "seed", "mlflow"),
     "evaluate": ("data", "model", "seed", "evaluate", "mlflow"),
-    "export": ("export", "mlflow"),
+    "export": ("export", "seed", "split", "mlflow"),
 }
 
 

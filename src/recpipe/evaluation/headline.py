@@ -27,6 +27,9 @@ HEADLINE_METRICS: tuple[str, ...] = (
     "ndcg_at_10_ci_low",
     "ndcg_at_10_ci_high",
 )
+# The one metric the promotion gate (recpipe.serving.promotion) compares models by: every model is
+# evaluated on ranking, and its per-user values are in reports/per_user.csv.
+PROMOTION_METRIC = "ndcg_at_10"
 # Each baseline, in reports/baselines.json as {name: {metric: value}}.
 HEADLINE_BASELINE_METRICS: tuple[str, ...] = ("ndcg_at_10", "recall_at_10")
 # The train stage, in models/train/metrics.json; plus ``best_<validation metric>``.
