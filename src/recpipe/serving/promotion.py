@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,6 +239,7 @@ def per_user_values(run_id: str | None) -> pd.Series | None:
 
     if not run_id:
         return None
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory(prefix="recpipe-promotion-") as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(
@@ -253,25 +255,25 @@ def per_user_values(run_id: str | None) -> pd.Series | None:
 
 def gate(name: str, version: Any, force: bool = False) -> Decision:
     """Decide on registered ``version`` (a ModelVersion) of ``name``; move ``champion`` when it is
-    promoted (or ``force``); record the decision on the version and its run."""
+    promoted (or ``force``); record the decision on the version and its run (not when the version
+    is already champion: nothing is decided then)."""
     current = champion_version(name)
     champ = None if current is None else str(current.version)
     if champ == str(version.version):
-        promoted, reason, diff = False, f"already {ALIAS}", None
-    else:
-        candidate = Evidence.from_tags(version.tags or {})
-        champion = None if current is None else Evidence.from_tags(current.tags or {})
-        values = None
-        if candidate is not None and champion is not None and candidate.mismatch(champion) is None:
-            values = (per_user_values(version.run_id), per_user_values(current.run_id))
-        promoted, reason, diff = decide(candidate, champion, champ, values)
-    decision = Decision(
-        name, str(version.version), promoted or force, reason, champ, diff, forced=force and not promoted
-    )
-    if decision.forced:
-        decision = dataclasses.replace(decision, reason=f"forced by hand (the gate said: {reason})")
+        return Decision(name, champ, True, f"already {ALIAS}", champ)
+    candidate = Evidence.from_tags(version.tags or {})
+    champion = None if current is None else Evidence.from_tags(current.tags or {})
+    values = None
+    if current is not None and candidate is not None and champion is not None and not candidate.mismatch(champion):
+        values = (per_user_values(version.run_id), per_user_values(current.run_id))
+    promoted, reason, diff = decide(candidate, champion, champ, values)
+    decision = Decision(name, str(version.version), promoted, reason, champ, diff)
+    if force and not promoted:
+        decision = dataclasses.replace(
+            decision, promoted=True, forced=True, reason=f"forced by hand (the gate said: {reason})"
+        )
     c = client()
-    if decision.promoted and champ != decision.version:
+    if decision.promoted:
         c.set_registered_model_alias(name, ALIAS, decision.version)
     for key, value in ((TAG_DECISION, decision.outcome), (TAG_REASON, decision.reason), (TAG_CHAMPION, champ or "")):
         c.set_model_version_tag(name, decision.version, key, value[:5000])
@@ -333,4 +335,4 @@ def promote_command(version: str | None, force: bool, params: Path, name: str | 
     except MlflowException as e:
         raise RecpipeError(f"MLflow registry at {tracking_uri()}: {e.message}") from e
     print(decision.line())
-    return 0 if decision.promoted or decision.reason == f"already {ALIAS}" else 1
+    return 0 if decision.promoted else 1
