@@ -147,7 +147,7 @@ class Decision:
     def line(self) -> str:
         """The one line the export stage and ``recpipe promote`` print."""
         verb = (
-            f"is now {ALIAS}"
+            f"is {ALIAS}"
             if self.promoted
             else f"not promoted ({ALIAS} stays " + (f"v{self.champion})" if self.champion else "unset)")
         )
