@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-items", type=int, default=None, metavar="N", help="see the module docstring")
     parser.add_argument("--synthetic-overrides", nargs="*", default=[], help="Hydra overrides for --synthetic-items")
     parser.add_argument(
-        "--workdir", type=Path, default=None, help="where --synthetic-items builds (default: /tmp/recpipe-bench-serve-N)"
+        "--workdir", type=Path, default=None, help="where --synthetic-items builds (default /tmp/recpipe-bench-serve-N)"
     )
     args = parser.parse_args(argv)
     if args.synthetic_items:

@@ -31,7 +31,9 @@ STAGES: dict[str, str] = {
     "evaluate": "Score the full catalog for every test user, for the model and the baselines; writes "
     "reports/: metrics.json and baselines.json (headline metrics), detail.json (every metric, with "
     "per-segment and cold-item ones), intervals.json (bootstrap), evaluation.md and plots/.",
-    "export": "Export a top-K serving SavedModel to models/export/ and register it in MLflow.",
+    "export": "Export a top-K serving SavedModel to models/export/ (with promotion.json, the evidence the promotion "
+    "gate compares), register it in MLflow and move the alias 'champion' to it if it passes the gate "
+    "(see recpipe promote --help).",
 }
 
 EPILOG = """\
