@@ -23,7 +23,6 @@ to models/export/ (hashed in dvc.lock): that folder holds the evidence only (``E
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -40,8 +39,6 @@ from recpipe.evaluation.headline import PROMOTION_METRIC
 from recpipe.io import read_json
 from recpipe.paths import Paths
 from recpipe.tracking import PER_USER_FILE, config_hash, dataset_fingerprint, tracking_uri
-
-log = logging.getLogger(__name__)
 
 ALIAS = "champion"
 EVIDENCE_FILE = "promotion.json"  # in models/export/
@@ -173,7 +170,7 @@ def decide(
     if champion is None:
         return False, f"not comparable: {ALIAS} v{champion_version} has no evaluation evidence{force}", None
     if (why := candidate.mismatch(champion)) is not None:
-        return False, f"not comparable: {ALIAS} v{champion_version} was measured on other data ({why}){force}", None
+        return False, f"not comparable: {ALIAS} v{champion_version} was measured on other data or another split ({why}){force}", None
     mine, theirs = values or (None, None)
     if mine is None:
         return False, f"no per-user values logged for this version (artifact {ARTIFACT_DIR}/{PER_USER_FILE})", None
