@@ -170,7 +170,8 @@ def decide(
     if champion is None:
         return False, f"not comparable: {ALIAS} v{champion_version} has no evaluation evidence{force}", None
     if (why := candidate.mismatch(champion)) is not None:
-        return False, f"not comparable: {ALIAS} v{champion_version} was measured on other data or another split ({why}){force}", None
+        other = f"was measured on other data or another split ({why})"
+        return False, f"not comparable: {ALIAS} v{champion_version} {other}{force}", None
     mine, theirs = values or (None, None)
     if mine is None:
         return False, f"no per-user values logged for this version (artifact {ARTIFACT_DIR}/{PER_USER_FILE})", None
