@@ -225,6 +225,7 @@ def champion_version(name: str) -> Any | None:
     try:
         return client().get_model_version_by_alias(name, ALIAS)
     except MlflowException as e:
+        # MLflow answers a missing alias with INVALID_PARAMETER_VALUE ("alias champion not found")
         if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise
