@@ -172,6 +172,13 @@ def _evidence(**changes: object) -> Evidence:
     return Evidence(**{**base, **changes})  # type: ignore[arg-type]
 
 
+def test_evidence_tags_round_trip():
+    evidence = _evidence()
+    assert Evidence.from_tags(evidence.tags()) == evidence
+    assert Evidence.from_tags({**evidence.tags(), "recpipe.metric_value": "n/a"}) is None
+    assert Evidence.from_tags({k: v for k, v in evidence.tags().items() if k != "recpipe.split"}) is None
+
+
 USERS = [str(u) for u in range(50)]
 GOOD = pd.Series(np.linspace(0.2, 0.6, 50), index=USERS)
 BAD = pd.Series(np.linspace(0.0, 0.4, 50), index=USERS)

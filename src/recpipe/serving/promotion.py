@@ -71,13 +71,17 @@ class Evidence:
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> Evidence | None:
-        """Read back from ``tags``; None when a field is missing (a version registered without evidence)."""
+        """Read back from ``tags``; None when a field is missing or unreadable (a version registered
+        without evidence, or tags edited by hand)."""
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             text = tags.get(f"recpipe.{f.name}")
             if text is None:
                 return None
-            values[f.name] = {"float": float, "int": int}.get(str(f.type), str)(text)
+            try:
+                values[f.name] = {"float": float, "int": int}.get(str(f.type), str)(text)
+            except ValueError:
+                return None
         return cls(**values)
 
     def mismatch(self, other: Evidence) -> str | None:
