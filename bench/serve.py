@@ -11,12 +11,20 @@ until ``--requests`` have been answered. A warm-up of 200 requests comes first. 
 row per (mode, clients): requests/s, p50, p95, p99 (ms, client side: connection pool, HTTP,
 JSON) and errors (non-200 answers or failed connections). ``--post-batch N`` sends
 ``POST /v1/recommend`` with N users per request instead.
+
+``--synthetic-items N`` benchmarks a large catalog instead of ``--model``: it first builds (once, in
+``--workdir``) an export of a quick model on synthetic data with N items through the pipeline's own
+stages (ingest, preprocess, train, export; no evaluation, no MLflow), by default MF for 1 epoch with a
+ScaNN index (``SYNTHETIC``; ``--synthetic-overrides`` adds Hydra overrides), and serves it::
+
+    python bench/serve.py --synthetic-items 59000 --modes batching
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import random
 import socket
@@ -29,6 +37,32 @@ import aiohttp
 import numpy as np
 
 MODES = {"batching": [], "no-batching": ["--no-batching"]}
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# the large-catalog run: a realistic number of users and interactions per item, trained quickly
+SYNTHETIC = [
+    "data=synthetic",
+    "data.n_users=20000",
+    "data.n_interactions=1000000",
+    "model=mf",
+    "model.epochs=1",
+    "export.index=scann",
+]
+
+
+def synthetic_export(n_items: int, workdir: Path, overrides: list[str]) -> Path:
+    """Export of ``SYNTHETIC`` + ``overrides`` with ``n_items`` items under ``workdir``, built by the
+    ingest, preprocess, train and export stages unless it is there already; returns its directory."""
+    from recpipe.config import compose
+    from recpipe.paths import Paths
+
+    cfg = compose([*SYNTHETIC, f"data.n_items={n_items}", *overrides], CONF)
+    paths = Paths(workdir)
+    if not (paths.export / "saved_model.pb").exists():
+        for stage in ("ingest", "preprocess", "train", "export"):
+            start = time.perf_counter()
+            importlib.import_module(f"recpipe.stages.{stage}").run(cfg, paths)
+            print(f"{stage}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return paths.export
 
 
 def free_port() -> int:
@@ -154,7 +188,16 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="the rest goes to recpipe serve, e.g. --serve-args --batch-wait-ms 0",
     )
+    parser.add_argument("--synthetic-items", type=int, default=None, metavar="N", help="see the module docstring")
+    parser.add_argument("--synthetic-overrides", nargs="*", default=[], help="Hydra overrides for --synthetic-items")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where --synthetic-items builds (default /tmp/recpipe-bench-serve-N)"
+    )
     args = parser.parse_args(argv)
+    if args.synthetic_items:
+        workdir = args.workdir or Path(f"/tmp/recpipe-bench-serve-{args.synthetic_items}")
+        args.model = str(synthetic_export(args.synthetic_items, workdir, args.synthetic_overrides))
+        args.users = workdir / "data" / "processed" / "users.parquet"
     users = user_ids(args.users)
     rows = [row for mode in args.modes for row in asyncio.run(bench_mode(args, mode, users))]
     load = os.getloadavg()

@@ -13,9 +13,12 @@ import json
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 import tensorflow as tf
 from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -592,3 +596,46 @@ def read_only(folder: Path) -> Iterator[None]:
         yield
     finally:
         subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(base: str, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"recpipe serve exited {proc.returncode}: {proc.stderr.read()[-3000:]}")
+        try:
+            if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{base} not ready after {timeout} s")
+
+
+class ThreadServer:
+    """uvicorn running ``create_app(state)`` in a thread on a free port."""
+
+    def __init__(self, state: Any) -> None:
+        import uvicorn
+
+        from recpipe.serving.http import create_app
+
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(state), port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        wait_ready(self.base)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

@@ -18,7 +18,7 @@ from recpipe.evaluation import reports, systems
 from recpipe.evaluation.bootstrap import compare_to_baselines
 from recpipe.evaluation.cold import cold_items_of, cold_metrics
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS
-from recpipe.evaluation.ranking import EvalSet, rank_metrics
+from recpipe.evaluation.ranking import EvalSet, RankingEval, rank_metrics
 from recpipe.evaluation.registry import RANKING_METRICS
 from recpipe.evaluation.segments import user_segments
 from recpipe.models.classic import fit_baselines
@@ -180,7 +180,10 @@ def make_report(name: str = "mf") -> reports.Report:
         "baseline_params": {"popularity": {}, "random": {"seed": 0}},
     }
     recommended = {s: rng.integers(0, 30, 40).astype(float) for s in (name, "popularity", "random")}
-    return reports.Report(name, model, base, intervals, summary, recommended, rng.integers(0, 30, 20).astype(float))
+    result = RankingEval({}, per_user[name], np.arange(50), np.zeros((50, 10), np.int64))
+    table = reports.per_user_table(result, pd.Series(np.arange(100, 150)), ["ndcg_at_10", "recall_at_10"])
+    popularity = rng.integers(0, 30, 20).astype(float)
+    return reports.Report(name, model, base, intervals, summary, recommended, popularity, table)
 
 
 def test_write_reports(tmp_path):
@@ -197,11 +200,16 @@ def test_write_reports(tmp_path):
         "evaluation.md",
         "intervals.json",
         "metrics.json",
+        "per_user.csv",
         "plots",
         "plots/metric_vs_k.png",
         "plots/metrics_at_k.csv",
         "plots/popularity.png",
     ]
+    # the model's per-user values by user id (recall_at_10 is not among them: left out)
+    per_user = pd.read_csv(out / "per_user.csv")
+    assert list(per_user.columns) == ["user_id", "ndcg_at_10"] and per_user["user_id"].tolist() == list(range(100, 150))
+    np.testing.assert_array_equal(per_user["ndcg_at_10"], report.per_user["ndcg_at_10"])
     low, high = report.intervals["ci"]["mf"]["ndcg_at_10"]
     # headline metrics only, in HEADLINE_METRICS order (the columns of dvc metrics/exp show)
     metrics = json.loads((out / "metrics.json").read_text())

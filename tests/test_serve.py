@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +17,6 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-import uvicorn
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
@@ -29,37 +26,17 @@ from recpipe.io import write_json
 from recpipe.paths import Paths
 from recpipe.serving.batcher import MicroBatcher
 from recpipe.serving.export import build_server, register_server, save_server
-from recpipe.serving.http import MAX_BATCH, MAX_BODY_BYTES, ServiceState, create_app
+from recpipe.serving.http import MAX_BATCH, MAX_BODY_BYTES, ServiceState
 from recpipe.serving.load import load_export
 from recpipe.serving.runtime import ModelSource, load
 from recpipe.training import build_model, fit
 
-from .helpers import BIN, REPO, TinyMF, env, export_cfg
+from .helpers import BIN, REPO, ThreadServer, TinyMF, env, export_cfg, free_port, wait_ready
 
 pytestmark = pytest.mark.integration
 
 KEY = "test-key-123"
 MAX_K = 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(base: str, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"recpipe serve exited {proc.returncode}: {proc.stderr.read()[-3000:]}")
-        try:
-            if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{base} not ready after {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -236,25 +213,6 @@ def test_bad_model_source_exits_2(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert f"recpipe serve: error: {tmp_path}: no exported model" in proc.stderr
-
-
-class ThreadServer:
-    """uvicorn running ``create_app(state)`` in a thread on a free port."""
-
-    def __init__(self, state: ServiceState) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(state), port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ThreadServer:
-        self.thread.start()
-        wait_ready(self.base)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 def replace_dir(src: Path, dest: Path) -> None:

@@ -119,6 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--export-dir", default="models/export", type=Path)
     p = sub.add_parser(
+        "promote",
+        parents=[common],
+        help="Move the registry alias 'champion' to a registered version if it passes the promotion gate.",
+        description="Run the promotion gate (the one the export stage runs) on a registered model version "
+        "and move the alias 'champion' to it when it passes: no champion yet, or the same dataset "
+        "fingerprint and split as the champion and a paired bootstrap interval of the difference in "
+        "ndcg_at_10 over the same test users whose lower bound is above 0. A champion measured on other "
+        "data or another split is not comparable and stays unless --force. Prints the decision and "
+        "records it on the version (tags recpipe.promotion*). Exit 0: the version is champion; 1: it is "
+        "not; 2: error. The registry is MLFLOW_TRACKING_URI (default: sqlite mlflow.db at the project root).",
+    )
+    p.add_argument("--version", default=None, help="registered version number (default: the latest)")
+    p.add_argument("--force", action="store_true", help="move the alias even when the gate says no")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="registered model name (default: export.registered_model_name of --params, else recpipe)",
+    )
+    p.add_argument("--params", default="params.yaml", type=Path, help="default: params.yaml")
+    p = sub.add_parser(
         "serve",
         parents=[common],
         help="Serve an export over HTTP (JSON): /v1/recommend, /v1/similar, /v1/model, /docs.",
@@ -275,6 +295,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from recpipe.serving.client import recommend_command
 
         return recommend_command(args.user, args.k, args.export_dir)
+    if args.command == "promote":
+        from recpipe.serving.promotion import promote_command
+
+        check_tracking_uri()
+        return promote_command(args.version, args.force, args.params, args.name)
     if args.command == "serve":
         from recpipe.serving.http import serve_command
 

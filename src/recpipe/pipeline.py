@@ -68,8 +68,10 @@ STAGES: tuple[Stage, ...] = (
         "export",
         "recpipe.stages.export",
         "export",
-        ("export", "mlflow"),
-        "Export a top-K serving SavedModel to models/export/ and register it in MLflow.",
+        ("export", "seed", "split", "mlflow"),
+        "Export a top-K serving SavedModel to models/export/ (with promotion.json, the evidence the "
+        "promotion gate compares), register it in MLflow and move the alias 'champion' to it if it "
+        "passes the gate (see recpipe promote --help).",
     ),
 )
 # dvc.yaml's last stage: the offline page `dvc plots show` fills (no recpipe command, no config).

@@ -45,6 +45,9 @@ ARTIFACT_DIR = "mlartifacts"
 # like for like (same data, split, evaluation protocol and seed); README's table records it.
 COMMON_SECTIONS = ("seed", "data", "preprocess", "split", "evaluate")
 DETAIL_FILE = "detail.json"
+# reports/per_user.csv: the model's per-test-user values (user_id + the bootstrap metrics and the
+# promotion metric), what paired comparisons between models of the same data and split resample
+PER_USER_FILE = "per_user.csv"
 # Tags (besides git_commit, git_dirty, dvc.<path>) that reports and tests rely on.
 TAG_FINGERPRINT = "recpipe.dataset_fingerprint"
 TAG_DATA = "recpipe.data"

@@ -16,6 +16,9 @@ from recpipe.evaluation.registry import BEYOND_METRICS, MAIN_METRICS, TABLE_K, c
 # ranking metrics at 10 (precision, recall, ndcg, map, hit_rate, mrr), rmse, mae, the
 # beyond-accuracy metrics (coverage, diversity, novelty, popularity) and ndcg_at_10's interval.
 HEADLINE_METRICS: tuple[str, ...] = (*MAIN_METRICS, *BEYOND_METRICS, *ci_keys(metric_key("ndcg", TABLE_K)))
+# The one metric the promotion gate (recpipe.serving.promotion) compares models by: every model is
+# evaluated on ranking, and its per-user values are in reports/per_user.csv.
+PROMOTION_METRIC = metric_key("ndcg", TABLE_K)
 # Each baseline, in reports/baselines.json as {name: {metric: value}}.
 HEADLINE_BASELINE_METRICS: tuple[str, ...] = (metric_key("ndcg", TABLE_K), metric_key("recall", TABLE_K))
 # The train stage, in models/train/metrics.json; plus ``best_<validation metric>``.

@@ -19,6 +19,7 @@ import pandas as pd
 from recpipe import tracking
 from recpipe.evaluation.bootstrap import ci_metrics
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS, headline
+from recpipe.evaluation.ranking import RankingEval
 from recpipe.evaluation.registry import (
     BEYOND_METRICS,
     MAIN_METRICS,
@@ -78,7 +79,8 @@ class Report:
 
     ``summary`` is evaluation.json (users, segments, cold items, baseline hyperparameters);
     ``intervals`` is ``bootstrap.compare_to_baselines`` output; ``recommended`` maps each system
-    to the train popularity of every item in its top-10 lists (``report.recommended_popularity``).
+    to the train popularity of every item in its top-10 lists (``report.recommended_popularity``);
+    ``per_user`` is per_user.csv (``per_user_table``).
     """
 
     model_name: str
@@ -88,6 +90,7 @@ class Report:
     summary: dict[str, Any]
     recommended: dict[str, np.ndarray]
     item_popularity: np.ndarray
+    per_user: pd.DataFrame | None = None
 
     @property
     def systems(self) -> dict[str, dict[str, float]]:
@@ -100,7 +103,8 @@ def write_reports(dest: Path, report: Report) -> None:
     metrics.json and baselines.json hold the headline metrics only (``recpipe.evaluation.headline``;
     what ``dvc metrics show`` / ``dvc exp show`` display); detail.json holds every metric of every
     system (``detail``). Also intervals.json, evaluation.json, evaluation.md and plots/
-    (metrics_at_k.csv for ``dvc plots``, metric_vs_k.png with a panel per ranking metric, popularity.png).
+    (metrics_at_k.csv for ``dvc plots``, metric_vs_k.png with a panel per ranking metric, popularity.png)
+    and per_user.csv (the model's per-test-user values, for paired comparisons with other models).
     """
     everything = detail(report)
     with atomic_dir(dest) as tmp:
@@ -114,6 +118,8 @@ def write_reports(dest: Path, report: Report) -> None:
         write_json(tmp / tracking.DETAIL_FILE, everything)
         write_json(tmp / "intervals.json", report.intervals)
         write_json(tmp / "evaluation.json", report.summary)
+        if report.per_user is not None:
+            report.per_user.to_csv(tmp / tracking.PER_USER_FILE, index=False)
         markdown = render_markdown(
             report.model_name,
             _json_ready(report.metrics),
@@ -130,6 +136,18 @@ def write_reports(dest: Path, report: Report) -> None:
             plot_metric_vs_k(report.systems, RANKING_METRICS, plots / "metric_vs_k.png")
         if any(len(v) for v in report.recommended.values()):
             plot_popularity(report.recommended, plots / "popularity.png", report.item_popularity)
+
+
+def per_user_table(result: RankingEval, user_ids: pd.Series, metrics: Sequence[str]) -> pd.DataFrame:
+    """reports/per_user.csv: ``user_id`` and the model's value of each of ``metrics`` (those it has)
+    for every test user, in user index order (NaN: undefined for that user)."""
+    wanted = [m for m in dict.fromkeys(metrics) if m in result.per_user]
+    return pd.DataFrame(
+        {
+            "user_id": user_ids.astype(str).to_numpy(dtype=object)[result.users],
+            **{m: result.per_user[m] for m in wanted},
+        }
+    )
 
 
 def detail(report: Report) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from recpipe.evaluation.cold import cold_items_of, cold_metrics, cold_users
 from recpipe.evaluation.ranking import EvalSet, RankingEval, ScoreFn, evaluate_ranking
 from recpipe.evaluation.registry import segment_key
 from recpipe.evaluation.render import recommended_popularity
-from recpipe.evaluation.reports import Report
+from recpipe.evaluation.headline import PROMOTION_METRIC
+from recpipe.evaluation.reports import Report, per_user_table
 from recpipe.evaluation.segments import describe_segments, segment_metrics, user_segments
 from recpipe.models.base import RecModel
 from recpipe.models.classic import fit_baselines
@@ -146,4 +147,5 @@ def evaluate_systems(
         summary=summary,
         recommended={n: recommended_popularity(r.topk, popularity) for n, r in results.items()},
         item_popularity=popularity,
+        per_user=per_user_table(results[model_name], data.users["user_id"], [PROMOTION_METRIC, *boot.metrics]),
     )

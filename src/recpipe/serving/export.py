@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
-from recpipe.io import atomic_dir
+from recpipe.io import atomic_dir, write_json
 from recpipe.models.base import RecModel
 from recpipe.serving.retrieval import NEG_INF, ExactRetriever, ScannRetriever, query_vectors
 from recpipe.serving.similar import SIGNATURE as SIMILAR_SIGNATURE
@@ -195,8 +195,9 @@ def save_options(index: str) -> tf.saved_model.SaveOptions:
     return tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if index == "scann" else None)
 
 
-def save_server(server: TopKServer, path: str | Path, index: str) -> None:
-    """Save ``server`` as a SavedModel at ``path``, replacing it atomically."""
+def save_server(server: TopKServer, path: str | Path, index: str, extra: Mapping[str, Any] | None = None) -> None:
+    """Save ``server`` as a SavedModel at ``path``, replacing it atomically; ``extra`` maps file
+    names to objects written beside it as JSON (the export stage's promotion.json)."""
     info = {"index": index, "n_users": server.n_users, "n_items": server.n_items, "max_k": server.k_cap}
     with atomic_dir(path) as tmp, _quiet_keras_save():
         tf.saved_model.save(
@@ -207,6 +208,8 @@ def save_server(server: TopKServer, path: str | Path, index: str) -> None:
         )
         content_uuid(tmp)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        for name, obj in (extra or {}).items():
+            write_json(tmp / name, obj)
 
 
 def content_uuid(saved_model: Path) -> None:
