@@ -20,8 +20,7 @@ from recpipe.serving.http import ServiceState
 from recpipe.serving.promotion import ALIAS, EVIDENCE_FILE, TAG_DECISION, TAG_REASON, Evidence, decide
 from recpipe.serving.runtime import ModelSource
 
-from .fault_helpers import Result, cli
-from .helpers import CONF, ThreadServer
+from .helpers import CONF, Result, ThreadServer, cli
 
 NAME = "gate-test"
 BASE = [

@@ -22,10 +22,10 @@ from recpipe.data.processed import Processed
 from recpipe.evaluation import metrics as M
 from recpipe.evaluation.bootstrap import compare_to_baselines
 from recpipe.evaluation.cold import cold_items_of, cold_metrics, cold_users
+from recpipe.evaluation.headline import PROMOTION_METRIC
 from recpipe.evaluation.ranking import EvalSet, RankingEval, ScoreFn, evaluate_ranking
 from recpipe.evaluation.registry import segment_key
 from recpipe.evaluation.render import recommended_popularity
-from recpipe.evaluation.headline import PROMOTION_METRIC
 from recpipe.evaluation.reports import Report, per_user_table
 from recpipe.evaluation.segments import describe_segments, segment_metrics, user_segments
 from recpipe.models.base import RecModel
