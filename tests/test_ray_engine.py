@@ -1,0 +1,158 @@
+"""engine=ray on a real Ray cluster on this machine: a head node and a second node started with
+`ray start` as separate processes on 127.0.0.1 (like two machines), the DVC pipeline run on it, and
+the cluster stopped by the process ids the fixture started (never `ray stop`, which would stop
+every Ray on the machine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .helpers import BIN, SMALL, commit, copy_repo, env, run
+
+# The synthetic pipeline both engines run; batch 512 so that MF takes several steps an epoch.
+PIPELINE = [*SMALL, "data.n_interactions=6000", "model.epochs=8", "model.batch_size=512"]
+# Metrics of engine=ray vs engine=local: the same data, the same global batches; the two workers
+# draw their own sampled negatives, so the models differ like two seeds of the local engine do.
+TOLERANCE = {"ndcg_at_10": 0.03, "recall_at_10": 0.03, "rmse": 0.03}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# Ray authenticates every connection with a token: one for this module's cluster and its clients
+RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+
+def ray_env() -> dict[str, str]:
+    return {**env(), **RAY_ENV}
+
+
+def ray_node(temp_dir: Path, log: Path, *args: str) -> subprocess.Popen:
+    """`ray start --block` (one node: its raylet, object store and workers are its children) in a
+    process group of its own; ports not given are picked free so that no other Ray is touched.
+    (Ray replaces 127.0.0.1 by this machine's address, which every node here reaches.)"""
+    ports = {
+        "--node-manager-port": free_port(),
+        "--object-manager-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+        "--metrics-export-port": free_port(),
+    }
+    cmd = [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+    cmd += ["--num-cpus=1", f"--temp-dir={temp_dir}", *args, *(f"{k}={v}" for k, v in ports.items())]
+    with log.open("w") as out:
+        return subprocess.Popen(cmd, env=ray_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(node: subprocess.Popen) -> None:
+    """Stop one node started by ``ray_node``: SIGTERM to its process group (``ray start --block``
+    and the processes it started), SIGKILL to what is left after 5 s (a throwaway cluster needs
+    no 30 s drain)."""
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(node.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(node.pid, 0)
+            except ProcessLookupError:
+                node.wait()
+                return
+            time.sleep(0.2)
+    node.wait()
+
+
+def wait_for_nodes(address: str, n: int, logs: list[Path], timeout: float = 90) -> None:
+    """Wait until the cluster at ``address`` has ``n`` live nodes (`ray status` asks the head)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = subprocess.run(
+            [str(BIN / "ray"), "status", f"--address={address}"], env=ray_env(), capture_output=True, text=True
+        )
+        if status.returncode == 0 and status.stdout.count("node_") >= n:
+            return
+        time.sleep(2)
+    raise AssertionError(f"the Ray cluster did not start {n} nodes:\n" + "\n".join(p.read_text() for p in logs))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Ray head and a second node on 127.0.0.1, 1 CPU each, dashboard off; yields the address."""
+    logs = tmp_path_factory.mktemp("ray_logs")
+    # short: Ray's unix sockets live under the temp dir and their paths are limited to 107 bytes
+    temp = Path(tempfile.mkdtemp(prefix="rp-ray-"))
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    nodes = [
+        ray_node(
+            temp / "head",
+            logs / "head.log",
+            "--head",
+            f"--port={port}",
+            "--include-dashboard=false",
+            f"--ray-client-server-port={free_port()}",
+        )
+    ]
+    try:
+        wait_for_nodes(address, 1, [logs / "head.log"])
+        nodes.append(ray_node(temp / "node", logs / "node.log", f"--address={address}"))
+        wait_for_nodes(address, 2, [logs / "head.log", logs / "node.log"])
+        yield address
+    finally:
+        for node in reversed(nodes):
+            stop(node)
+        subprocess.run(["rm", "-rf", str(temp)], check=False)
+
+
+def metrics(repo: Path) -> dict[str, float]:
+    return json.loads((repo / "reports/metrics.json").read_text())
+
+
+def processed_bytes(repo: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((repo / "data/processed").iterdir())}
+
+
+@pytest.mark.integration
+def test_pipeline_on_a_two_node_cluster_matches_the_local_engine(ray_cluster, tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    run(["recpipe", "compose", *PIPELINE], repo)
+    commit(repo, "local engine")
+    run(["dvc", "repro"], repo)
+    local, local_processed = metrics(repo), processed_bytes(repo)
+
+    run(["recpipe", "compose", *PIPELINE, "engine=ray", "engine.num_workers=2"], repo)
+    proc = subprocess.run(
+        [str(BIN / "dvc"), "repro"],
+        cwd=repo,
+        env={**ray_env(), "RAY_ADDRESS": ray_cluster},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert f"connected to {ray_cluster} (2 CPUs on 2 node(s))" in out
+    assert "on 2 Ray workers (MultiWorkerMirroredStrategy)" in out
+    # the same data/processed, byte for byte (preprocess on Ray Data)
+    assert processed_bytes(repo) == local_processed
+    on_ray = metrics(repo)
+    for key, tolerance in TOLERANCE.items():
+        assert abs(on_ray[key] - local[key]) <= tolerance, (key, on_ray[key], local[key])
+    summary = json.loads((repo / "models/train/train_summary.json").read_text())
+    assert summary["epochs_run"] >= 1 and summary["model"] == "mf"
