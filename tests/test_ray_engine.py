@@ -63,7 +63,7 @@ def stop(node: subprocess.Popen) -> None:
     """Stop one node started by ``ray_node``: SIGTERM to its process group (``ray start --block``
     and the processes it started), SIGKILL to what is left after 5 s (a throwaway cluster needs
     no 30 s drain)."""
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+    for sig, wait in ((signal.SIGTERM, 2), (signal.SIGKILL, 5)):
         try:
             os.killpg(node.pid, sig)
         except ProcessLookupError:
@@ -125,17 +125,13 @@ def metrics(repo: Path) -> dict[str, float]:
     return json.loads((repo / "reports/metrics.json").read_text())
 
 
-def processed_bytes(repo: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((repo / "data/processed").iterdir())}
-
-
 @pytest.mark.integration
 def test_pipeline_on_a_two_node_cluster_matches_the_local_engine(ray_cluster, tmp_path):
     repo = copy_repo(tmp_path / "repo")
     run(["recpipe", "compose", *PIPELINE], repo)
     commit(repo, "local engine")
-    run(["dvc", "repro"], repo)
-    local, local_processed = metrics(repo), processed_bytes(repo)
+    run(["dvc", "repro", "evaluate"], repo)
+    local = metrics(repo)
 
     run(["recpipe", "compose", *PIPELINE, "engine=ray", "engine.num_workers=2"], repo)
     proc = subprocess.run(
@@ -149,8 +145,8 @@ def test_pipeline_on_a_two_node_cluster_matches_the_local_engine(ray_cluster, tm
     out = proc.stdout + proc.stderr
     assert f"connected to {ray_cluster} (2 CPUs on 2 node(s))" in out
     assert "on 2 Ray workers (MultiWorkerMirroredStrategy)" in out
-    # the same data/processed, byte for byte (preprocess on Ray Data)
-    assert processed_bytes(repo) == local_processed
+    assert "world_rank=1" in out and "node_rank=1" in out  # the second worker ran on the second node
+    assert "Stage 'preprocess' didn't change" in out  # the engine is train's parameter only
     on_ray = metrics(repo)
     for key, tolerance in TOLERANCE.items():
         assert abs(on_ray[key] - local[key]) <= tolerance, (key, on_ray[key], local[key])

@@ -402,7 +402,7 @@ OPTIONAL_SECTIONS: dict[str, type[BaseModel]] = {"sweep": Sweep}  # recpipe run'
 # The sections each stage reads (as its params in dvc.yaml; mlflow names the run's experiment).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "ingest": ("data", "mlflow"),
-    "preprocess": ("data", "split", "preprocess", "engine", "mlflow"),
+    "preprocess": ("data", "split", "preprocess", "mlflow"),
     "train": ("data", "model", "seed", "engine", "mlflow"),
     "evaluate": ("data", "model", "seed", "evaluate", "mlflow"),
     "export": ("export", "mlflow"),

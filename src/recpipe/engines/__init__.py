@@ -1,10 +1,9 @@
 """Where the stages run: the ``engine`` config group (conf/engine/).
 
-``engine=local`` (the default) runs every stage in the ``recpipe`` process. ``engine=ray`` runs
-the heavy parts on a Ray cluster (docs/scale-out.md): ``recpipe train`` trains gradient models
-with Ray Train's ``TensorflowTrainer`` across ``engine.num_workers`` workers
-(``recpipe.engines.ray_train``), ``recpipe preprocess`` reads and reduces the interactions with
-Ray Data (``recpipe.engines.ray_data``). Both write the same outputs as the local engine.
+``engine=local`` (the default) runs every stage in the ``recpipe`` process. With ``engine=ray``
+``recpipe train`` trains gradient models with Ray Train's ``TensorflowTrainer`` across
+``engine.num_workers`` workers (``recpipe.engines.ray_train``, docs/scale-out.md) and writes the
+same outputs as the local engine; the other stages run in the ``recpipe`` process either way.
 """
 
 from __future__ import annotations
