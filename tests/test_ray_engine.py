@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ import pytest
 from .helpers import BIN, SMALL, commit, copy_repo, env, run
 
 # The synthetic pipeline both engines run; batch 512 so that MF takes several steps an epoch.
-PIPELINE = [*SMALL, "data.n_interactions=6000", "model.epochs=8", "model.batch_size=512"]
+PIPELINE = [*SMALL, "data.n_interactions=6000", "model.batch_size=512", "evaluate.bootstrap.n_resamples=50"]
 # Metrics of engine=ray vs engine=local: the same data, the same global batches; the two workers
 # draw their own sampled negatives, so the models differ like two seeds of the local engine do.
 TOLERANCE = {"ndcg_at_10": 0.03, "recall_at_10": 0.03, "rmse": 0.03}
@@ -79,46 +81,50 @@ def stop(node: subprocess.Popen) -> None:
     node.wait()
 
 
-def wait_for_nodes(address: str, n: int, logs: list[Path], timeout: float = 90) -> None:
+def wait_for_nodes(address: str, n: int, logs: list[Path], timeout: float = 120) -> None:
     """Wait until the cluster at ``address`` has ``n`` live nodes (`ray status` asks the head)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = subprocess.run(
             [str(BIN / "ray"), "status", f"--address={address}"], env=ray_env(), capture_output=True, text=True
         )
-        if status.returncode == 0 and status.stdout.count("node_") >= n:
+        if status.returncode == 0 and status.stdout.count(" node_") >= n:
             return
         time.sleep(2)
     raise AssertionError(f"the Ray cluster did not start {n} nodes:\n" + "\n".join(p.read_text() for p in logs))
 
 
+@dataclass
+class Cluster:
+    """The test cluster: its address and the log files of its nodes."""
+
+    address: str
+    logs: list[Path]
+
+    def ready(self) -> str:
+        """Wait until both nodes have joined; the address."""
+        wait_for_nodes(self.address, 2, self.logs)
+        return self.address
+
+
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Ray head and a second node on 127.0.0.1, 1 CPU each, dashboard off; yields the address."""
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A Ray head and a second node on 127.0.0.1, 1 CPU each, dashboard off, started at once (the
+    second node retries until the head is up; ``Cluster.ready`` waits for both)."""
     logs = tmp_path_factory.mktemp("ray_logs")
     # short: Ray's unix sockets live under the temp dir and their paths are limited to 107 bytes
     temp = Path(tempfile.mkdtemp(prefix="rp-ray-"))
     port = free_port()
-    address = f"127.0.0.1:{port}"
-    nodes = [
-        ray_node(
-            temp / "head",
-            logs / "head.log",
-            "--head",
-            f"--port={port}",
-            "--include-dashboard=false",
-            f"--ray-client-server-port={free_port()}",
-        )
-    ]
+    cluster = Cluster(f"127.0.0.1:{port}", [logs / "head.log", logs / "node.log"])
+    head = ["--head", f"--port={port}", "--include-dashboard=false", f"--ray-client-server-port={free_port()}"]
+    nodes = [ray_node(temp / "head", cluster.logs[0], *head)]
     try:
-        wait_for_nodes(address, 1, [logs / "head.log"])
-        nodes.append(ray_node(temp / "node", logs / "node.log", f"--address={address}"))
-        wait_for_nodes(address, 2, [logs / "head.log", logs / "node.log"])
-        yield address
+        nodes.append(ray_node(temp / "node", cluster.logs[1], f"--address={cluster.address}"))
+        yield cluster
     finally:
         for node in reversed(nodes):
             stop(node)
-        subprocess.run(["rm", "-rf", str(temp)], check=False)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def metrics(repo: Path) -> dict[str, float]:
@@ -130,22 +136,23 @@ def test_pipeline_on_a_two_node_cluster_matches_the_local_engine(ray_cluster, tm
     repo = copy_repo(tmp_path / "repo")
     run(["recpipe", "compose", *PIPELINE], repo)
     commit(repo, "local engine")
-    run(["dvc", "repro", "evaluate"], repo)
+    run(["dvc", "repro", "evaluate"], repo)  # while the cluster starts
     local = metrics(repo)
+    address = ray_cluster.ready()
 
     run(["recpipe", "compose", *PIPELINE, "engine=ray", "engine.num_workers=2"], repo)
-    proc = subprocess.run(
-        [str(BIN / "dvc"), "repro"],
+    proc = subprocess.run(  # up to evaluate: export reads models/train/ as with any engine
+        [str(BIN / "dvc"), "repro", "evaluate"],
         cwd=repo,
-        env={**ray_env(), "RAY_ADDRESS": ray_cluster},
+        env={**ray_env(), "RAY_ADDRESS": address},
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout + proc.stderr
-    assert f"connected to {ray_cluster} (2 CPUs on 2 node(s))" in out
+    assert f"connected to {address} (2 CPUs on 2 node(s))" in out
     assert "on 2 Ray workers (MultiWorkerMirroredStrategy)" in out
-    assert "world_rank=1" in out and "node_rank=1" in out  # the second worker ran on the second node
+    assert "chief worker: 1 of the 2 workers on its node" in out  # the other one ran on the second node
     assert "Stage 'preprocess' didn't change" in out  # the engine is train's parameter only
     on_ray = metrics(repo)
     for key, tolerance in TOLERANCE.items():

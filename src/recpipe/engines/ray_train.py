@@ -88,11 +88,13 @@ def _train_worker(job: dict[str, Any]) -> None:
 
     from recpipe import logs
 
-    rank = ray.train.get_context().get_world_rank()
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
     logs.configure()
     logs.filter_native_stderr()  # TensorFlow's start-up banners, as in the recpipe command
     if rank != 0:  # the chief speaks for all workers
         logging.getLogger("recpipe").setLevel(logging.WARNING)
+    log.info(f"chief worker: {context.get_local_world_size()} of the {context.get_world_size()} workers on its node")
     data = ray.get(job["data"])
     model_cfg, seed = OmegaConf.create(job["model"]), int(job["seed"])
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
