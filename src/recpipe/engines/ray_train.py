@@ -34,7 +34,8 @@ from recpipe.models.base import RecModel
 log = logging.getLogger(__name__)
 
 WEIGHTS = "weights"  # the chief's checkpoint: TF checkpoint of the model's variables ...
-RESULT = "train_result.json"  # ... and the TrainResult
+RESULT = "train_result.json"  # ... the TrainResult ...
+WORKERS = "workers.json"  # ... and where the workers ran
 
 
 def fit(
@@ -73,6 +74,8 @@ def fit(
         with checkpoint.as_directory() as folder:
             model.load_weights(str(Path(folder) / WEIGHTS)).assert_existing_objects_matched()
             result = _read_result(Path(folder) / RESULT)
+            placement = json.loads((Path(folder) / WORKERS).read_text())
+    log.info(f"trained on {placement['workers']} workers on {placement['nodes']} Ray node(s)")
     for row in result.history.to_dict("records"):
         if on_epoch is not None:
             on_epoch(row)
@@ -94,18 +97,27 @@ def _train_worker(job: dict[str, Any]) -> None:
     logs.filter_native_stderr()  # TensorFlow's start-up banners, as in the recpipe command
     if rank != 0:  # the chief speaks for all workers
         logging.getLogger("recpipe").setLevel(logging.WARNING)
-    log.info(f"chief worker: {context.get_local_world_size()} of the {context.get_world_size()} workers on its node")
     data = ray.get(job["data"])
     model_cfg, seed = OmegaConf.create(job["model"]), int(job["seed"])
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
+        nodes = _count_nodes(strategy, ray.get_runtime_context().get_node_id())
         model, _ = training.build_model(model_cfg, data, seed, OmegaConf.create(job["features"]))
         result = training.fit(model, data, model_cfg, seed, strategy=strategy)
     with tempfile.TemporaryDirectory() as folder:
         model.save_weights(str(Path(folder) / WEIGHTS))  # on every worker: reading variables may be collective
         _write_result(result, Path(folder) / RESULT)
+        (Path(folder) / WORKERS).write_text(json.dumps({"workers": context.get_world_size(), "nodes": nodes}))
         checkpoint = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None
         ray.train.report({"best_value": result.best_value, "best_epoch": result.best_epoch}, checkpoint=checkpoint)
+
+
+def _count_nodes(strategy: Any, node_id: str) -> int:
+    """How many Ray nodes the workers run on (all-gathered; node ids are hex, 60 bits of each suffice)."""
+    import tensorflow as tf
+
+    mine = tf.constant([int(node_id[:15], 16)], tf.int64)
+    return len(set(strategy.gather(strategy.run(lambda: tf.identity(mine)), axis=0).numpy().tolist()))
 
 
 def _write_result(result: training.TrainResult, path: Path) -> None:
