@@ -4,6 +4,7 @@ runs the pipeline on a real two-node Ray cluster)."""
 from __future__ import annotations
 
 import logging
+import socket
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 
 from recpipe import engines, training
 from recpipe.distributed import check_batch_size, replica_part
-from recpipe.engines.cluster import address
+from recpipe.engines.cluster import address, check_reachable
 from recpipe.errors import ConfigError, RecpipeError
 from recpipe.schema import validate
 
@@ -66,3 +67,12 @@ def test_closed_form_models_fit_in_this_process_with_engine_ray(toy_data, caplog
         result = engines.fit(model, toy_data, cfg)
     assert "fit in closed form, on one worker (this process)" in caplog.text
     assert result.best_epoch == 1
+
+
+def test_an_unreachable_cluster_fails_fast_with_its_address():
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(RecpipeError, match=rf"engine\.address='127\.0\.0\.1:{port}': no Ray cluster answers"):
+        check_reachable(f"127.0.0.1:{port}")
+    check_reachable("local")

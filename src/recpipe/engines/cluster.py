@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,12 +38,28 @@ def runtime_env() -> dict[str, Any]:
     return {"py_modules": [str(Path(recpipe.__file__).parent)], "env_vars": dict(WORKER_ENV)}
 
 
+def check_reachable(where: str, timeout: float = 10.0) -> None:
+    """Fail fast when a ``host:port`` cluster address does not answer (Ray itself retries for minutes)."""
+    host, sep, port = where.rpartition(":")
+    if where == "local" or "://" in where or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise RecpipeError(
+            f"engine.address={where!r}: no Ray cluster answers there ({e.strerror or e}). Start one with "
+            "`ray start --head --port=...` and give its address (engine.address or RAY_ADDRESS), or use "
+            "engine.address=local"
+        ) from None
+
+
 @contextmanager
 def connected(engine_cfg: Any) -> Iterator[str]:
     """Connect to the cluster (``address``) for the duration of the block; yields the address."""
     import ray
 
     where = address(engine_cfg)
+    check_reachable(where)
     options: dict[str, Any] = {"include_dashboard": False} if where == "local" else {}
     try:
         ray.init(
