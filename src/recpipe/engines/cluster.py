@@ -61,6 +61,8 @@ def connected(engine_cfg: Any) -> Iterator[str]:
     where = address(engine_cfg)
     check_reachable(where)
     options: dict[str, Any] = {"include_dashboard": False} if where == "local" else {}
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     try:
         ray.init(
             address=where,
@@ -77,6 +79,8 @@ def connected(engine_cfg: Any) -> Iterator[str]:
             "with `ray start --head` and give its address (engine.address or RAY_ADDRESS), or use "
             "engine.address=local"
         ) from None
+    root.handlers[:] = handlers  # Ray's logging_config is for its workers: this process keeps recpipe's logging
+    root.setLevel(level)
     try:
         cpus, nodes = ray.cluster_resources().get("CPU", 0), sum(node["Alive"] for node in ray.nodes())
         log.info(f"engine=ray: connected to {where} ({cpus:g} CPUs on {nodes} node(s))")
