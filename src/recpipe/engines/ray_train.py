@@ -132,9 +132,10 @@ def _read_result(path: Path) -> training.TrainResult:
 
 @contextmanager
 def _storage(path: str | None) -> Iterator[str]:
-    """Ray Train's storage for the run: ``path``, or a temporary folder removed afterwards."""
+    """Ray Train's storage for the run: ``path`` (a URI, or a folder made absolute as Ray requires),
+    or a temporary folder removed afterwards."""
     if path:
-        yield str(path)
+        yield str(path) if "://" in str(path) else str(Path(path).resolve())
         return
     with tempfile.TemporaryDirectory(prefix="recpipe-ray-train-") as folder:
         yield folder
