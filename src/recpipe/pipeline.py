@@ -51,7 +51,7 @@ STAGES: tuple[Stage, ...] = (
         "train",
         "recpipe.stages.train",
         "train",
-        ("data", "model", "seed", "mlflow"),
+        ("data", "model", "seed", "engine", "mlflow"),
         "Train the configured model (model=...) on data/processed; writes models/train/ (model/, "
         "train_summary.json, metrics.json, training_curve.csv).",
     ),

@@ -352,6 +352,27 @@ class Export(Section):
     scann: Scann = Scann()
 
 
+# --- engine -------------------------------------------------------------------------------------
+
+
+class LocalEngine(Section):
+    name: Literal["local"]
+
+
+class RayEngine(Section):
+    """engine=ray (recpipe.engines): the cluster's address (null: RAY_ADDRESS, else ``local``) and
+    the training workers."""
+
+    name: Literal["ray"]
+    address: Name | None = None
+    num_workers: PositiveInt = 2
+    cpus_per_worker: Positive = 1.0
+    storage_path: Name | None = None
+
+
+ENGINES: dict[str, type[Section]] = {"local": LocalEngine, "ray": RayEngine}
+
+
 class Mlflow(Section):
     experiment: Name
 
@@ -368,7 +389,8 @@ class Seed(BaseModel):
 SECTIONS: dict[str, type[BaseModel] | None] = {
     "data": None,
     "split": None,
-    "model": None,  # variants: DATA, SPLITS, MODELS
+    "model": None,
+    "engine": None,  # variants: DATA, SPLITS, MODELS, ENGINES
     "seed": Seed,
     "preprocess": Preprocess,
     "evaluate": Evaluate,
@@ -409,14 +431,19 @@ def validate(
             raise ConfigError(key, "missing (required section)", hint=hint)
     sections_tree = cast(dict[str, Any], tree)  # every key is a known section name (checked above)
     for key, value in sections_tree.items():
-        variants = {"data": ("source", DATA), "split": ("name", SPLITS), "model": ("name", MODELS)}.get(key)
+        variants = {
+            "data": ("source", DATA),
+            "split": ("name", SPLITS),
+            "model": ("name", MODELS),
+            "engine": ("name", ENGINES),
+        }.get(key)
         if variants is not None:
             _check_variant(key, *variants, value, hint)
         elif key == "seed":
             _check(Seed, {"seed": value}, (), hint)
         else:
             schema = known[key]
-            assert schema is not None  # only data, split and model (checked as variants) have none
+            assert schema is not None  # only the variant groups (data, split, model, engine) have none
             _check(schema, value, (key,), hint)
     if "evaluate" in sections_tree:
         models = sections_tree["evaluate"].get("baseline_models") or {}

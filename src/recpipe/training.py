@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from recpipe import distributed
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.evaluation import metrics
@@ -158,6 +159,7 @@ def fit(
     model_cfg: Any,
     seed: int,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data.train`` with early stopping on the validation metric.
 
@@ -165,17 +167,26 @@ def fit(
     ``jit_compile`` (XLA, default false) from ``model_cfg``; prints one line per epoch and calls
     ``on_epoch`` with that epoch's history row. Ends with the weights of the best epoch.
     ``closed_form`` models are fit by ``fit_closed_form(data)`` instead and validated once.
+    With a ``strategy`` (``MultiWorkerMirroredStrategy``; ``model`` built in its scope, and this
+    call too) each global batch is split across its replicas (``recpipe.distributed``).
     """
     tf.keras.utils.set_random_seed(seed)
     metric, validate, higher_is_better = validator(model, data)
     if model.fitting == "closed_form":
         return _fit_closed_form(model, data, metric, validate, on_epoch)
     rows = model.prepare(data.train)
-    dataset = make_dataset(rows, int(model_cfg.batch_size), seed)
-    steps = tf.constant(steps_per_epoch(len(rows), int(model_cfg.batch_size)))
+    batch_size, jit_compile = int(model_cfg.batch_size), bool(model_cfg.get("jit_compile", False))
+    steps = tf.constant(steps_per_epoch(len(rows), batch_size))
     optimizer = make_optimizer(str(model_cfg.optimizer), float(model_cfg.learning_rate))
     optimizer.build(model.trainable_variables)
-    run_epoch = _epoch_function(model, optimizer, bool(model_cfg.get("jit_compile", False)))
+    if strategy is None:
+        dataset = make_dataset(rows, batch_size, seed)
+        run_epoch = _epoch_function(model, optimizer, jit_compile)
+    else:
+        distributed.check_batch_size(batch_size, strategy.num_replicas_in_sync)
+        dataset = distributed.distribute(strategy, lambda: make_dataset(rows, batch_size, seed))
+        run_epoch = distributed.epoch_function(strategy, model, optimizer, jit_compile)
+        validate = distributed.agreed(strategy, validate)
 
     history: list[dict[str, float]] = []
     best_value, best_epoch, best_weights = -np.inf if higher_is_better else np.inf, 0, model.get_weights()
