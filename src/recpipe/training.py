@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class TrainResult:
     train_seconds: float
     examples_per_second: float
     params: dict[str, Any] = field(default_factory=dict)  # hyperparameters a closed-form fit chose
+    val_ndcg: float = float("nan")  # validation ndcg_at_10 of the kept weights (the sweeps' ranking objective)
 
 
 def build_model(
@@ -150,6 +151,13 @@ def validator(model: RecModel, data: Processed) -> tuple[str, Callable[[], float
     return f"val_{key}", recall, True
 
 
+def validation_ndcg(model: RecModel, data: Processed) -> float:
+    """ndcg@10 over the full catalog on the validation split (each user's train items excluded):
+    the ranking objective of hyperparameter searches, for every model."""
+    values = rank_metrics(lambda u: model.score_all(tf.constant(u)), data.matrix("train"), data.matrix("val"), (VAL_K,))
+    return float(values[f"ndcg_at_{VAL_K}"])
+
+
 def fit(
     model: RecModel,
     data: Processed,
@@ -159,15 +167,19 @@ def fit(
 ) -> TrainResult:
     """Train ``model`` on ``data.train`` with early stopping on the validation metric.
 
-    Reads ``optimizer``, ``learning_rate``, ``batch_size``, ``epochs``, ``patience`` and
-    ``jit_compile`` (XLA, default false) from ``model_cfg``; prints one line per epoch and calls
-    ``on_epoch`` with that epoch's history row. Ends with the weights of the best epoch.
+    Reads ``optimizer``, ``learning_rate``, ``batch_size``, ``epochs``, ``patience``,
+    ``min_epochs`` (default 1) and ``jit_compile`` (XLA, default false) from ``model_cfg``; prints
+    one line per epoch and calls ``on_epoch`` with that epoch's history row. Training stops after
+    ``patience`` epochs without improvement, never before ``min_epochs`` (``stops_early``): the
+    validation metric of implicit models often dips after the first, popularity-like epoch before
+    it climbs. Ends with the weights of the best epoch.
     ``closed_form`` models are fit by ``fit_closed_form(data)`` instead and validated once.
     """
     tf.keras.utils.set_random_seed(seed)
     metric, validate, higher_is_better = validator(model, data)
     if model.fitting == "closed_form":
-        return _fit_closed_form(model, data, metric, validate, on_epoch)
+        result = _fit_closed_form(model, data, metric, validate, on_epoch)
+        return replace(result, val_ndcg=validation_ndcg(model, data))
     rows = model.prepare(data.train)
     dataset = make_dataset(rows, int(model_cfg.batch_size), seed)
     steps = tf.constant(steps_per_epoch(len(rows), int(model_cfg.batch_size)))
@@ -197,7 +209,7 @@ def fit(
         )
         if on_epoch is not None:
             on_epoch(row)
-        if epoch - best_epoch >= int(model_cfg.patience):
+        if stops_early(epoch, best_epoch, int(model_cfg.patience), int(model_cfg.get("min_epochs", 1))):
             log.info(f"early stop: no {metric} improvement in {model_cfg.patience} epochs")
             break
     model.set_weights(best_weights)
@@ -208,7 +220,14 @@ def fit(
         best_value=float(best_value),
         train_seconds=train_seconds,
         examples_per_second=_throughput(len(rows), [row["seconds"] for row in history]),
+        val_ndcg=validation_ndcg(model, data),
     )
+
+
+def stops_early(epoch: int, best_epoch: int, patience: int, min_epochs: int) -> bool:
+    """Whether training ends after ``epoch``: ``patience`` epochs without a better validation
+    value since ``best_epoch``, and at least ``min_epochs`` epochs run."""
+    return epoch >= min_epochs and epoch - best_epoch >= patience
 
 
 def _throughput(n_rows: int, epoch_seconds: list[float]) -> float:
@@ -297,6 +316,7 @@ def train_summary(model_cfg: Any, model: RecModel, result: TrainResult) -> dict[
         "examples_per_second": round(result.examples_per_second, 1),
         "n_params": count_params(model),
         "fitted_params": result.params,
+        f"val_ndcg_at_{VAL_K}": result.val_ndcg,
     }
 
 
