@@ -240,6 +240,7 @@ VARIANTS = {
     "ncf_implicit": ("ncf", {"embedding_dim": 8, "layers": [16, 8], "dropout": 0.1}),
     "ncf_rating": ("ncf", {"embedding_dim": 8, "layers": [16, 8], "objective": "rating"}),
     "two_tower": ("two_tower", {"embedding_dim": 8, "layers": [16, 8]}),
+    "mult_vae": ("mult_vae", {"hidden": 16, "latent": 8, "anneal_steps": 4}),
     "two_tower_plain": (
         "two_tower",
         {"embedding_dim": 8, "sampling_correction": False, "remove_accidental_hits": False, "min_rating": 4},
