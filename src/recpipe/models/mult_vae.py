@@ -20,8 +20,7 @@ import pandas as pd
 import tensorflow as tf
 
 from recpipe.models.base import RecModel, register
-from recpipe.models.classic.base import SparseRows
-from recpipe.models.common import implicit_rows
+from recpipe.models.common import constant, implicit_rows
 
 
 @register("mult_vae")
@@ -44,14 +43,15 @@ class MultVAE(RecModel):
             for layer in layers:
                 layer.build((None, width))
                 width = layer.units
-        self.train_items = SparseRows(n_users, n_items, "train_items")
+        # dense, so a step compiles with XLA (users x items floats: fine at MovieLens-1M scale)
+        self.train_items = constant(self, "train_items", (n_users, n_items))
         self.steps = self.add_weight(name="steps", shape=(), initializer="zeros", trainable=False)
 
     def prepare(self, train: pd.DataFrame) -> pd.DataFrame:
         """Keep the users' train items (the input); one row per user with a train item."""
         rows = implicit_rows(train, self.min_rating)
         users, items = rows["user_idx"].to_numpy(), rows["item_idx"].to_numpy()
-        matrix = np.zeros((self.train_items.n_rows, self.n_items), np.float32)
+        matrix = np.zeros(self.train_items.shape, np.float32)
         matrix[users, items] = 1.0
         self.train_items.assign(matrix)
         unique = np.unique(users).astype(np.int32)
@@ -68,7 +68,7 @@ class MultVAE(RecModel):
         return self.decoder[1](self.decoder[0](z))
 
     def compute_loss(self, batch: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        x = self.train_items.rows(batch["user_idx"])
+        x = tf.gather(self.train_items, batch["user_idx"])
         seed = batch["seed"]
         mu, logvar = self._encode(x, seed if training else None)
         eps = tf.random.stateless_normal(tf.shape(mu), seed=tf.random.experimental.stateless_fold_in(seed, 1))
@@ -83,5 +83,5 @@ class MultVAE(RecModel):
         return nll + beta * kl + self.l2 * tf.add_n([tf.reduce_sum(tf.square(w)) for w in weights])
 
     def score_all(self, user_idx: tf.Tensor) -> tf.Tensor:
-        mu, _ = self._encode(self.train_items.rows(user_idx), None)
+        mu, _ = self._encode(tf.gather(self.train_items, user_idx), None)
         return self._decode(mu)
