@@ -19,7 +19,16 @@ from recpipe.training import fit, stops_early, train_summary, validation_ndcg
 
 from .helpers import REPO, model_cfg
 
-IALS = {"name": "ials", "factors": 4, "alpha0": 0.3, "lam": 0.05, "nu": 1.0, "iterations": 3, "init_std": 0.1, "seed": 1}
+IALS = {
+    "name": "ials",
+    "factors": 4,
+    "alpha0": 0.3,
+    "lam": 0.05,
+    "nu": 1.0,
+    "iterations": 3,
+    "init_std": 0.1,
+    "seed": 1,
+}
 
 
 def test_ials_half_step_solves_each_rows_least_squares_problem() -> None:
@@ -89,6 +98,8 @@ def test_search_objective_is_the_validation_ndcg_and_progress_tracks_the_best(to
     summary = train_summary(cfg, model, fit(model, toy_data, cfg, seed=0))
     assert objective(summary, "val_ndcg_at_10") == pytest.approx(validation_ndcg(model, toy_data), rel=1e-6)
     assert summary["metric"] == "val_recall_at_10"  # early stopping is unchanged
-    lines = [search_progress(tmp_path, job, v, "maximize", 3, "val_ndcg_at_10") for job, v in enumerate([0.2, 0.3, 0.1])]
+    lines = [
+        search_progress(tmp_path, job, v, "maximize", 3, "val_ndcg_at_10") for job, v in enumerate([0.2, 0.3, 0.1])
+    ]
     assert lines[-1] == "trial 3/3 (job 2): val_ndcg_at_10 0.1000; best so far 0.3000 (job 1)"
     assert search_progress(tmp_path / "x", 0, 0.9, "minimize", None, "val_rmse").startswith("trial 1 (job 0)")

@@ -332,7 +332,9 @@ class Blend(Section):
         for key, member in members.items():
             name = member.get("name")
             if name not in BLENDABLE:
-                raise ValueError(f"{key}: expected a model config with name one of {', '.join(BLENDABLE)}, got {name!r}")
+                raise ValueError(
+                    f"{key}: expected a model config with name one of {', '.join(BLENDABLE)}, got {name!r}"
+                )
             MODELS[name].model_validate(member)
         return members
 

@@ -175,7 +175,9 @@ def _run_job(cfg: DictConfig) -> float:
     return value
 
 
-def search_progress(sweep_dir: Path, job_num: int, value: float, direction: str, n_trials: int | None, name: str) -> str:
+def search_progress(
+    sweep_dir: Path, job_num: int, value: float, direction: str, n_trials: int | None, name: str
+) -> str:
     """Record trial ``job_num``'s objective ``value`` in the search's progress file (shared by
     parallel workers, under a lock) and return the progress line: ``trial i/N: <name> v; best so
     far b (trial j)``, best by ``direction`` (``minimize`` / ``maximize``)."""

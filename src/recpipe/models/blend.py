@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
-from recpipe.evaluation.ranking import rank_metrics
+from recpipe.evaluation.ranking import rank_metrics, users_with_truth
 from recpipe.models.base import RecModel, build, register
 
 log = logging.getLogger(__name__)
@@ -70,17 +70,22 @@ class Blend(RecModel):
     def _choose_weights(self, data: Processed) -> tuple[np.ndarray, float]:
         """The weights of ``weight_grid`` with the best validation ndcg_at_10 (first member: 1)."""
         exclude, truth = data.matrix("train"), data.matrix("val")
-        users = np.flatnonzero(np.diff(truth.indptr) > 0).astype(np.int32)
+        users = users_with_truth(truth)  # sorted: a user's row is found by searchsorted
         stacked = np.stack([standardise(m.score_all(tf.constant(users))).numpy() for m in self.members])
-        row = {int(u): i for i, u in enumerate(users)}
         best_weights, best_value = np.ones(len(self.members), np.float32), -np.inf
         for rest in itertools.product(self.weight_grid, repeat=len(self.members) - 1):
             weights = np.array([1.0, *rest], np.float32)
             blended = np.tensordot(weights, stacked, axes=1)
-            value = float(rank_metrics(lambda u: blended[[row[int(x)] for x in u]], exclude, truth, (10,))[TUNE_METRIC])
+
+            def score(u: np.ndarray, blended: np.ndarray = blended) -> np.ndarray:
+                return blended[np.searchsorted(users, u)]
+
+            value = float(rank_metrics(score, exclude, truth, (10,))[TUNE_METRIC])
             if value > best_value:
                 best_weights, best_value = weights, value
-        log.info(f"blend weights {dict(zip(self.member_names, best_weights.tolist()))}: val {TUNE_METRIC} {best_value:.4f}")
+        log.info(
+            f"blend weights {dict(zip(self.member_names, best_weights.tolist()))}: val {TUNE_METRIC} {best_value:.4f}"
+        )
         return best_weights, best_value
 
     def score_all(self, user_idx: tf.Tensor) -> tf.Tensor:

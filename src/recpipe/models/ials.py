@@ -28,9 +28,7 @@ from recpipe.models.classic.base import ClosedFormModel
 BLOCK = 128  # rows solved together (memory: BLOCK x catalog x factors floats)
 
 
-def solve_side(
-    X: tf.Tensor, other: tf.Tensor, alpha0: float, lam: float, nu: float, block: int = BLOCK
-) -> tf.Tensor:
+def solve_side(X: tf.Tensor, other: tf.Tensor, alpha0: float, lam: float, nu: float, block: int = BLOCK) -> tf.Tensor:
     """The least-squares factors of every row of the binary matrix ``X`` [n, m] given the factors
     ``other`` [m, d] of its columns (one half-step of iALS), float32 [n, d]."""
     n, m = X.shape
