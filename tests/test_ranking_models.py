@@ -84,12 +84,16 @@ def test_the_default_blend_config_composes_its_members() -> None:
     assert cfg.name == "blend" and [m.name for m in cfg.members.values()] == ["ease", "ials", "mult_vae"]
 
 
-def test_training_runs_min_epochs_before_stopping_early(toy_data: Processed) -> None:
+def test_early_stopping_keeps_the_best_epoch_from_min_epochs_on(toy_data: Processed) -> None:
     assert not stops_early(epoch=3, best_epoch=1, patience=2, min_epochs=5)
-    assert stops_early(epoch=5, best_epoch=1, patience=2, min_epochs=5)
-    cfg = model_cfg("ncf_implicit", epochs=8, patience=1, min_epochs=6, learning_rate=0.5)  # too high: no progress
-    result = fit(build(cfg, toy_data.n_users, toy_data.n_items), toy_data, cfg, seed=0)
-    assert len(result.history) >= 6
+    assert stops_early(epoch=7, best_epoch=5, patience=2, min_epochs=5)
+    cfg = model_cfg("ncf_implicit", epochs=8, patience=1, min_epochs=5)
+    model = build(cfg, toy_data.n_users, toy_data.n_items)
+    result = fit(model, toy_data, cfg, seed=0)
+    values = result.history[result.metric].to_numpy()
+    assert 5 <= result.best_epoch < len(values) + 1 and len(values) >= 6
+    assert result.best_value == values[4:].max()  # epochs 1-4 never count, however they score
+    assert validation_ndcg(model, toy_data) == pytest.approx(result.val_ndcg)
 
 
 def test_search_objective_is_the_validation_ndcg_and_progress_tracks_the_best(toy_data, tmp_path: Path) -> None:

@@ -169,10 +169,11 @@ def fit(
 
     Reads ``optimizer``, ``learning_rate``, ``batch_size``, ``epochs``, ``patience``,
     ``min_epochs`` (default 1) and ``jit_compile`` (XLA, default false) from ``model_cfg``; prints
-    one line per epoch and calls ``on_epoch`` with that epoch's history row. Training stops after
-    ``patience`` epochs without improvement, never before ``min_epochs`` (``stops_early``): the
-    validation metric of implicit models often dips after the first, popularity-like epoch before
-    it climbs. Ends with the weights of the best epoch.
+    one line per epoch and calls ``on_epoch`` with that epoch's history row. Ends with the weights
+    of the best epoch from ``min_epochs`` on (as Keras' ``EarlyStopping(start_from_epoch=...)``),
+    after ``patience`` epochs without improvement (``stops_early``): on a temporal split the first,
+    popularity-like epoch of an implicit model can score best on validation, and would otherwise
+    be kept before the model learned anything personal.
     ``closed_form`` models are fit by ``fit_closed_form(data)`` instead and validated once.
     """
     tf.keras.utils.set_random_seed(seed)
@@ -187,6 +188,7 @@ def fit(
     optimizer.build(model.trainable_variables)
     run_epoch = _epoch_function(model, optimizer, bool(model_cfg.get("jit_compile", False)))
 
+    min_epochs = min(int(model_cfg.get("min_epochs", 1)), int(model_cfg.epochs))
     history: list[dict[str, float]] = []
     best_value, best_epoch, best_weights = -np.inf if higher_is_better else np.inf, 0, model.get_weights()
     train_seconds = 0.0
@@ -200,7 +202,8 @@ def fit(
         value = validate()
         row = {"epoch": epoch, "loss": loss, metric: value, "seconds": seconds}
         history.append(row)
-        improved = value > best_value if higher_is_better else value < best_value
+        monitored = epoch >= min_epochs
+        improved = monitored and (value > best_value if higher_is_better else value < best_value)
         if improved:
             best_value, best_epoch, best_weights = value, epoch, model.get_weights()
         log.info(
@@ -209,7 +212,7 @@ def fit(
         )
         if on_epoch is not None:
             on_epoch(row)
-        if stops_early(epoch, best_epoch, int(model_cfg.patience), int(model_cfg.get("min_epochs", 1))):
+        if stops_early(epoch, best_epoch, int(model_cfg.patience), min_epochs):
             log.info(f"early stop: no {metric} improvement in {model_cfg.patience} epochs")
             break
     model.set_weights(best_weights)
@@ -226,7 +229,7 @@ def fit(
 
 def stops_early(epoch: int, best_epoch: int, patience: int, min_epochs: int) -> bool:
     """Whether training ends after ``epoch``: ``patience`` epochs without a better validation
-    value since ``best_epoch``, and at least ``min_epochs`` epochs run."""
+    value since ``best_epoch`` (the best from ``min_epochs`` on), and at least ``min_epochs`` run."""
     return epoch >= min_epochs and epoch - best_epoch >= patience
 
 
