@@ -22,6 +22,7 @@ BIN = Path(sys.executable).parent
 # A tiny, fast configuration: synthetic data (TINY_DATA), 2 epochs, one baseline.
 TINY_DATA = ["data=synthetic", "data.n_users=40", "data.n_items=30", "data.n_interactions=400"]
 TINY = [
+    "model=mf",  # not the default blend: one quick model
     "model.epochs=2",
     "model.batch_size=256",
     "evaluate.baselines=[popularity]",

@@ -38,6 +38,7 @@ CONF = REPO / "conf"
 
 # A small synthetic pipeline run by real DVC in a throwaway git repository (conftest.tiny_pipeline).
 TINY_PIPELINE = [
+    "model=mf",  # not the default blend: one quick model
     "data=synthetic",
     "data.n_users=200",
     "data.n_items=100",

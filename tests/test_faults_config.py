@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from recpipe.config import compose, to_yaml
 from recpipe.errors import ConfigError
+from recpipe.models import available
 from recpipe.schema import STAGE_SECTIONS, validate
 
 from .fault_helpers import assert_clean_failure, cli, fake_outputs, outputs, params_text, run_recpipe
@@ -94,7 +95,7 @@ def broken_config(draw: st.DrawFn) -> tuple[dict, str]:
 def test_every_config_choice_validates():
     for cfg in CONFIGS:
         validate(cfg, source="params.yaml")
-    for name in ("mf", "ncf", "two_tower", "hybrid", "content", "popularity", "random", "item_knn", "user_knn", "ease"):
+    for name in available():
         validate(compose([f"model={name}"], REPO / "conf"))
     validate(compose(["hparams_search=mf"], REPO / "conf", config_name="run"))
 

@@ -113,7 +113,7 @@ def test_queued_dvc_experiments_log_to_the_repository_database(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default: <repo>/mlflow.db
-        run(["recpipe", "compose", *SMALL], repo)
+        run(["recpipe", "compose", "model=mf", *SMALL], repo)
         commit(repo, "small config")
         # DVC composes params.yaml from conf/ and the -S overrides alone
         small = [a for o in SMALL for a in ("-S", o)]
