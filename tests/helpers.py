@@ -49,6 +49,7 @@ CONF = REPO / "conf"
 
 # A small synthetic pipeline run by real DVC in a throwaway git repository (conftest.tiny_pipeline).
 TINY_PIPELINE = [
+    "model=mf",  # not the default blend: one quick model
     "data=synthetic",
     "data.n_users=200",
     "data.n_items=100",
@@ -251,6 +252,7 @@ VARIANTS = {
     "ncf_implicit": ("ncf", {"embedding_dim": 8, "layers": [16, 8], "dropout": 0.1}),
     "ncf_rating": ("ncf", {"embedding_dim": 8, "layers": [16, 8], "objective": "rating"}),
     "two_tower": ("two_tower", {"embedding_dim": 8, "layers": [16, 8]}),
+    "mult_vae": ("mult_vae", {"hidden": 16, "latent": 8, "anneal_steps": 4}),
     "two_tower_plain": (
         "two_tower",
         {"embedding_dim": 8, "sampling_correction": False, "remove_accidental_hits": False, "min_rating": 4},
@@ -477,6 +479,7 @@ def make_zip(path: Path, name: str) -> Path:
 # A tiny, fast configuration: synthetic data (TINY_DATA), 2 epochs, one baseline.
 TINY_DATA = ["data=synthetic", "data.n_users=40", "data.n_items=30", "data.n_interactions=400"]
 TINY = [
+    "model=mf",  # not the default blend: one quick model
     "model.epochs=2",
     "model.batch_size=256",
     "evaluate.baselines=[popularity]",

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from recpipe.config import compose, to_yaml
 from recpipe.errors import ConfigError
+from recpipe.models import available
 from recpipe.pipeline import STAGE_NAMES, STAGES
 from recpipe.schema import validate
 
@@ -95,7 +96,7 @@ def broken_config(draw: st.DrawFn) -> tuple[dict, str]:
 def test_every_config_choice_validates():
     for cfg in CONFIGS:
         validate(cfg, source="params.yaml")
-    for name in ("mf", "ncf", "two_tower", "hybrid", "content", "popularity", "random", "item_knn", "user_knn", "ease"):
+    for name in available():
         validate(compose([f"model={name}"], REPO / "conf"))
     validate(compose(["hparams_search=mf"], REPO / "conf", config_name="run"))
 

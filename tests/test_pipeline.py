@@ -11,7 +11,7 @@ from .helpers import commit, copy_repo, run
 
 pytestmark = pytest.mark.integration
 
-SMALL = ["data=synthetic", "data.n_users=300", "data.n_items=150", "data.n_interactions=6000"]
+SMALL = ["model=mf", "data=synthetic", "data.n_users=300", "data.n_items=150", "data.n_interactions=6000"]
 
 
 @pytest.fixture(scope="module")

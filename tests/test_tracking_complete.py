@@ -22,7 +22,7 @@ from .helpers import SMALL as HELPERS_SMALL
 
 pytestmark = pytest.mark.integration  # real dvc / recpipe subprocesses
 
-SMALL = [*HELPERS_SMALL, "evaluate.bootstrap.n_resamples=50"]  # small pipeline, quick bootstrap
+SMALL = ["model=mf", *HELPERS_SMALL, "evaluate.bootstrap.n_resamples=50"]  # small pipeline, quick bootstrap
 # what every pipeline run holds besides the headline metrics
 DATA_METRICS = {"data.splits.train.interactions", "data.raw.interactions"}
 TRAIN_METRICS = {"best_val_rmse", "train_seconds", "n_params"}

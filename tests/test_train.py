@@ -32,6 +32,7 @@ SUMMARY_KEYS = {
     "examples_per_second",
     "n_params",
     "fitted_params",
+    "val_ndcg_at_10",
 }
 
 

@@ -212,6 +212,7 @@ class Trained(Section):
     batch_size: Count
     epochs: Count
     patience: PositiveInt
+    min_epochs: PositiveInt = 1
     jit_compile: bool = False
 
     @field_validator("optimizer")
@@ -297,6 +298,47 @@ class EASE(Section):
         return self
 
 
+class IALS(Section):
+    name: Literal["ials"]
+    factors: PositiveInt
+    alpha0: Positive
+    lam: Positive
+    nu: NonNegative = 1.0
+    iterations: PositiveInt
+    init_std: Positive = 0.1
+    seed: NonNegativeInt = 42
+
+
+class MultVAE(Trained):
+    name: Literal["mult_vae"]
+    hidden: PositiveInt
+    latent: PositiveInt
+    dropout: Share = 0.5
+    beta_max: NonNegative = 0.2
+    anneal_steps: PositiveInt
+    l2: NonNegative = 0.0
+    min_rating: Number | None = None
+
+
+class Blend(Section):
+    name: Literal["blend"]
+    members: dict[Name, dict[str, Any]] = Field(min_length=1)
+    weight_grid: list[NonNegative] = Field(min_length=1)
+    seed: NonNegativeInt = 42
+
+    @field_validator("members")
+    @classmethod
+    def _known_members(cls, members: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for key, member in members.items():
+            name = member.get("name")
+            if name not in BLENDABLE:
+                raise ValueError(
+                    f"{key}: expected a model config with name one of {', '.join(BLENDABLE)}, got {name!r}"
+                )
+            MODELS[name].model_validate(member)
+        return members
+
+
 MODELS: dict[str, type[Section]] = {
     "mf": MF,
     "ncf": NCF,
@@ -308,7 +350,11 @@ MODELS: dict[str, type[Section]] = {
     "item_knn": KNN,
     "user_knn": KNN,
     "ease": EASE,
+    "ials": IALS,
+    "mult_vae": MultVAE,
+    "blend": Blend,
 }
+BLENDABLE = tuple(m for m in MODELS if m not in ("blend", "content", "hybrid"))
 BASELINES = ("popularity", "random", "item_knn", "user_knn", "ease")
 
 

@@ -168,7 +168,29 @@ def _run_job(cfg: DictConfig) -> float:
         value = objective(summary, cfg.sweep.objective)
         tracking.log_metrics({"objective": value})
         mlflow.set_tag(TAG_OBJECTIVE, cfg.sweep.objective or summary["metric"])
+    direction = OmegaConf.select(cast(DictConfig, hc.sweeper), "direction")
+    if parent is not None and isinstance(direction, str):
+        n_trials = OmegaConf.select(cast(DictConfig, hc.sweeper), "n_trials")
+        name = cfg.sweep.objective or summary["metric"]
+        log.info(search_progress(Path(hc.sweep.dir), int(job_num), value, direction, n_trials, name))
     return value
+
+
+def search_progress(
+    sweep_dir: Path, job_num: int, value: float, direction: str, n_trials: int | None, name: str
+) -> str:
+    """Record trial ``job_num``'s objective ``value`` in the search's progress file (shared by
+    parallel workers, under a lock) and return the progress line: ``trial i/N: <name> v; best so
+    far b (trial j)``, best by ``direction`` (``minimize`` / ``maximize``)."""
+    path = sweep_dir / f"progress.{invocation_id().replace('/', '_')}.json"
+    with FileLock(f"{path}.lock"):
+        values = read_json(path) if path.exists() else {}
+        values[str(job_num)] = value
+        write_json(path, values)
+    pick = min if direction == "minimize" else max
+    best = pick(values, key=lambda k: values[k])
+    done = f"{len(values)}/{n_trials}" if n_trials else str(len(values))
+    return f"trial {done} (job {job_num}): {name} {value:.4f}; best so far {values[best]:.4f} (job {best})"
 
 
 def run_stages(cfg: DictConfig, paths: Paths, stages: Sequence[str]) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class TrainResult:
     train_seconds: float
     examples_per_second: float
     params: dict[str, Any] = field(default_factory=dict)  # hyperparameters a closed-form fit chose
+    val_ndcg: float = float("nan")  # validation ndcg_at_10 of the kept weights (the sweeps' ranking objective)
 
 
 def build_model(
@@ -153,6 +154,13 @@ def validator(model: RecModel, data: Processed) -> tuple[str, Callable[[], float
     return f"val_{key}", recall, True
 
 
+def validation_ndcg(model: RecModel, data: Processed) -> float:
+    """ndcg@10 over the full catalog on the validation split (each user's train items excluded):
+    the ranking objective of hyperparameter searches, for every model."""
+    values = rank_metrics(lambda u: model.score_all(tf.constant(u)), data.matrix("train"), data.matrix("val"), (VAL_K,))
+    return float(values[f"ndcg_at_{VAL_K}"])
+
+
 def fit(
     model: RecModel,
     data: Processed,
@@ -163,9 +171,13 @@ def fit(
 ) -> TrainResult:
     """Train ``model`` on ``data.train`` with early stopping on the validation metric.
 
-    Reads ``optimizer``, ``learning_rate``, ``batch_size``, ``epochs``, ``patience`` and
-    ``jit_compile`` (XLA, default false) from ``model_cfg``; prints one line per epoch and calls
-    ``on_epoch`` with that epoch's history row. Ends with the weights of the best epoch.
+    Reads ``optimizer``, ``learning_rate``, ``batch_size``, ``epochs``, ``patience``,
+    ``min_epochs`` (default 1) and ``jit_compile`` (XLA, default false) from ``model_cfg``; prints
+    one line per epoch and calls ``on_epoch`` with that epoch's history row. Ends with the weights
+    of the best epoch from ``min_epochs`` on (as Keras' ``EarlyStopping(start_from_epoch=...)``),
+    after ``patience`` epochs without improvement (``stops_early``): on a temporal split the first,
+    popularity-like epoch of an implicit model can score best on validation, and would otherwise
+    be kept before the model learned anything personal.
     ``closed_form`` models are fit by ``fit_closed_form(data)`` instead and validated once.
     With a ``strategy`` (``MultiWorkerMirroredStrategy``; ``model`` built in its scope, and this
     call too) each global batch is split across its replicas (``recpipe.distributed``).
@@ -173,7 +185,8 @@ def fit(
     tf.keras.utils.set_random_seed(seed)
     metric, validate, higher_is_better = validator(model, data)
     if model.fitting == "closed_form":
-        return _fit_closed_form(model, data, metric, validate, on_epoch)
+        result = _fit_closed_form(model, data, metric, validate, on_epoch)
+        return replace(result, val_ndcg=validation_ndcg(model, data))
     rows = model.prepare(data.train)
     batch_size, jit_compile = int(model_cfg.batch_size), bool(model_cfg.get("jit_compile", False))
     steps = tf.constant(steps_per_epoch(len(rows), batch_size))
@@ -188,6 +201,7 @@ def fit(
         run_epoch = distributed.epoch_function(strategy, model, optimizer, jit_compile)
         validate = distributed.agreed(strategy, validate)
 
+    min_epochs = min(int(model_cfg.get("min_epochs", 1)), int(model_cfg.epochs))
     history: list[dict[str, float]] = []
     best_value, best_epoch, best_weights = -np.inf if higher_is_better else np.inf, 0, model.get_weights()
     train_seconds = 0.0
@@ -201,7 +215,8 @@ def fit(
         value = validate()
         row = {"epoch": epoch, "loss": loss, metric: value, "seconds": seconds}
         history.append(row)
-        improved = value > best_value if higher_is_better else value < best_value
+        monitored = epoch >= min_epochs
+        improved = monitored and (value > best_value if higher_is_better else value < best_value)
         if improved:
             best_value, best_epoch, best_weights = value, epoch, model.get_weights()
         log.info(
@@ -210,7 +225,7 @@ def fit(
         )
         if on_epoch is not None:
             on_epoch(row)
-        if epoch - best_epoch >= int(model_cfg.patience):
+        if stops_early(epoch, best_epoch, int(model_cfg.patience), min_epochs):
             log.info(f"early stop: no {metric} improvement in {model_cfg.patience} epochs")
             break
     model.set_weights(best_weights)
@@ -221,7 +236,14 @@ def fit(
         best_value=float(best_value),
         train_seconds=train_seconds,
         examples_per_second=_throughput(len(rows), [row["seconds"] for row in history]),
+        val_ndcg=validation_ndcg(model, data),
     )
+
+
+def stops_early(epoch: int, best_epoch: int, patience: int, min_epochs: int) -> bool:
+    """Whether training ends after ``epoch``: ``patience`` epochs without a better validation
+    value since ``best_epoch`` (the best from ``min_epochs`` on), and at least ``min_epochs`` run."""
+    return epoch >= min_epochs and epoch - best_epoch >= patience
 
 
 def _throughput(n_rows: int, epoch_seconds: list[float]) -> float:
@@ -310,6 +332,7 @@ def train_summary(model_cfg: Any, model: RecModel, result: TrainResult) -> dict[
         "examples_per_second": round(result.examples_per_second, 1),
         "n_params": count_params(model),
         "fitted_params": result.params,
+        f"val_ndcg_at_{VAL_K}": result.val_ndcg,
     }
 
 

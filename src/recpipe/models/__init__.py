@@ -1,12 +1,13 @@
 """Recommender models, found by name: ``build(cfg.model, n_users, n_items, **context)``.
 
 ``base.RecModel`` is the contract every model fulfils (checked by ``register``); ``io`` saves and
-loads models/model/. Importing this package registers every model: ``mf``, ``ncf``, ``two_tower``
-(trained by gradient steps), the classic ones (``classic``: ``popularity``, ``random``,
-``item_knn``, ``user_knn``, ``ease``), ``content`` and ``hybrid``.
+loads models/model/. Importing this package registers every model: ``mf``, ``ncf``, ``two_tower``,
+``mult_vae`` (trained by gradient steps), the classic ones (``classic``: ``popularity``, ``random``,
+``item_knn``, ``user_knn``, ``ease``), ``ials`` (closed-form solves), ``content``, ``hybrid`` and ``blend``
+(validation-weighted members).
 """
 
-from recpipe.models import classic, content, hybrid, mf, ncf, two_tower  # noqa: F401  (registration)
+from recpipe.models import blend, classic, content, hybrid, ials, mf, mult_vae, ncf, two_tower  # noqa: F401  (registration)
 from recpipe.models.base import RecModel, available, build, get, register
 
 __all__ = ["RecModel", "available", "build", "get", "register"]

@@ -1,0 +1,93 @@
+"""``model=blend``: a weighted sum of several models' standardised scores, weighted on validation.
+
+Ensembles of diverse recommenders beat their members (e.g. the Netflix Prize blends, Koren 2009;
+Rendle et al. 2021 on iALS next to EASE and Mult-VAE, whose errors differ): here each member
+(any registered model, configured under ``members``) is fit on the train split as it would be
+alone, its scores are standardised per user over the catalog (mean 0, standard deviation 1), and
+the blend scores ``sum_m w_m z_m(u)``. The weights are chosen on the validation split only: the
+first member has weight 1, the others every combination of ``weight_grid``, keeping the one with
+the best validation ndcg_at_10 (each user's train items excluded, as in evaluation).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from recpipe.data.processed import Processed
+from recpipe.errors import RecpipeError
+from recpipe.evaluation.ranking import rank_metrics, users_with_truth
+from recpipe.models.base import RecModel, build, register
+
+log = logging.getLogger(__name__)
+
+TUNE_METRIC = "ndcg_at_10"
+
+
+def standardise(scores: tf.Tensor) -> tf.Tensor:
+    """Each row of ``scores`` [b, n] shifted and scaled to mean 0 and standard deviation 1."""
+    mean, var = tf.nn.moments(scores, axes=[1], keepdims=True)
+    return (scores - mean) * tf.math.rsqrt(var + 1e-12)
+
+
+@register("blend")
+class Blend(RecModel):
+    """score(u) = sum over ``members`` of weight x standardised member score (weights from validation)."""
+
+    objective = "implicit"
+    fitting = "closed_form"
+
+    def __init__(self, cfg: Any, n_users: int, n_items: int, **context: Any) -> None:
+        super().__init__(name="blend")
+        if not cfg.members:
+            raise RecpipeError("model.members: a blend needs at least one member model")
+        self.member_names = list(cfg.members)
+        self.member_cfgs = [cfg.members[name] for name in self.member_names]
+        self.members = [build(c, n_users, n_items) for c in self.member_cfgs]
+        for name, member in zip(self.member_names, self.members):
+            if member.uses_features:
+                raise RecpipeError(f"model.members.{name}: feature models cannot be blended")
+        self.weight_grid = [float(w) for w in cfg.weight_grid]
+        self.seed = int(cfg.seed)
+        self.member_weights = tf.Variable(tf.ones([len(self.members)]), trainable=False, name="member_weights")
+
+    def fit_closed_form(self, data: Processed) -> dict[str, Any]:
+        from recpipe import training  # training imports the model registry
+
+        params: dict[str, Any] = {}
+        for name, member, member_cfg in zip(self.member_names, self.members, self.member_cfgs):
+            log.info(f"blend: fitting member {name} ({member_cfg.name})")
+            result = training.fit(member, data, member_cfg, self.seed)
+            params[name] = result.params | {result.metric: result.best_value}
+        weights, value = self._choose_weights(data)
+        self.member_weights.assign(weights)
+        return params | {"weights": dict(zip(self.member_names, weights.tolist())), f"val_{TUNE_METRIC}": value}
+
+    def _choose_weights(self, data: Processed) -> tuple[np.ndarray, float]:
+        """The weights of ``weight_grid`` with the best validation ndcg_at_10 (first member: 1)."""
+        exclude, truth = data.matrix("train"), data.matrix("val")
+        users = users_with_truth(truth)  # sorted: a user's row is found by searchsorted
+        stacked = np.stack([standardise(m.score_all(tf.constant(users))).numpy() for m in self.members])
+        best_weights, best_value = np.ones(len(self.members), np.float32), -np.inf
+        for rest in itertools.product(self.weight_grid, repeat=len(self.members) - 1):
+            weights = np.array([1.0, *rest], np.float32)
+            blended = np.tensordot(weights, stacked, axes=1)
+
+            def score(u: np.ndarray, blended: np.ndarray = blended) -> np.ndarray:
+                return blended[np.searchsorted(users, u)]
+
+            value = float(rank_metrics(score, exclude, truth, (10,))[TUNE_METRIC])
+            if value > best_value:
+                best_weights, best_value = weights, value
+        log.info(
+            f"blend weights {dict(zip(self.member_names, best_weights.tolist()))}: val {TUNE_METRIC} {best_value:.4f}"
+        )
+        return best_weights, best_value
+
+    def score_all(self, user_idx: tf.Tensor) -> tf.Tensor:
+        parts = [w * standardise(m.score_all(user_idx)) for w, m in zip(tf.unstack(self.member_weights), self.members)]
+        return tf.add_n(parts)

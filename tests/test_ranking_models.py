@@ -1,0 +1,109 @@
+"""iALS against a per-user numpy solve, the validation-weighted blend, early stopping's minimum."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from omegaconf import OmegaConf
+
+from recpipe.data.processed import Processed
+from recpipe.models import build
+from recpipe.models.blend import standardise
+from recpipe.models.ials import solve_side
+from recpipe.models.io import load_model, save_model
+from recpipe.sweep import objective, search_progress
+from recpipe.training import fit, stops_early, train_summary, validation_ndcg
+
+from .helpers import REPO, model_cfg
+
+IALS = {
+    "name": "ials",
+    "factors": 4,
+    "alpha0": 0.3,
+    "lam": 0.05,
+    "nu": 1.0,
+    "iterations": 3,
+    "init_std": 0.1,
+    "seed": 1,
+}
+
+
+def test_ials_half_step_solves_each_rows_least_squares_problem() -> None:
+    rng = np.random.default_rng(0)
+    X = (rng.random((7, 5)) < 0.4).astype(np.float32)
+    H = rng.normal(size=(5, 3)).astype(np.float32)
+    alpha0, lam, nu = 0.5, 0.1, 0.8
+    got = solve_side(tf.constant(X), tf.constant(H), alpha0, lam, nu, block=3).numpy()
+    for u in range(7):  # minimise sum_obs (1 - w.h)^2 + alpha0 sum_all (w.h)^2 + reg |w|^2 by normal equations
+        seen = H[X[u] > 0]
+        reg = lam * (X[u].sum() + alpha0 * 5) ** nu
+        A = alpha0 * H.T @ H + seen.T @ seen + reg * np.eye(3)
+        np.testing.assert_allclose(got[u], np.linalg.solve(A, seen.sum(0)), rtol=1e-4, atol=1e-5)
+
+
+def test_ials_fits_saves_and_factorizes(toy_data: Processed, tmp_path: Path) -> None:
+    cfg = OmegaConf.create(IALS)
+    model = build(cfg, toy_data.n_users, toy_data.n_items)
+    fit(model, toy_data, cfg, seed=0)
+    users = tf.range(toy_data.n_users)
+    scores = model.score_all(users).numpy()
+    np.testing.assert_allclose(scores, model.query_vectors(users) @ tf.transpose(model.candidate_vectors()), rtol=1e-5)
+    popular = toy_data.item_popularity()
+    assert np.corrcoef(scores.mean(0), popular)[0, 1] > 0.5  # it learned from the data
+    save_model(model, cfg, toy_data.n_users, toy_data.n_items, tmp_path / "model")
+    np.testing.assert_array_equal(load_model(tmp_path / "model").score_all(users), scores)
+
+
+def blend_cfg() -> object:
+    vae = OmegaConf.merge(model_cfg("mult_vae"), {"epochs": 2, "patience": 2})
+    members = {"ease": {"name": "ease", "lam": 50.0}, "ials": IALS, "mult_vae": vae}
+    return OmegaConf.create({"name": "blend", "members": members, "weight_grid": [0.0, 0.5, 1.0], "seed": 0})
+
+
+def test_blend_weights_come_from_validation_and_survive_save_and_load(toy_data: Processed, tmp_path: Path) -> None:
+    cfg = blend_cfg()
+    model = build(cfg, toy_data.n_users, toy_data.n_items)
+    result = fit(model, toy_data, cfg, seed=0)
+    weights = result.params["weights"]
+    assert weights["ease"] == 1.0 and set(weights) == {"ease", "ials", "mult_vae"}
+    assert result.params["val_ndcg_at_10"] == pytest.approx(result.val_ndcg, rel=1e-6)
+    users = tf.range(toy_data.n_users)
+    expected = sum(w * standardise(m.score_all(users)) for w, m in zip(weights.values(), model.members))
+    np.testing.assert_allclose(model.score_all(users), expected, rtol=1e-5, atol=1e-5)
+    ease_alone = model.members[0]
+    assert result.val_ndcg >= validation_ndcg(ease_alone, toy_data) - 1e-9  # (1, 0, 0) is on the grid
+    save_model(model, cfg, toy_data.n_users, toy_data.n_items, tmp_path / "model")
+    np.testing.assert_allclose(load_model(tmp_path / "model").score_all(users), model.score_all(users), rtol=1e-6)
+
+
+def test_the_default_blend_config_composes_its_members() -> None:
+    cfg = OmegaConf.load(REPO / "params.yaml").model
+    assert cfg.name == "blend" and [m.name for m in cfg.members.values()] == ["ease", "ials", "mult_vae"]
+
+
+def test_early_stopping_keeps_the_best_epoch_from_min_epochs_on(toy_data: Processed) -> None:
+    assert not stops_early(epoch=3, best_epoch=1, patience=2, min_epochs=5)
+    assert stops_early(epoch=7, best_epoch=5, patience=2, min_epochs=5)
+    cfg = model_cfg("ncf_implicit", epochs=8, patience=1, min_epochs=5)
+    model = build(cfg, toy_data.n_users, toy_data.n_items)
+    result = fit(model, toy_data, cfg, seed=0)
+    values = result.history[result.metric].to_numpy()
+    assert 5 <= result.best_epoch < len(values) + 1 and len(values) >= 6
+    assert result.best_value == values[4:].max()  # epochs 1-4 never count, however they score
+    assert validation_ndcg(model, toy_data) == pytest.approx(result.val_ndcg)
+
+
+def test_search_objective_is_the_validation_ndcg_and_progress_tracks_the_best(toy_data, tmp_path: Path) -> None:
+    cfg = model_cfg("two_tower", epochs=1)
+    model = build(cfg, toy_data.n_users, toy_data.n_items)
+    summary = train_summary(cfg, model, fit(model, toy_data, cfg, seed=0))
+    assert objective(summary, "val_ndcg_at_10") == pytest.approx(validation_ndcg(model, toy_data), rel=1e-6)
+    assert summary["metric"] == "val_recall_at_10"  # early stopping is unchanged
+    lines = [
+        search_progress(tmp_path, job, v, "maximize", 3, "val_ndcg_at_10") for job, v in enumerate([0.2, 0.3, 0.1])
+    ]
+    assert lines[-1] == "trial 3/3 (job 2): val_ndcg_at_10 0.1000; best so far 0.3000 (job 1)"
+    assert search_progress(tmp_path / "x", 0, 0.9, "minimize", None, "val_rmse").startswith("trial 1 (job 0)")
