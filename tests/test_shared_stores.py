@@ -99,7 +99,7 @@ def alice(server: Server, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
 def pipeline(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository copy where alice ran `dvc repro` (helpers.SMALL) against the server; dvc.lock committed."""
     repo = copy_repo(tmp_path_factory.mktemp("shared") / "repo")
-    run(["recpipe", "compose", *SMALL], repo)
+    run(["recpipe", "compose", "model=mf", *SMALL], repo)
     with pytest.MonkeyPatch.context() as mp:
         _login(mp, server.url, "alice", server.passwords["alice"])
         run(["dvc", "repro"], repo)
