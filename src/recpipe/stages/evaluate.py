@@ -27,10 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from recpipe import tracking
 from recpipe.data.processed import Processed, load_processed
 from recpipe.evaluation import metrics as M
-from recpipe.evaluation.bootstrap import ci_metrics, compare_to_baselines
+from recpipe.evaluation.bootstrap import ci_metrics, compare_to_baselines, sample_effect
 from recpipe.evaluation.cold import cold_items_of, cold_metrics, cold_users
 from recpipe.evaluation.headline import HEADLINE_BASELINE_METRICS, HEADLINE_METRICS, headline
-from recpipe.evaluation.ranking import EvalSet, RankingEval, ScoreFn, evaluate_ranking
+from recpipe.evaluation.ranking import EvalSet, RankingEval, ScoreFn, evaluate_ranking, users_with_truth
 from recpipe.evaluation.report import (
     plot_metric_vs_k,
     plot_popularity,
@@ -269,7 +269,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     batch_size = int(ev.batch_size)
     data = load_processed(paths.processed)
     model = load_model(paths.model)
-    evalset = EvalSet.from_processed(data, "test")
+    evalset = EvalSet.from_processed(data, "test", ev.get("max_users"), int(cfg.seed))
     rating_scale = OmegaConf.select(cfg, "data.rating_scale")
     names = list(ev.baselines)
     model_name = system_name(OmegaConf.select(cfg, "model.name") or "model", names)
@@ -278,7 +278,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     segments = user_segments(train_counts, light_below)
     cold = cold_items_of(data)
 
-    fitted = fit_baselines(names, data, ev.baseline_models)
+    fitted = fit_baselines(names, data, ev.baseline_models, users_with_truth(evalset.truth))
     results: dict[str, RankingEval] = {}
     for name, system in [(model_name, model), *((b, m) for b, (m, _) in fitted.items())]:
         t = time.perf_counter()
@@ -299,6 +299,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     summary = {
         "model": model_name,
         "test_users": len(users),
+        "user_sample": sample_effect(len(users), evalset.all_users),
         "items": data.n_items,
         "segments": describe_segments(segments, users, light_below),
         "cold_items": {"items": len(cold), "users": len(cold_users(evalset.truth, cold))},
