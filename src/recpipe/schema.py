@@ -289,7 +289,7 @@ class EASE(Section):
     name: Literal["ease"]
     lam: Positive | Literal["auto"] = "auto"
     grid: list[Positive] = []
-    max_items: Count = 10_000
+    max_items: Count = 8_000
     tune_max_users: Count | None = None
 
     @model_validator(mode="after")

@@ -24,8 +24,8 @@ from recpipe.models.classic.base import ClosedFormModel, Fitted, SparseRows, as_
 from recpipe.models.classic.gram import ColumnDots, column_blocks
 
 TUNE_METRIC = "ndcg_at_10"
-# items EASE keeps (the most popular) when nothing is configured: a dense float32 matrix of 400 MB
-MAX_ITEMS = 10_000
+# items EASE keeps (the most popular) when nothing is configured: a dense float32 matrix of 256 MB
+MAX_ITEMS = 8_000
 # score of the items EASE leaves out: ranked after every kept item, still recommendable
 DROPPED_SCORE = float(np.finfo(np.float32).min)
 
