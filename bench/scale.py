@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\n| stage | wall s | peak RSS GiB | throughput |\n|---|---:|---:|---|")
+    print("\n| stage | wall s | peak RSS GiB | throughput |\n|---|---:|---:|---|")
     for stage, wall, rss, rate in rows:
         print(f"| {stage} | {wall:.0f} | {rss:.1f} | {rate} |")
     print(f"| **total** | {sum(r[1] for r in rows):.0f} | {max(r[2] for r in rows):.1f} (max) | |")

@@ -239,7 +239,8 @@ def test_hash_uniform_matches_reference_is_seeded_and_batch_independent():
     [
         ("item_knn", {"k": 7, "shrink": 1.0}, CosineKNN("item", 7, 1.0), {"k": 7, "shrink": 1.0}),
         ("user_knn", {"k": 5, "shrink": 0.0}, CosineKNN("user", 5, 0.0), {"k": 5, "shrink": 0.0}),
-        ("ease", {"lam": 30}, EASE(lam=30), {"lam": 30.0}),
+        ("ease", {"lam": 30}, EASE(lam=30), {"lam": 30.0, "max_items": 8_000, "items_kept": 60}),
+        ("ease", {"lam": 30, "max_items": 20}, EASE(lam=30, max_items=20), {"max_items": 20, "items_kept": 20}),
     ],
 )
 def test_tf_models_score_like_the_scipy_forms(toy_data, name, params, reference, used):
