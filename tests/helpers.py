@@ -462,7 +462,14 @@ CSV_FILES = {
     "20,Heat (1995),Thriller\n30,Mystery Movie,(no genres listed)\n",
     "links.csv": "movieId,imdbId,tmdbId\n10,1,2\n",
 }
-LAYOUTS = {"ml-100k": ML100K_FILES, "ml-1m": ML1M_FILES, "ml-latest-small": CSV_FILES}
+# ml-latest, ml-20m, ml-25m and ml-32m share the CSV layout (their tag/genome files are not read)
+LAYOUTS = {
+    "ml-100k": ML100K_FILES,
+    "ml-1m": ML1M_FILES,
+    "ml-latest-small": CSV_FILES,
+    "ml-25m": CSV_FILES,
+    "ml-32m": CSV_FILES,
+}
 # ML-100K and ML-1M are latin-1 files; the CSV releases are UTF-8.
 ENCODING = {"u.item": "latin-1", "movies.dat": "latin-1"}
 

@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.evaluation.ranking import rank_metrics
-from recpipe.models.classic import CLASSIC_MODELS, fit_classic, knn
-from recpipe.models.classic.ease import EASE, tune_ease
+from recpipe.models.classic import CLASSIC_MODELS, fit_classic, gram, knn
+from recpipe.models.classic.ease import DROPPED_SCORE, EASE, tune_ease
 from recpipe.models.classic.knn import CosineKNN
 from recpipe.models.classic.random import hash_uniform
 from recpipe.models.io import load_model, save_model
@@ -108,20 +108,31 @@ def test_userknn_matches_reference(seed, k, shrink):
     np.testing.assert_allclose(model.score(users), ref_userknn(X, k, shrink)[users], rtol=1e-5, atol=1e-6)
 
 
-def test_similarity_blocks_give_the_same_result(monkeypatch):
-    X = random_matrix(40, 30, 0.2, seed=7)
+@pytest.mark.parametrize("dense_share", [1, 4, 1 << 30])
+def test_similarity_blocks_and_dense_rows_give_the_same_result(monkeypatch, dense_share):
+    """Blocked top-k, dense/sparse row split (none, some, all rows dense) and a subset of columns
+    all give the rows of the one-block, all-sparse result."""
+    X = random_matrix(40, 30, 0.2, seed=7).toarray()
+    X[:3] = 1.0  # three users with every item: dense rows
+    X = sp.csr_matrix(X)
+    monkeypatch.setattr(gram, "DENSE_SHARE", 0)  # no row is dense
     whole = knn.topk_cosine(X, k=4).toarray()
-    monkeypatch.setattr(knn, "_BLOCK_ELEMENTS", 70)  # two rows of 30 per block
-    blocked = knn.topk_cosine(X, k=4).toarray()
-    np.testing.assert_array_equal(whole, blocked)
+    monkeypatch.setattr(gram, "DENSE_SHARE", dense_share)
+    monkeypatch.setattr(knn, "_BLOCK_ELEMENTS", 70)  # two columns of 30 per block
+    np.testing.assert_array_equal(knn.topk_cosine(X, k=4).toarray(), whole)
+    some = np.array([29, 3, 17, 3])
+    subset = knn.topk_cosine(X, k=4, columns=some).toarray()
+    np.testing.assert_array_equal(subset[some], whole[some])
+    assert not np.delete(subset, some, axis=0).any()
     assert ((whole > 0).sum(axis=1) <= 4).all()
     assert np.all(np.diag(whole) == 0)
 
 
-def test_top_k_mask_breaks_ties_towards_lower_index():
-    sim = np.array([[0.5, 0.9, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 0.2, 0.0]])
-    mask = knn.top_k_mask(sim, 2)
-    np.testing.assert_array_equal(mask, [[1, 1, 0, 0, 0], [0, 0, 0, 1, 0]])
+def test_top_k_neighbours_break_ties_towards_lower_index():
+    # item 0 is equally similar (1/sqrt(3)) to items 1, 2 and 3
+    X = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 0, 1]], dtype=np.float32))
+    S = knn.topk_cosine(X, k=2).toarray()
+    assert set(np.flatnonzero(S[0])) == {1, 2}
 
 
 @pytest.mark.parametrize("seed,lam", [(0, 1.0), (1, 10.0), (2, 0.5)])
@@ -153,6 +164,19 @@ def test_ease_recovers_co_occurrence():
     assert model.B[0, 1] > 0.5 and abs(model.B[0, 2]) < 1e-6 and abs(model.B[6, 0]) < 1e-6
 
 
+def test_ease_keeps_the_most_popular_items():
+    X = random_matrix(40, 12, 0.3, seed=4)
+    model = EASE(lam=2.0, max_items=5).fit(X)
+    counts = np.asarray(X.sum(axis=0)).ravel()
+    np.testing.assert_array_equal(model.keep, np.sort(np.argsort(-counts, kind="stable")[:5]))
+    alone = EASE(lam=2.0).fit(X[:, model.keep])  # the same as EASE on the kept columns only
+    np.testing.assert_array_equal(model.B, alone.B)
+    scores = model.score(np.arange(40))
+    np.testing.assert_allclose(scores[:, model.keep], alone.score(np.arange(40)))
+    assert (np.delete(scores, model.keep, axis=1) == DROPPED_SCORE).all()  # ranked after every kept item
+    assert model.dropped_share == pytest.approx(1 - counts[model.keep].sum() / counts.sum())
+
+
 @pytest.mark.parametrize("model", [CosineKNN("item", 5, 0.0), CosineKNN("user", 5, 0.0), EASE(lam=10.0)])
 def test_scores_shape_dtype_and_empty_user(model):
     X = random_matrix(20, 10, 0.3, seed=5)
@@ -174,8 +198,8 @@ def test_errors_are_user_errors():
         CosineKNN("item", 5, 0.0).score(np.array([0]))
     with pytest.raises(RecpipeError, match="lam"):
         EASE(lam=0)
-    with pytest.raises(RecpipeError, match="limit is 5 items"):
-        EASE(lam=1.0, max_items=5).fit(random_matrix(4, 6, 0.5, seed=0))
+    with pytest.raises(RecpipeError, match="max_items must be at least 1"):
+        EASE(lam=1.0, max_items=0).fit(random_matrix(4, 6, 0.5, seed=0))
     with pytest.raises(RecpipeError, match="k must be"):
         CosineKNN("user", 0, 0.0).fit(random_matrix(4, 6, 0.5, seed=0))
 
@@ -215,14 +239,15 @@ def test_hash_uniform_matches_reference_is_seeded_and_batch_independent():
     [
         ("item_knn", {"k": 7, "shrink": 1.0}, CosineKNN("item", 7, 1.0), {"k": 7, "shrink": 1.0}),
         ("user_knn", {"k": 5, "shrink": 0.0}, CosineKNN("user", 5, 0.0), {"k": 5, "shrink": 0.0}),
-        ("ease", {"lam": 30}, EASE(lam=30), {"lam": 30.0}),
+        ("ease", {"lam": 30}, EASE(lam=30), {"lam": 30.0, "max_items": 8_000, "items_kept": 60}),
+        ("ease", {"lam": 30, "max_items": 20}, EASE(lam=30, max_items=20), {"max_items": 20, "items_kept": 20}),
     ],
 )
 def test_tf_models_score_like_the_scipy_forms(toy_data, name, params, reference, used):
     model, got = fit_classic(name, toy_data, params)
     expected = reference.fit(toy_data.matrix("train")).score(np.arange(toy_data.n_users))
     assert np.allclose(all_scores(model, toy_data), expected, atol=1e-5)
-    assert got == used
+    assert {key: got[key] for key in used} == used
 
 
 def test_popularity_and_random(toy_data):

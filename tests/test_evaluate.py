@@ -108,7 +108,7 @@ def test_cf_baselines_beat_random_and_take_their_params(data, evalset):
     assert {n: used for n, (_, used) in fitted.items()} == {
         "item_knn": {"k": 20, "shrink": 0.0},
         "user_knn": {"k": 10, "shrink": 1.0},
-        "ease": {"lam": 50.0},
+        "ease": {"lam": 50.0, "max_items": 8_000, "items_kept": 60, "dropped_interaction_share": 0.0},
     }
     out = evaluate_baselines(["item_knn", "user_knn", "ease", "random"], data, evalset, 0, params)
     for name in ("item_knn", "user_knn", "ease"):

@@ -15,6 +15,7 @@ from recpipe.evaluation.ranking import (
     evaluate_ranking,
     genre_matrix,
     rank_metrics,
+    sample_users,
     top_k_items,
     users_with_truth,
 )
@@ -142,3 +143,18 @@ def test_evaluate_ranking_adds_beyond_accuracy(case):
     assert with_vectors["diversity_at_10"] < 0.5
     assert set(result.per_user) == set(out) - {"coverage_at_10"}
     assert all(len(v) == len(result.users) == len(users_with_truth(truth)) for v in result.per_user.values())
+
+
+def test_sampled_users_are_a_seeded_subset_and_all_means_unchanged(case):
+    _, _, truth = case
+    users = users_with_truth(truth)
+    assert sample_users(truth, None, seed=0) is truth
+    assert sample_users(truth, len(users), seed=0) is truth  # max_users covering all: today's evaluation
+    sampled = sample_users(truth, 10, seed=5)
+    kept = users_with_truth(sampled)
+    assert len(kept) == 10 and set(kept) <= set(users)
+    np.testing.assert_array_equal(sampled[kept].toarray(), truth[kept].toarray())
+    np.testing.assert_array_equal(users_with_truth(sample_users(truth, 10, seed=5)), kept)
+    assert not np.array_equal(users_with_truth(sample_users(truth, 10, seed=6)), kept)
+    with pytest.raises(RecpipeError, match="max_users must be at least 1"):
+        sample_users(truth, 0, seed=0)

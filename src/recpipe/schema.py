@@ -290,6 +290,8 @@ class EASE(Section):
     name: Literal["ease"]
     lam: Positive | Literal["auto"] = "auto"
     grid: list[Positive] = []
+    max_items: Count = 8_000
+    tune_max_users: Count | None = None
 
     @model_validator(mode="after")
     def _grid_for_auto(self) -> EASE:
@@ -380,6 +382,7 @@ class Evaluate(Section):
     baselines: list[Literal[BASELINES]] = []  # type: ignore[valid-type]
     baseline_models: dict[Literal[BASELINES], dict[str, Any]] = {}  # type: ignore[valid-type]
     light_user_threshold: NonNegativeInt = 20
+    max_users: Count | None = None
     bootstrap: Bootstrap = Bootstrap()
 
 

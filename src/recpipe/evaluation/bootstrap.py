@@ -23,6 +23,18 @@ _CHUNK_ELEMENTS = 1 << 22
 _EMPTY = "bootstrap over an empty set of users (no test user has a test item?)"
 
 
+def sample_effect(evaluated: int, of: int) -> dict[str, Any]:
+    """What evaluating a sample of ``evaluated`` of ``of`` test users does to the intervals: a
+    bootstrap interval of a mean narrows as 1 / sqrt(users), so those over the sample are about
+    ``sqrt(of / evaluated)`` times as wide as over every user (``interval_width_vs_all_users``)."""
+    return {
+        "evaluated_users": evaluated,
+        "test_users": of,
+        "share": round(evaluated / of, 6) if of else 1.0,
+        "interval_width_vs_all_users": round(float(np.sqrt(of / evaluated)), 4) if evaluated else 1.0,
+    }
+
+
 def _check(n_resamples: int, level: float) -> None:
     if n_resamples < 1:
         raise RecpipeError(f"bootstrap n_resamples must be at least 1, got {n_resamples}")

@@ -8,6 +8,7 @@ measured by exactly the same code.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,25 @@ from recpipe.evaluation import metrics
 
 ScoreFn = Callable[[np.ndarray], "np.ndarray | tf.Tensor"]
 DEFAULT_KS = (5, 10, 20, 50, 100)
+# batches of users ranked at the same time (threads)
+RANKING_THREADS = 2
+
+
+def _top_k_batch(score_fn: ScoreFn, users: np.ndarray, exclude: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``top_k_items`` of one batch of users."""
+    n_items = exclude.shape[1]
+    s = np.array(score_fn(users), dtype=np.float32, copy=True)
+    if s.shape != (len(users), n_items):
+        raise RecpipeError(
+            f"scorer returned shape {s.shape} for {len(users)} users; expected ({len(users)}, {n_items})"
+        )
+    if np.isnan(s).any():
+        raise RecpipeError("scorer returned NaN scores (did training diverge?)")
+    seen = exclude[users].tocoo()
+    s[seen.row[seen.data != 0], seen.col[seen.data != 0]] = -np.inf
+    vals, idx = (t.numpy() for t in tf.math.top_k(s, k=min(k, n_items)))
+    idx[np.isneginf(vals)] = -1
+    return idx, vals
 
 
 def top_k_items(
@@ -35,28 +55,35 @@ def top_k_items(
 
     Returns ``(items int32 [n, k], scores float32 [n, k])``. Slots with no recommendable item
     left (k beyond the catalog, or every item excluded) hold item -1 and score -inf. Ties keep
-    the lower item index first (``tf.math.top_k``), so results are deterministic.
+    the lower item index first (``tf.math.top_k``), so results are deterministic. Batches of
+    ``batch_size`` users are scored two at a time in threads (TensorFlow and numpy release the
+    GIL), each batch's results written to its own rows.
     """
-    n_items = exclude.shape[1]
-    width = min(k, n_items)
+    width = min(k, exclude.shape[1])
     users = np.asarray(users, dtype=np.int32)
     items = np.full((len(users), k), -1, dtype=np.int32)
     scores = np.full((len(users), k), -np.inf, dtype=np.float32)
     starts = range(0, len(users), batch_size)
-    for start in tqdm(starts, desc="ranking", unit="batch", leave=False, disable=len(starts) < 2):
-        u = users[start : start + batch_size]
-        s = np.array(score_fn(u), dtype=np.float32, copy=True)
-        if s.shape != (len(u), n_items):
-            raise RecpipeError(f"scorer returned shape {s.shape} for {len(u)} users; expected ({len(u)}, {n_items})")
-        if np.isnan(s).any():
-            raise RecpipeError("scorer returned NaN scores (did training diverge?)")
-        s[exclude[u].toarray() != 0] = -np.inf
-        vals, idx = tf.math.top_k(s, k=width)
-        vals, idx = vals.numpy(), idx.numpy()
-        idx[np.isneginf(vals)] = -1
-        items[start : start + len(u), :width] = idx
-        scores[start : start + len(u), :width] = vals
+    with ThreadPoolExecutor(RANKING_THREADS) as pool:
+        batches = pool.map(lambda start: _top_k_batch(score_fn, users[start : start + batch_size], exclude, k), starts)
+        progress = tqdm(batches, total=len(starts), desc="ranking", unit="batch", leave=False, disable=len(starts) < 2)
+        for start, (idx, vals) in zip(starts, progress):
+            items[start : start + len(idx), :width] = idx
+            scores[start : start + len(idx), :width] = vals
     return items, scores
+
+
+def sample_users(truth: sp.csr_matrix, max_users: int | None, seed: int) -> sp.csr_matrix:
+    """``truth`` with only a seeded sample of ``max_users`` of its users with a truth item kept
+    (the other rows emptied); unchanged when ``max_users`` is None or not below their number."""
+    users = users_with_truth(truth)
+    if max_users is None or max_users >= len(users):
+        return truth
+    if max_users < 1:
+        raise RecpipeError(f"max_users must be at least 1 (or null for all users), got {max_users}")
+    picked = np.zeros(truth.shape[0], dtype=np.float32)
+    picked[np.random.default_rng(seed).choice(users, size=max_users, replace=False)] = 1.0
+    return sp.csr_matrix(sp.diags(picked) @ truth)
 
 
 def users_with_truth(truth: sp.csr_matrix) -> np.ndarray:
@@ -107,17 +134,24 @@ class EvalSet:
     item_popularity: np.ndarray
     n_train_users: int
     item_genres: np.ndarray | None
+    # users with a truth item before sampling (``max_users``); ``truth`` holds those evaluated
+    all_users: int = 0
 
     @classmethod
-    def from_processed(cls, data: Processed, split: str = "test") -> EvalSet:
-        """Truth from ``split``; train and val (those before ``split``) excluded from ranking."""
+    def from_processed(
+        cls, data: Processed, split: str = "test", max_users: int | None = None, seed: int = 0
+    ) -> EvalSet:
+        """Truth from ``split`` (of a seeded sample of at most ``max_users`` users, ``sample_users``;
+        None: all); train and val (those before ``split``) excluded from ranking."""
         before = {"val": ("train",), "test": ("train", "val")}[split]
+        truth = data.matrix(split)
         return cls(
             exclude=data.matrix(*before),
-            truth=data.matrix(split),
+            truth=sample_users(truth, max_users, seed),
             item_popularity=data.item_popularity(),
             n_train_users=int(data.train["user_idx"].nunique()),
             item_genres=genre_matrix(data.items.reset_index(drop=True)),
+            all_users=len(users_with_truth(truth)),
         )
 
 

@@ -152,6 +152,16 @@ def _summary_sections(
     """The segment, cold-item and baseline-hyperparameter sections of ``render_markdown``."""
     model = systems[model_name]
     out: list[str] = []
+    sample = summary.get("user_sample", {})
+    if sample.get("evaluated_users", 0) < sample.get("test_users", 0):
+        out += [
+            "## Sampled users",
+            "",
+            f"Evaluated on a seeded sample of {sample['evaluated_users']} of the {sample['test_users']} test users "
+            f"(evaluate.max_users): the intervals are over the sample, about "
+            f"{sample['interval_width_vs_all_users']:.2f}x as wide as over all test users.",
+            "",
+        ]
     segments = summary.get("segments", {})
     rows = [segment_key(seg, m) for seg in segments for m in (*MAIN_METRICS, *BEYOND_METRICS)]
     rows = [r for r in rows if r in model]

@@ -20,10 +20,10 @@ import tensorflow as tf
 
 from recpipe.data.processed import Processed
 from recpipe.evaluation import metrics as M
-from recpipe.evaluation.bootstrap import compare_to_baselines
+from recpipe.evaluation.bootstrap import compare_to_baselines, sample_effect
 from recpipe.evaluation.cold import cold_items_of, cold_metrics, cold_users
 from recpipe.evaluation.headline import PROMOTION_METRIC
-from recpipe.evaluation.ranking import EvalSet, RankingEval, ScoreFn, evaluate_ranking
+from recpipe.evaluation.ranking import EvalSet, RankingEval, ScoreFn, evaluate_ranking, users_with_truth
 from recpipe.evaluation.registry import segment_key
 from recpipe.evaluation.render import recommended_popularity
 from recpipe.evaluation.reports import Report, per_user_table
@@ -105,14 +105,14 @@ def evaluate_systems(
     (the ``evaluate`` config section) on ``data``'s test split; ``seed`` seeds the bootstrap."""
     ks = [int(k) for k in ev.ks]
     batch_size = int(ev.batch_size)
-    evalset = EvalSet.from_processed(data, "test")
+    evalset = EvalSet.from_processed(data, "test", ev.get("max_users"), seed)
     names = list(ev.baselines)
     light_below = int(ev.light_user_threshold)
     train_counts = np.bincount(data.train["user_idx"].to_numpy(), minlength=data.n_users)
     segments = user_segments(train_counts, light_below)
     cold = cold_items_of(data)
 
-    fitted = fit_baselines(names, data, ev.baseline_models)
+    fitted = fit_baselines(names, data, ev.baseline_models, users_with_truth(evalset.truth))
     results: dict[str, RankingEval] = {}
     for name, system in [(model_name, model), *((b, m) for b, (m, _) in fitted.items())]:
         t = time.perf_counter()
@@ -133,6 +133,7 @@ def evaluate_systems(
     summary = {
         "model": model_name,
         "test_users": len(users),
+        "user_sample": sample_effect(len(users), evalset.all_users),
         "items": data.n_items,
         "segments": describe_segments(segments, users, light_below),
         "cold_items": {"items": len(cold), "users": len(cold_users(evalset.truth, cold))},

@@ -27,6 +27,14 @@ def as_binary_csr(X: sp.spmatrix) -> sp.csr_matrix:
     return X
 
 
+def row_ids(splits: tf.Tensor) -> tf.Tensor:
+    """int32 row of each of the ``splits[-1]`` values of rows delimited by ``splits`` (int64)."""
+    total = splits[-1]
+    starts = splits[1:-1]  # where rows 1.. begin; empty rows add several marks at one place
+    marks = tf.math.unsorted_segment_sum(tf.ones_like(starts, tf.int32), starts, total + 1)[:total]
+    return tf.cumsum(marks)
+
+
 class SparseRows(tf.keras.layers.Layer):
     """A sparse matrix held as CSR variables (their length is set by ``assign``), read by rows."""
 
@@ -47,21 +55,30 @@ class SparseRows(tf.keras.layers.Layer):
         self.columns.assign(m.indices.astype(np.int32))
         self.values.assign(m.data)
 
+    def entries(self, idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """The stored entries of rows ``idx`` (int32 [b]) as (position in ``idx``, column, value).
+
+        O(entries): no ragged ``value_rowids``, whose ``tf.repeat`` tiles [rows, longest row].
+        """
+        starts = tf.gather(self.row_splits, idx)
+        lengths = tf.gather(self.row_splits, idx + 1) - starts
+        splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lengths)], axis=0)
+        at = row_ids(splits)
+        flat = tf.gather(starts, at) + tf.range(splits[-1]) - tf.gather(splits, at)
+        return at, tf.gather(self.columns, flat), tf.gather(self.values, flat)
+
     def rows(self, idx: tf.Tensor) -> tf.Tensor:
         """Rows ``idx`` (int32 [b]) as a dense float32 [b, n_cols]."""
-        positions = tf.RaggedTensor.from_row_splits(
-            tf.range(tf.size(self.columns, out_type=tf.int64)), self.row_splits, validate=False
-        )
-        picked = tf.gather(positions, idx)
-        flat = picked.flat_values
-        coords = tf.stack([tf.cast(picked.value_rowids(), tf.int32), tf.gather(self.columns, flat)], axis=1)
-        return tf.scatter_nd(coords, tf.gather(self.values, flat), [tf.shape(idx)[0], self.n_cols])
+        at, columns, values = self.entries(idx)
+        return tf.scatter_nd(tf.stack([at, columns], axis=1), values, [tf.shape(idx)[0], self.n_cols])
 
-    def sparse(self) -> tf.SparseTensor:
-        """The whole matrix as a tf.SparseTensor."""
-        rows = tf.ragged.row_splits_to_segment_ids(self.row_splits)
-        indices = tf.stack([rows, tf.cast(self.columns, tf.int64)], axis=1)
-        return tf.SparseTensor(indices, self.values, [self.n_rows, self.n_cols])
+    def rows_matmul(self, idx: tf.Tensor, other: SparseRows) -> tf.Tensor:
+        """Rows ``idx`` of this matrix times ``other`` as a dense float32 [b, other.n_cols]; only the
+        stored entries are multiplied (neither matrix is made dense)."""
+        at, middle, values = self.entries(idx)
+        pair, columns, other_values = other.entries(middle)
+        coords = tf.stack([tf.gather(at, pair), columns], axis=1)
+        return tf.scatter_nd(coords, tf.gather(values, pair) * other_values, [tf.shape(idx)[0], other.n_cols])
 
 
 class ClosedFormModel(RecModel):
@@ -69,6 +86,9 @@ class ClosedFormModel(RecModel):
 
     objective = "implicit"
     fitting = "closed_form"
+    # the users whose scores will be asked (None: all); set before ``fit_closed_form`` by
+    # ``fit_classic``, so a model may fit only what they need (user_knn: their neighbours)
+    score_users: np.ndarray | None = None
 
     def __init__(self, cfg: Any, n_users: int, n_items: int) -> None:
         super().__init__(name=str(cfg.name))

@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from recpipe.config import plain_dict
@@ -25,8 +26,11 @@ log = logging.getLogger(__name__)
 CLASSIC_MODELS = ("popularity", "random", "item_knn", "user_knn", "ease")
 
 
-def fit_classic(name: str, data: Processed, params: Mapping[str, Any]) -> tuple[ClosedFormModel, dict[str, Any]]:
-    """Classic model ``name`` built with config ``params`` (its conf/model keys) and fit on ``data``.
+def fit_classic(
+    name: str, data: Processed, params: Mapping[str, Any], users: np.ndarray | None = None
+) -> tuple[ClosedFormModel, dict[str, Any]]:
+    """Classic model ``name`` built with config ``params`` (its conf/model keys) and fit on ``data``,
+    for scoring ``users`` (default all: see ``ClosedFormModel.score_users``).
 
     Returns the model and the hyperparameters it used (e.g. the lambda EASE chose).
     """
@@ -38,14 +42,16 @@ def fit_classic(name: str, data: Processed, params: Mapping[str, Any]) -> tuple[
         n_items=data.n_items,
     )
     assert isinstance(model, ClosedFormModel)
+    model.score_users = users
     return model, model.fit_closed_form(data)
 
 
 def fit_baselines(
-    names: Sequence[str], data: Processed, configs: Mapping[str, Any]
+    names: Sequence[str], data: Processed, configs: Mapping[str, Any], users: np.ndarray | None = None
 ) -> dict[str, tuple[ClosedFormModel, dict[str, Any]]]:
     """Each baseline of ``names`` fit on train with its config ``configs[name]``
-    (``evaluate.baseline_models``): name -> (model, hyperparameters used)."""
+    (``evaluate.baseline_models``), for scoring ``users`` (default all): name -> (model,
+    hyperparameters used)."""
     fitted = {}
     for name in names:
         if name not in CLASSIC_MODELS:
@@ -58,6 +64,6 @@ def fit_baselines(
                 f"`- model@evaluate.baseline_models.{name}: {name}` to the defaults of conf/config.yaml"
             )
         start = time.perf_counter()
-        fitted[name] = fit_classic(name, data, configs[name])
+        fitted[name] = fit_classic(name, data, configs[name], users)
         log.info(f"fit baseline {name} in {time.perf_counter() - start:.1f} s")
     return fitted

@@ -18,32 +18,52 @@ from tqdm.auto import tqdm
 
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
-from recpipe.evaluation.ranking import rank_metrics
+from recpipe.evaluation.ranking import rank_metrics, sample_users
 from recpipe.evaluation.registry import TABLE_K, metric_key
 from recpipe.models.base import register
 from recpipe.models.classic.base import ClosedFormModel, Fitted, SparseRows, as_binary_csr
+from recpipe.models.classic.gram import ColumnDots, column_blocks
 
 TUNE_METRIC = metric_key("ndcg", TABLE_K)
-MAX_ITEMS = 40_000
+# items EASE keeps (the most popular) when nothing is configured: a dense float32 matrix of 256 MB
+MAX_ITEMS = 8_000
+# score of the items EASE leaves out: ranked after every kept item, still recommendable
+DROPPED_SCORE = float(np.finfo(np.float32).min)
 
 
-def check_dense_catalog(n_items: int, max_items: int = MAX_ITEMS) -> None:
-    """Refuse a dense n_items x n_items item-item model (EASE) beyond ``max_items`` items."""
-    if n_items > max_items:
-        raise RecpipeError(
-            f"EASE needs a dense {n_items} x {n_items} matrix ({n_items * n_items * 8 / 2**30:.1f} GiB); "
-            f"the limit is {max_items} items: use item_knn or filter rare items"
-        )
+def kept_items(X: sp.csr_matrix, max_items: int) -> np.ndarray:
+    """Indices (ascending) of the ``max_items`` columns of ``X`` with the most nonzeros (ties: lower
+    index), or of every column when there are no more than that."""
+    n = X.shape[1]
+    if max_items < 1:
+        raise RecpipeError(f"EASE max_items must be at least 1, got {max_items}")
+    if n <= max_items:
+        return np.arange(n)
+    counts = np.bincount(X.indices, minlength=n)
+    return np.sort(np.argsort(-counts, kind="stable")[:max_items])
+
+
+def gram(X: sp.csr_matrix) -> np.ndarray:
+    """``X^T X`` as a dense float32 matrix (``gram.ColumnDots``, in blocks of columns)."""
+    n = X.shape[1]
+    dots = ColumnDots(X)
+    G = np.empty((n, n), dtype=np.float32)
+    blocks = column_blocks(np.arange(n), n, 1 << 24)
+    for cols, block in tqdm(
+        dots.blocks(blocks), total=len(blocks), desc="EASE gram", unit="block", leave=False, disable=len(blocks) < 2
+    ):
+        G[cols] = block.numpy()
+    return G
 
 
 def spd_inverse(A: np.ndarray) -> np.ndarray:
-    """Inverse of a symmetric positive definite float64 matrix via Cholesky (LAPACK potrf/potri).
+    """Inverse of a symmetric positive definite float32 matrix via Cholesky (LAPACK potrf/potri).
 
     About half the work of a general inverse; ``A`` is overwritten.
     """
-    factor, info = scipy.linalg.lapack.dpotrf(A, lower=True, overwrite_a=True, clean=False)
+    factor, info = scipy.linalg.lapack.spotrf(A, lower=True, overwrite_a=True, clean=False)
     if info == 0:
-        inv, info = scipy.linalg.lapack.dpotri(factor, lower=True, overwrite_c=True)
+        inv, info = scipy.linalg.lapack.spotri(factor, lower=True, overwrite_c=True)
     if info != 0:
         raise RecpipeError(f"matrix is not positive definite (LAPACK info {info})")
     return np.tril(inv) + np.tril(inv, -1).T
@@ -51,8 +71,9 @@ def spd_inverse(A: np.ndarray) -> np.ndarray:
 
 class EASE(Fitted):
     """``G = X^T X + lam I``, ``P = G^-1``, ``B = -P / diag(P)`` (column-wise), ``diag(B) = 0``;
-    ``score(u) = X_u B``. Needs a dense n_items x n_items float64 matrix, so it refuses catalogs
-    larger than ``max_items``.
+    ``score(u) = X_u B``, in float32. B is a dense matrix over the ``max_items`` most popular items
+    (``keep``); the other items get ``DROPPED_SCORE``, so they rank after every kept item.
+    ``dropped_share`` is the share of the train interactions on those items.
     """
 
     def __init__(self, lam: float, max_items: int = MAX_ITEMS) -> None:
@@ -60,35 +81,55 @@ class EASE(Fitted):
             raise RecpipeError(f"EASE lam must be a number > 0, got {lam!r}")
         self.lam, self.max_items = float(lam), max_items
 
-    def fit(self, X: sp.spmatrix) -> EASE:
+    def fit(self, X: sp.spmatrix, kept_gram: tuple[np.ndarray, np.ndarray] | None = None) -> EASE:
+        """Fit on ``X``; ``kept_gram`` is ``(kept items, their gram)`` when already computed."""
         X = as_binary_csr(X)
-        n = X.shape[1]
-        check_dense_catalog(n, self.max_items)
-        G = (X.T @ X).toarray().astype(np.float64)
-        G[np.diag_indices(n)] += self.lam
+        keep, G = kept_gram or capped_gram(X, self.max_items)
+        G = G.copy()
+        G[np.diag_indices(len(keep))] += self.lam
         P = spd_inverse(G)
         B = P / -np.diag(P)[None, :]
-        B[np.diag_indices(n)] = 0.0
-        self.X, self.B = X, B.astype(np.float32)
+        B[np.diag_indices(len(keep))] = 0.0
+        self.X, self.keep, self.B = X, keep, B
+        self.dropped_share = 1.0 - X[:, keep].nnz / max(X.nnz, 1)
         return self
 
     def score(self, user_idx: np.ndarray) -> np.ndarray:
-        return np.asarray(self._train()[np.asarray(user_idx)] @ self.B, dtype=np.float32)
+        X = self._train()
+        out = np.full((len(user_idx), X.shape[1]), DROPPED_SCORE, dtype=np.float32)
+        out[:, self.keep] = X[np.asarray(user_idx)][:, self.keep] @ self.B
+        return out
+
+
+def capped_gram(X: sp.csr_matrix, max_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """The kept items of ``X`` (``kept_items``) and their gram matrix."""
+    keep = kept_items(X, max_items)
+    return keep, gram(X[:, keep])
 
 
 def tune_ease(
-    train: sp.csr_matrix, val: sp.csr_matrix, grid: Sequence[float], batch_size: int = 1024
+    train: sp.csr_matrix,
+    val: sp.csr_matrix,
+    grid: Sequence[float],
+    batch_size: int = 1024,
+    max_items: int = MAX_ITEMS,
+    max_users: int | None = None,
+    seed: int = 0,
 ) -> tuple[EASE, dict[float, float]]:
     """EASE fit on ``train`` for each lambda of ``grid``; returns the one with the best validation
-    ``ndcg_at_10`` (``val`` as truth, each user's train items excluded) and every lambda's value."""
+    ``ndcg_at_10`` (``val`` as truth, each user's train items excluded; over a seeded sample of at
+    most ``max_users`` validation users, ``ranking.sample_users``) and every lambda's value."""
     if not len(grid):
         raise RecpipeError("EASE lam: auto needs a non-empty grid of lambdas")
     if val.nnz == 0:
         raise RecpipeError("EASE lam: auto tunes on the validation split, which is empty; set a number")
+    train = as_binary_csr(train)
+    kept_gram = capped_gram(train, max_items)
+    val = sample_users(val, max_users, seed)
     scores: dict[float, float] = {}
     best: EASE | None = None
     for lam in tqdm(grid, desc="EASE lambda", unit="fit", leave=False):
-        ease = EASE(lam).fit(train)
+        ease = EASE(lam, max_items).fit(train, kept_gram)
         scores[ease.lam] = float(rank_metrics(ease.score, train, val, (10,), batch_size)[TUNE_METRIC])
         if best is None or scores[ease.lam] > scores[best.lam]:
             best = ease
@@ -98,32 +139,45 @@ def tune_ease(
 
 @register("ease")
 class EASEModel(ClosedFormModel):
-    """EASE: X_u @ B with a dense item-item B.
+    """EASE: X_u @ B with a dense item-item B over the ``max_items`` most popular items.
 
-    ``lam`` is a number, or ``auto``: the value of ``grid`` with the best validation ndcg_at_10.
+    ``lam`` is a number, or ``auto``: the value of ``grid`` with the best validation ndcg_at_10
+    (over at most ``tune_max_users`` validation users).
     """
 
     def __init__(self, cfg: Any, n_users: int, n_items: int, **context: Any) -> None:
         super().__init__(cfg, n_users, n_items)
-        check_dense_catalog(n_items)
         self.lam = cfg.lam
         self.grid = [float(v) for v in cfg.get("grid") or ()]
+        self.max_items = int(cfg.get("max_items") or MAX_ITEMS)
+        self.tune_max_users = cfg.get("tune_max_users")
         if self.lam != "auto":
             EASE(self.lam)  # validates lam before any fitting
-        self.train_items = SparseRows(n_users, n_items, "train_items")
-        self.item_weights = tf.Variable(tf.zeros([n_items, n_items]), trainable=False, name="item_weights")
+        kept = min(n_items, self.max_items)
+        self.train_items = SparseRows(n_users, kept, "train_items")
+        self.item_weights = tf.Variable(tf.zeros([kept, kept]), trainable=False, name="item_weights")
+        # each item's column in item_weights; the dropped items point to the extra column ``kept``
+        self.item_column = tf.Variable(tf.zeros([n_items], tf.int32), trainable=False, name="item_column")
 
     def fit_closed_form(self, data: Processed) -> dict[str, Any]:
         train = data.matrix("train")
         if self.lam == "auto":
-            ease, tuning = tune_ease(train, data.matrix("val"), self.grid)
+            ease, tuning = tune_ease(
+                train, data.matrix("val"), self.grid, max_items=self.max_items, max_users=self.tune_max_users
+            )
             params: dict[str, Any] = {"lam": ease.lam, f"val_{TUNE_METRIC}": [[k, v] for k, v in tuning.items()]}
         else:
-            ease = EASE(self.lam).fit(train)
+            ease = EASE(self.lam, self.max_items).fit(train)
             params = {"lam": ease.lam}
-        self.train_items.assign(ease.X)
+        column = np.full(self.n_items, len(ease.keep), dtype=np.int32)
+        column[ease.keep] = np.arange(len(ease.keep), dtype=np.int32)
+        self.train_items.assign(ease._train()[:, ease.keep])
         self.item_weights.assign(ease.B)
-        return params
+        self.item_column.assign(column)
+        kept = {"max_items": self.max_items, "items_kept": len(ease.keep)}
+        return params | kept | {"dropped_interaction_share": round(ease.dropped_share, 6)}
 
     def score_all(self, user_idx: tf.Tensor) -> tf.Tensor:
-        return tf.matmul(self.train_items.rows(user_idx), self.item_weights)
+        kept = tf.matmul(self.train_items.rows(user_idx), self.item_weights)
+        dropped = tf.fill([tf.shape(user_idx)[0], 1], DROPPED_SCORE)
+        return tf.gather(tf.concat([kept, dropped], axis=1), self.item_column, axis=1)

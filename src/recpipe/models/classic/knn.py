@@ -21,51 +21,56 @@ from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.models.base import register
 from recpipe.models.classic.base import ClosedFormModel, Fitted, SparseRows, as_binary_csr
+from recpipe.models.classic.gram import ColumnDots, column_blocks
 
 AXES = ("item", "user")
-# Elements of one dense similarity block (rows x catalog), float64: about 128 MB.
-_BLOCK_ELEMENTS = 1 << 24
+# Elements of one similarity block (query columns x all columns): float64, about 256 MB.
+_BLOCK_ELEMENTS = 1 << 25
 
 
-def top_k_mask(sim: np.ndarray, k: int) -> np.ndarray:
-    """bool mask of each row's ``k`` largest positive entries; ties go to the lower column index."""
-    if k >= sim.shape[1]:
-        return sim > 0
-    kth = -np.partition(-sim, k - 1, axis=1)[:, k - 1 : k]  # k-th largest value per row
-    above = sim > kth
-    at = sim == kth
-    room = k - above.sum(axis=1, keepdims=True)
-    return (above | (at & (np.cumsum(at, axis=1) <= room))) & (sim > 0)
-
-
-def topk_cosine(X: sp.spmatrix, k: int, shrink: float = 0.0, desc: str = "similarity") -> sp.csr_matrix:
+def topk_cosine(
+    X: sp.spmatrix,
+    k: int,
+    shrink: float = 0.0,
+    desc: str = "similarity",
+    columns: np.ndarray | None = None,
+) -> sp.csr_matrix:
     """Cosine similarity between the columns of ``X``, keeping each column's ``k`` nearest others.
 
-    ``sim(i, j) = x_i . x_j / (|x_i| |x_j| + shrink)``; self-similarity and non-positive values
-    are dropped. Returns a CSR matrix [n_cols, n_cols] whose row ``i`` holds the neighbours of
-    column ``i``. Computed in dense row blocks, so memory stays bounded for large catalogs.
+    ``sim(i, j) = x_i . x_j / (|x_i| |x_j| + shrink)`` (float64); self-similarity and non-positive
+    values are dropped; ties go to the lower column index. Returns a CSR matrix [n_cols, n_cols]
+    whose row ``i`` holds the neighbours of column ``i``, for the columns ``columns`` (default all;
+    the other rows are empty). Computed in blocks of columns (``gram.ColumnDots``: dense rows of X
+    with TensorFlow, the rest with scipy), top-k with ``tf.math.top_k``, so memory stays bounded
+    and both cores work.
     """
     if k < 1:
         raise RecpipeError(f"k must be at least 1, got {k}")
     if shrink < 0:
         raise RecpipeError(f"shrink must be >= 0, got {shrink}")
-    Xc = sp.csc_matrix(X, dtype=np.float64)
-    n = Xc.shape[1]
-    norms = np.sqrt(np.asarray(Xc.multiply(Xc).sum(axis=0)).ravel())
-    Xt = Xc.T.tocsr()
-    block = max(1, _BLOCK_ELEMENTS // max(n, 1))
+    X = sp.csr_matrix(X, dtype=np.float32)
+    n = X.shape[1]
+    wanted = np.arange(n) if columns is None else np.unique(np.asarray(columns, dtype=np.int64))
+    norms = tf.constant(np.sqrt(np.asarray(X.multiply(X).sum(axis=0), dtype=np.float64).ravel()))
+    dots = ColumnDots(X)
+    blocks = column_blocks(wanted, n, _BLOCK_ELEMENTS)
     rows, cols, vals = [], [], []
-    starts = range(0, n, block)
-    for start in tqdm(starts, desc=desc, unit="block", leave=False, disable=len(starts) < 2):
-        stop = min(start + block, n)
-        dots = (Xt[start:stop] @ Xc).toarray()
-        denom = np.outer(norms[start:stop], norms) + shrink
-        sim = np.divide(dots, denom, out=np.zeros_like(dots), where=denom > 0)
-        sim[np.arange(stop - start), np.arange(start, stop)] = 0.0
-        r, c = np.nonzero(top_k_mask(sim, k))
-        rows.append(r + start)
-        cols.append(c)
-        vals.append(sim[r, c].astype(np.float32))
+    progress = tqdm(
+        dots.blocks(blocks), total=len(blocks), desc=desc, unit="block", leave=False, disable=len(blocks) < 2
+    )
+    for block, dot in progress:
+        denom = tf.gather(norms, block)[:, None] * norms[None, :] + shrink
+        sim = tf.math.divide_no_nan(tf.cast(dot, tf.float64), denom)
+        sim = tf.tensor_scatter_nd_update(
+            sim, np.stack([np.arange(len(block)), block], axis=1), tf.zeros([len(block)], tf.float64)
+        )
+        top, idx = (t.numpy() for t in tf.math.top_k(sim, k=min(k, n)))
+        r, c = np.nonzero(top > 0)
+        rows.append(block[r])
+        cols.append(idx[r, c])
+        vals.append(top[r, c].astype(np.float32))
+    if not rows:
+        return sp.csr_matrix((n, n), dtype=np.float32)
     return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
 
 
@@ -82,10 +87,12 @@ class CosineKNN(Fitted):
     def __init__(self, axis: str, k: int, shrink: float) -> None:
         self.axis, self.k, self.shrink = _check_axis(axis), k, shrink
 
-    def fit(self, X: sp.spmatrix) -> CosineKNN:
+    def fit(self, X: sp.spmatrix, users: np.ndarray | None = None) -> CosineKNN:
+        """Neighbours of every item (axis item), or of ``users`` (axis user; default all users)."""
         self.X = as_binary_csr(X)
         along = self.X if self.axis == "item" else self.X.T
-        self.S = topk_cosine(along, self.k, self.shrink, desc=f"{self.axis}-{self.axis} similarity")
+        columns = users if self.axis == "user" else None
+        self.S = topk_cosine(along, self.k, self.shrink, f"{self.axis}-{self.axis} similarity", columns)
         return self
 
     def score(self, user_idx: np.ndarray) -> np.ndarray:
@@ -107,15 +114,15 @@ class KNN(ClosedFormModel):
         self.neighbours = SparseRows(n, n, f"{self.axis}_neighbours")
 
     def fit_closed_form(self, data: Processed) -> dict[str, Any]:
-        knn = CosineKNN(self.axis, self.k, self.shrink).fit(data.matrix("train"))
+        knn = CosineKNN(self.axis, self.k, self.shrink).fit(data.matrix("train"), self.score_users)
         self.train_items.assign(knn.X)
         self.neighbours.assign(knn.S)
         return {"k": knn.k, "shrink": knn.shrink}
 
     def score_all(self, user_idx: tf.Tensor) -> tf.Tensor:
         if self.axis == "item":  # X_u @ S
-            return tf.sparse.sparse_dense_matmul(self.train_items.rows(user_idx), self.neighbours.sparse())
-        return tf.sparse.sparse_dense_matmul(self.neighbours.rows(user_idx), self.train_items.sparse())  # S_u @ X
+            return self.train_items.rows_matmul(user_idx, self.neighbours)
+        return self.neighbours.rows_matmul(user_idx, self.train_items)  # S_u @ X
 
 
 @register("item_knn")
