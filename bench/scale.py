@@ -33,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "preprocess", "train", "evaluate", "export")
 DEFAULTS = (
+    "model=mf",  # the pipeline at scale with MF (blend, the ML-100K default, is dense in users x items)
     "model.epochs=3",
     "model.batch_size=65536",
     "evaluate.max_users=20000",

@@ -141,9 +141,9 @@ def test_hand_edited_epochs_fails_in_a_second_as_a_subprocess(tmp_path):
 
 
 BAD_OVERRIDES = [  # (overrides, the place the message must name)
-    ("model.epochs=ten", "model.epochs"),
-    ("model.epochs=0", "model.epochs"),
-    ("+model.epoch=3", "model.epoch"),
+    ("model=mf model.epochs=ten", "model.epochs"),
+    ("model=mf model.epochs=0", "model.epochs"),
+    ("model=mf +model.epoch=3", "model.epoch"),
     ("split.ratios=[0.5,0.5,0.5]", "split.ratios"),
     ("seed=-1", "seed"),
     ("export.max_k=2147483648", "export.max_k"),

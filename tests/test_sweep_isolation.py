@@ -16,6 +16,7 @@ from .helpers import BIN, REPO, env
 pytestmark = pytest.mark.integration  # real dvc / recpipe subprocesses
 
 TINY = [
+    "model=mf",
     "data=synthetic",
     "data.n_users=60",
     "data.n_items=40",
