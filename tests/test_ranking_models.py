@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from recpipe.data.processed import Processed
 from recpipe.models import build
 from recpipe.models.blend import standardise
+from recpipe.models.classic.ease import DROPPED_SCORE
 from recpipe.models.ials import solve_side
 from recpipe.models.io import load_model, save_model
 from recpipe.sweep import objective, search_progress
@@ -77,6 +78,19 @@ def test_blend_weights_come_from_validation_and_survive_save_and_load(toy_data: 
     assert result.val_ndcg >= validation_ndcg(ease_alone, toy_data) - 1e-9  # (1, 0, 0) is on the grid
     save_model(model, cfg, toy_data.n_users, toy_data.n_items, tmp_path / "model")
     np.testing.assert_allclose(load_model(tmp_path / "model").score_all(users), model.score_all(users), rtol=1e-6)
+
+
+def test_standardise_leaves_dropped_scores_out_and_ranks_them_last() -> None:
+    kept = np.array([1.0, 2.0, 3.0, 6.0], np.float32)
+    rows = tf.constant([[*kept, DROPPED_SCORE, DROPPED_SCORE], [*kept, 0.0, 4.0]], tf.float32)
+    z = standardise(rows).numpy()
+    assert np.isfinite(z).all()
+    np.testing.assert_allclose(z[0, :4], (kept - kept.mean()) / kept.std(), rtol=1e-5)
+    assert (z[0, 4:] < z[0, :4].min()).all()
+    full = np.array([*kept, 0.0, 4.0])
+    np.testing.assert_allclose(z[1], (full - full.mean()) / full.std(), rtol=1e-5)
+    mean, var = tf.nn.moments(rows[1:], axes=[1], keepdims=True)  # no dropped entries: as before, bit for bit
+    np.testing.assert_array_equal(z[1:], ((rows[1:] - mean) * tf.math.rsqrt(var + 1e-12)).numpy())
 
 
 def test_the_default_blend_config_composes_its_members() -> None:

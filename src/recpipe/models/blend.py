@@ -21,17 +21,35 @@ import tensorflow as tf
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.evaluation.ranking import rank_metrics, users_with_truth
+from recpipe.evaluation.registry import TABLE_K, metric_key
 from recpipe.models.base import RecModel, build, register
+from recpipe.models.classic.ease import DROPPED_SCORE
 
 log = logging.getLogger(__name__)
 
-TUNE_METRIC = "ndcg_at_10"
+TUNE_METRIC = metric_key("ndcg", TABLE_K)
 
 
 def standardise(scores: tf.Tensor) -> tf.Tensor:
-    """Each row of ``scores`` [b, n] shifted and scaled to mean 0 and standard deviation 1."""
-    mean, var = tf.nn.moments(scores, axes=[1], keepdims=True)
-    return (scores - mean) * tf.math.rsqrt(var + 1e-12)
+    """Each row of ``scores`` [b, n] shifted and scaled to mean 0 and standard deviation 1.
+
+    Entries at ``DROPPED_SCORE`` (EASE's items beyond ``max_items``) are left out of the mean and
+    variance and placed 1 below the row's lowest standardised kept entry, so they still rank last
+    and do not overflow the variance. Rows without such entries are standardised exactly as
+    ``tf.nn.moments`` does (bit for bit).
+    """
+    valid = scores > DROPPED_SCORE
+    all_valid = tf.reduce_all(valid, axis=1, keepdims=True)
+    weights = tf.cast(valid, scores.dtype)
+    safe = tf.where(valid, scores, tf.zeros_like(scores))
+    mean_valid, var_valid = tf.nn.weighted_moments(safe, axes=[1], frequency_weights=weights, keepdims=True)
+    mean_all, var_all = tf.nn.moments(safe, axes=[1], keepdims=True)
+    mean = tf.where(all_valid, mean_all, tf.where(tf.math.is_finite(mean_valid), mean_valid, 0.0))
+    var = tf.where(all_valid, var_all, tf.where(tf.math.is_finite(var_valid), var_valid, 0.0))
+    z = (scores - mean) * tf.math.rsqrt(var + 1e-12)
+    lowest = tf.reduce_min(tf.where(valid, z, tf.fill(tf.shape(z), np.inf)), axis=1, keepdims=True)
+    below = tf.where(tf.math.is_finite(lowest), lowest, 0.0) - 1.0
+    return tf.where(valid, z, below)
 
 
 @register("blend")
@@ -80,7 +98,7 @@ class Blend(RecModel):
             def score(u: np.ndarray, blended: np.ndarray = blended) -> np.ndarray:
                 return blended[np.searchsorted(users, u)]
 
-            value = float(rank_metrics(score, exclude, truth, (10,))[TUNE_METRIC])
+            value = float(rank_metrics(score, exclude, truth, (TABLE_K,))[TUNE_METRIC])
             if value > best_value:
                 best_weights, best_value = weights, value
         log.info(
