@@ -111,6 +111,21 @@ def test_schema_names_the_broken_key(case):
     assert str(info.value).startswith(f"{key}: ") and "params.yaml" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("model.members.ials.factors=0", "model.members.ials.factors"),
+        ("+model.members.ease.xbogus=1", "model.members.ease.xbogus"),
+        ("model.members.ials.name=nope", "model.members.ials.name"),
+    ],
+)
+def test_blend_member_errors_name_the_member(override, key):
+    with pytest.raises(ConfigError) as info:
+        validate(compose(["model=blend", override], REPO / "conf"))
+    assert info.value.key == key, str(info.value)
+    assert str(info.value).startswith(f"{key}: ")
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=broken_config())
 def test_cli_stage_refuses_a_hand_edited_params_yaml(tmp_path_factory, case):

@@ -334,10 +334,17 @@ class Blend(Section):
         for key, member in members.items():
             name = member.get("name")
             if name not in BLENDABLE:
-                raise ValueError(
-                    f"{key}: expected a model config with name one of {', '.join(BLENDABLE)}, got {name!r}"
-                )
-            MODELS[name].model_validate(member)
+                problem = ValueError(f"expected a model config with name one of {', '.join(BLENDABLE)}, got {name!r}")
+                error = {"type": "value_error", "loc": (key, "name"), "input": name, "ctx": {"error": problem}}
+                raise ValidationError.from_exception_data("Blend", [error])  # type: ignore[list-item]
+            try:
+                MODELS[name].model_validate(member)
+            except ValidationError as e:  # re-raised with the member's key in each error's location
+                errors = [
+                    {k: v for k, v in error.items() if k in ("type", "input", "ctx")} | {"loc": (key, *error["loc"])}
+                    for error in e.errors(include_url=False)
+                ]
+                raise ValidationError.from_exception_data(e.title, errors) from None  # type: ignore[arg-type]
         return members
 
 
