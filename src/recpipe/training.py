@@ -158,7 +158,7 @@ def validation_ndcg(model: RecModel, data: Processed) -> float:
     """ndcg@10 over the full catalog on the validation split (each user's train items excluded):
     the ranking objective of hyperparameter searches, for every model."""
     values = rank_metrics(lambda u: model.score_all(tf.constant(u)), data.matrix("train"), data.matrix("val"), (VAL_K,))
-    return float(values[f"ndcg_at_{VAL_K}"])
+    return float(values[metric_key("ndcg", VAL_K)])
 
 
 def fit(
@@ -332,7 +332,7 @@ def train_summary(model_cfg: Any, model: RecModel, result: TrainResult) -> dict[
         "examples_per_second": round(result.examples_per_second, 1),
         "n_params": count_params(model),
         "fitted_params": result.params,
-        f"val_ndcg_at_{VAL_K}": result.val_ndcg,
+        f"val_{metric_key('ndcg', VAL_K)}": result.val_ndcg,
     }
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from recpipe.data.processed import Processed
+from recpipe.errors import RecpipeError
 from recpipe.models.base import register
 from recpipe.models.classic.base import ClosedFormModel
 
@@ -50,10 +51,11 @@ def fit_ials(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """User and item factors of iALS on the binary matrix ``X`` [users, items] after
     ``iterations`` alternating passes from N(0, init_std^2 / factors) item factors."""
+    if iterations < 1:
+        raise RecpipeError(f"iALS iterations must be at least 1, got {iterations}")
     X = tf.constant(X, tf.float32)
     rng = np.random.default_rng(seed)
     items = tf.constant(rng.normal(0.0, init_std / np.sqrt(factors), (X.shape[1], factors)), tf.float32)
-    users = tf.zeros([X.shape[0], factors])
     for _ in range(iterations):
         users = solve_side(X, items, alpha0, lam, nu)
         items = solve_side(tf.transpose(X), users, alpha0, lam, nu)
