@@ -334,6 +334,9 @@ SMALL = [
     "evaluate.ks=[5,10]",
     "evaluate.baselines=[popularity]",
 ]
+# SMALL for a sweep over models (`model=mf,ncf,...`): Hydra first composes the default model
+# (blend, which has no epochs), so keys of the swept models are force-set with `++`.
+SMALL_SWEEP = [f"++{o}" if o.startswith("model.") else o for o in SMALL]
 
 
 MODELS = ("mf", "ncf", "two_tower")

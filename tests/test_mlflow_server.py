@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from .helpers import JOB_METRICS, MODELS, REPO, SMALL, check_sweep, recpipe_run, run
+from .helpers import JOB_METRICS, MODELS, REPO, SMALL_SWEEP, check_sweep, recpipe_run, run
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,9 @@ _spec.loader.exec_module(shot)
 def sweep(tmp_path_factory):
     """A finished three-model sweep run by two parallel workers; its working directory."""
     workdir = tmp_path_factory.mktemp("served")
-    recpipe_run(workdir, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"model={','.join(MODELS)}", *SMALL)
+    recpipe_run(
+        workdir, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"model={','.join(MODELS)}", *SMALL_SWEEP
+    )
     return workdir
 
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import pytest
 import requests
 from mlflow import MlflowClient
@@ -33,6 +34,7 @@ from .helpers import (
     MODELS,
     REPO,
     SMALL,
+    SMALL_SWEEP,
     check_sweep,
     commit,
     copy_repo,
@@ -89,10 +91,14 @@ def _login(mp: pytest.MonkeyPatch, url: str, user: str, password: str) -> None:
 
 
 @pytest.fixture
-def alice(server: Server, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+def alice(server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowClient]:
     """Logged in as alice (the environment of this test and its subprocesses); her client."""
     _login(monkeypatch, server.url, "alice", server.passwords["alice"])
-    return MlflowClient(server.url)
+    # in-process MLflow calls too (models:/ URIs): an earlier test's mlflow.set_tracking_uri outlives its env
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(server.url)
+    yield MlflowClient(server.url)
+    mlflow.set_tracking_uri(previous)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +115,9 @@ def pipeline(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _artifacts(client: MlflowClient, run_id: str, path: str, dest: Path) -> dict[str, bytes]:
     """The run's artifacts under ``path``, downloaded through the server: {path: bytes}."""
-    local = Path(download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dest)))
+    local = Path(
+        download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dest), tracking_uri=client.tracking_uri)
+    )
     files = [local] if local.is_file() else sorted(f for f in local.rglob("*") if f.is_file())
     return {str(f.relative_to(dest)): f.read_bytes() for f in files}
 
@@ -157,7 +165,7 @@ def test_parallel_sweep_loses_no_run_or_metric(alice: MlflowClient, server: Serv
         "hydra.launcher.n_jobs=2",
         f"model={','.join(models)}",
         "mlflow.experiment=sweep",
-        *SMALL,
+        *SMALL_SWEEP,
         tracking_uri=server.url,
     )
     children = check_sweep(tmp_path, models, tracking_uri=server.url, experiment="sweep")

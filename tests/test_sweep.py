@@ -14,7 +14,7 @@ from recpipe import tracking
 from recpipe.cli import main
 from recpipe.sweep import PROCESSED_SECTIONS, RAW_SECTIONS, prepare_data, section_hash
 
-from .helpers import MODELS, REPO, SMALL, check_sweep, commit, copy_repo, recpipe_run, run, sweep_runs
+from .helpers import MODELS, REPO, SMALL, SMALL_SWEEP, check_sweep, commit, copy_repo, recpipe_run, run, sweep_runs
 
 TINY_DATA = {"n_users": 60, "n_items": 40, "n_interactions": 900}
 
@@ -92,7 +92,7 @@ def test_cache_keys_cover_the_data_stages_params_in_dvc_yaml():
 @pytest.fixture(scope="module")
 def model_sweep(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("sweep")
-    proc = recpipe_run(workdir, "-m", f"model={','.join(MODELS)}", *SMALL)
+    proc = recpipe_run(workdir, "-m", f"model={','.join(MODELS)}", *SMALL_SWEEP)
     return workdir, proc
 
 
