@@ -85,11 +85,16 @@ def serve(
             yield url
         finally:
             proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            wait_or_kill(proc, timeout=20)
+
+
+def wait_or_kill(proc: subprocess.Popen, timeout: float) -> None:
+    """Wait up to ``timeout`` s for ``proc``, already asked to stop, to end; then kill it."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mlflow_screenshot import free_port, serve  # noqa: E402  (a sibling script)
+from mlflow_screenshot import free_port, serve, wait_or_kill  # noqa: E402  (a sibling script)
 
 REPO = Path(__file__).resolve().parents[1]
 PG_USER = "mlflow"  # the database superuser the local cluster is created with
@@ -151,11 +151,7 @@ def _stop_postgres(data: Path, proc: subprocess.Popen) -> None:
         os.kill(int((data / "postmaster.pid").read_text().split()[0]), signal.SIGINT)
     except (OSError, ValueError, IndexError):  # gone already
         proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    wait_or_kill(proc, timeout=30)
 
 
 @contextmanager
