@@ -196,11 +196,12 @@ def save_mf(data: Processed, path: Path) -> RecModel:
     return model
 
 
-def export_cfg(index: str = "brute_force", max_k: int = 1000) -> OmegaConf:
+def export_cfg(index: str = "brute_force", max_k: int = 1000, precompute_max_scores: int = 25_000_000) -> OmegaConf:
     return OmegaConf.create(
         {
             "index": index,
             "max_k": max_k,
+            "precompute_max_scores": precompute_max_scores,
             "registered_model_name": "recpipe-test",
             "scann": {
                 "num_leaves": 4,

@@ -18,9 +18,20 @@ from recpipe.paths import Paths
 from recpipe.serving.client import recommend_command
 from recpipe.serving.export import build_server, content_uuid, item_titles, register_server, save_server
 from recpipe.serving.load import export_info, load_export, recommend
+from recpipe.serving.runtime import ModelSource, load
 from recpipe.stages import export as export_stage
+from recpipe.training import build_model, fit
 
-from .helpers import TinyMF, TinyMLP, expected_top, export_cfg, query_fresh_process, save_mf, toy_processed
+from .helpers import (
+    TinyMF,
+    TinyMLP,
+    composed,
+    expected_top,
+    export_cfg,
+    query_fresh_process,
+    save_mf,
+    toy_processed,
+)
 
 N_QUERY = 20
 UNKNOWN = ["no-such-user", "also-unknown"]
@@ -119,8 +130,10 @@ class StaticBatchMF(TinyMF):
 
 
 def test_untraceable_score_all_is_a_clear_error(toy_data):
+    model = StaticBatchMF(toy_data.n_users, toy_data.n_items)
     with pytest.raises(RecpipeError, match="StaticBatchMF: its score_all does not trace"):
-        build_server(StaticBatchMF(toy_data.n_users, toy_data.n_items), toy_data, export_cfg())
+        build_server(model, toy_data, export_cfg(precompute_max_scores=0))
+    build_server(model, toy_data, export_cfg())  # ranked ahead, eagerly: the graph never scores
 
 
 def test_register_in_mlflow_and_load_back(tmp_path, toy_data):
@@ -166,6 +179,7 @@ def test_export_stage_saves_a_loadable_model(tmp_path, caplog):
     assert "exported brute_force top-k model" in caplog.text
     assert export_info(paths.export) == {
         "index": "brute_force",
+        "scoring": "ranked",
         "n_users": toy_data.n_users,
         "n_items": toy_data.n_items,
         "max_k": 20,
@@ -192,3 +206,39 @@ def test_recommend_command_prints_ranked_titles(tmp_path, toy_data, capsys):
     assert "unknown user" in capsys.readouterr().out.splitlines()[0]
     with pytest.raises(RecpipeError, match="recpipe export"):
         recommend_command(user, 3, tmp_path / "missing")
+
+
+@pytest.fixture(scope="module")
+def blend(toy_data) -> RecModel:
+    """``model=blend`` (all its members) fit quickly on the toy data."""
+    cfg = composed("model=blend", "model.members.mult_vae.epochs=2", "model.weight_grid=[0.5,1.0]").model
+    model, _ = build_model(cfg, toy_data, seed=0)
+    fit(model, toy_data, cfg, seed=0)
+    return model
+
+
+def test_ranked_export_answers_as_the_model_scores(tmp_path, toy_data, blend):
+    """A blend exported ranked ahead and on-line (its members in the graph) gives the model's own top-k
+    (evaluation's ranking of score_all) and scores at every k; the server's table gives the signature's."""
+    users = toy_data.users["user_id"].astype(str).tolist() + ["nobody"]
+    out = {}
+    for scoring, precompute in (("ranked", 10**9), ("online", 0)):
+        save_server(
+            build_server(blend, toy_data, export_cfg(precompute_max_scores=precompute)),
+            tmp_path / scoring,
+            "brute_force",
+        )
+        assert export_info(tmp_path / scoring)["scoring"] == scoring
+        out[scoring] = load_export(tmp_path / scoring).signatures["serving_default"]
+    served = load(ModelSource(path=tmp_path / "ranked"))
+    assert served.instant and not load(ModelSource(path=tmp_path / "online")).instant
+    for k in (1, 10, toy_data.n_items):
+        ranked, online = (f(user_id=tf.constant(users), k=tf.constant(k)) for f in (out["ranked"], out["online"]))
+        ids = [[i.decode() for i in row if i] for row in ranked["item_ids"].numpy()]
+        assert ids[:-1] == expected_top(blend, toy_data, np.arange(toy_data.n_users, dtype=np.int32), k)
+        assert ranked["item_ids"].numpy().tolist() == online["item_ids"].numpy().tolist()
+        np.testing.assert_allclose(ranked["scores"].numpy(), online["scores"].numpy(), rtol=1e-5, atol=1e-5)
+        table = served.recommend(users, k)
+        for got, name in zip(table, ("item_ids", "titles", "scores")):
+            assert got.tolist() == ranked[name].numpy().tolist()
+        assert table[3].tolist() == [u != "nobody" for u in users]

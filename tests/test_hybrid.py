@@ -141,7 +141,7 @@ def test_models_without_features_cannot_serve_similar_items(data: Processed) -> 
 
 
 def test_export_serves_similar_items(data: Processed, trained: Hybrid, tmp_path: Path, capsys) -> None:
-    export_cfg = OmegaConf.create({"index": "brute_force", "max_k": 20})
+    export_cfg = OmegaConf.create({"index": "brute_force", "max_k": 20, "precompute_max_scores": 0})
     save_server(build_server(trained, data, export_cfg), tmp_path / "export", "brute_force")
     target = data.items.iloc[int(cold_items_of(data)[0])]
     assert (

@@ -41,16 +41,15 @@ MAX_K = 20
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, toy_data: Processed) -> dict[str, Path]:
-    """Exports of two different MF models and of a content model (which has ``similar_items``)."""
+    """Exports of two different MF models (ranked ahead, and scored on-line by the graph) and of a
+    content model (which has ``similar_items``)."""
     root = tmp_path_factory.mktemp("serve")
     out = {}
-    for name, seed in (("mf", 0), ("mf2", 1)):
+    for name, seed, precompute in (("mf", 0, 10**9), ("mf2", 1, 0)):
         out[name] = root / name
-        save_server(
-            build_server(TinyMF(toy_data.n_users, toy_data.n_items, seed=seed), toy_data, export_cfg(max_k=MAX_K)),
-            out[name],
-            "brute_force",
-        )
+        model = TinyMF(toy_data.n_users, toy_data.n_items, seed=seed)
+        cfg = export_cfg(max_k=MAX_K, precompute_max_scores=precompute)
+        save_server(build_server(model, toy_data, cfg), out[name], "brute_force")
     cfg = OmegaConf.load(REPO / "conf" / "model" / "content.yaml")
     content, _ = build_model(cfg, toy_data, seed=0)
     fit(content, toy_data, cfg, seed=0)
@@ -335,7 +334,8 @@ def test_registry_alias_is_served_and_followed(tmp_path, toy_data, exports):
 
 def test_concurrent_requests_share_model_calls(exports, toy_data):
     """The micro-batcher answers each request as its own model call would, in fewer calls."""
-    model = load(ModelSource(path=exports["mf"]))
+    model = load(ModelSource(path=exports["mf2"]))  # scored by the graph: what the batcher is for
+    assert not model.instant
     calls: list[int] = []
 
     def call(m, users, k):

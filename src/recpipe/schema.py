@@ -404,6 +404,7 @@ class Scann(Section):
 class Export(Section):
     index: Literal["brute_force", "scann"] = "brute_force"
     max_k: Count = 100
+    precompute_max_scores: NonNegativeInt = 25_000_000
     registered_model_name: Name | None = None
     scann: Scann = Scann()
 

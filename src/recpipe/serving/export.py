@@ -8,6 +8,13 @@ k is capped at ``min(max_k, n_items)``; when fewer than k items are left for a u
 hold item id "" and score -inf. Models that embed new items from their features (hybrid, content)
 also get a ``similar_items`` signature (``recpipe.serving.similar``). ``recpipe.serving.load``
 reads an export back.
+
+Exact exports of small catalogs (``users x items <= export.precompute_max_scores``) hold every
+known user's ranking, computed at export time (``RankedRetriever``): serving is a row lookup, the
+same answers as scoring on-line. Larger ones score on-line with the model's own graph
+(``ExactRetriever``: the model's ``score_all`` traced into the signature, e.g. all of a blend's
+members in one graph). ``recpipe_export.json`` says which (``scoring``: ``ranked``, ``online`` or
+``scann``).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.io import atomic_dir, write_json
 from recpipe.models.base import RecModel
-from recpipe.serving.retrieval import NEG_INF, ExactRetriever, ScannRetriever, query_vectors
+from recpipe.serving.retrieval import NEG_INF, ExactRetriever, RankedRetriever, ScannRetriever, query_vectors
 from recpipe.serving.similar import SIGNATURE as SIMILAR_SIGNATURE
 from recpipe.serving.similar import SimilarItems, supports_similar
 
@@ -61,6 +68,7 @@ class TopKServer(tf.Module):
             ),
             default_value=-1,
         )
+        self.user_ids = tf.Variable(tf.constant(user_ids, tf.string), trainable=False, name="user_ids")
         self.item_ids = tf.Variable(tf.constant(item_ids, tf.string), trainable=False, name="item_ids")
         self.titles = tf.Variable(tf.constant(titles, tf.string), trainable=False, name="titles")
         self.popularity = tf.Variable(popularity.astype(np.float32), trainable=False, name="popularity")
@@ -81,10 +89,7 @@ class TopKServer(tf.Module):
         known = idx >= 0
         seen = tf.RaggedTensor.from_row_splits(self.seen_items, self.seen_splits, validate=False)
         batch_seen = tf.gather(seen, tf.where(known, idx, self.n_users))
-        coords = tf.stack([tf.cast(batch_seen.value_rowids(), tf.int32), batch_seen.flat_values], axis=1)
-        counts = tf.scatter_nd(coords, tf.ones_like(coords[:, 0]), [tf.shape(user_id)[0], self.n_items])
-        max_seen = tf.cast(tf.reduce_max(tf.concat([batch_seen.row_lengths(), [0]], 0)), tf.int32)
-        scores, items = self.retriever.top_k(tf.maximum(idx, 0), counts > 0, k, max_seen)
+        scores, items = self.retriever.top_k(tf.maximum(idx, 0), batch_seen, k)
         pop_scores, pop_items = tf.math.top_k(self.popularity, k)
         scores = tf.where(known[:, None], scores, pop_scores[None, :])
         items = tf.where(known[:, None], items, pop_items[None, :])
@@ -140,8 +145,10 @@ def build_server(model: RecModel, data: Processed, export_cfg: Any) -> TopKServe
         retriever: tf.Module = ScannRetriever(
             query_vectors(model, data.n_users), np.asarray(candidates, np.float32), export_cfg.scann
         )
+    elif data.n_users * data.n_items <= int(export_cfg.precompute_max_scores):
+        retriever = RankedRetriever.rank(model, data.matrix("train", "val"), min(int(export_cfg.max_k), data.n_items))
     else:
-        retriever = ExactRetriever(model)
+        retriever = ExactRetriever(model, data.n_items)
     server = TopKServer(
         user_ids=data.users["user_id"].astype(str).to_numpy(dtype=object),
         item_ids=server_item_ids(data),
@@ -182,6 +189,11 @@ def server_item_ids(data: Processed) -> np.ndarray:
     return data.items["item_id"].astype(str).to_numpy(dtype=object)
 
 
+def scoring(server: TopKServer) -> str:
+    """How ``server`` finds a known user's items: ``ranked`` ahead, ``online`` exact, or ``scann``."""
+    return {RankedRetriever: "ranked", ExactRetriever: "online", ScannRetriever: "scann"}[type(server.retriever)]
+
+
 def signatures(server: TopKServer) -> dict[str, Any]:
     """The export's signatures: ``serving_default``, and ``similar_items`` when the model has it."""
     out = {SIGNATURE: server.top_k.get_concrete_function()}
@@ -198,7 +210,13 @@ def save_options(index: str) -> tf.saved_model.SaveOptions:
 def save_server(server: TopKServer, path: str | Path, index: str, extra: Mapping[str, Any] | None = None) -> None:
     """Save ``server`` as a SavedModel at ``path``, replacing it atomically; ``extra`` maps file
     names to objects written beside it as JSON (the export stage's promotion.json)."""
-    info = {"index": index, "n_users": server.n_users, "n_items": server.n_items, "max_k": server.k_cap}
+    info = {
+        "index": index,
+        "scoring": scoring(server),
+        "n_users": server.n_users,
+        "n_items": server.n_items,
+        "max_k": server.k_cap,
+    }
     with atomic_dir(path) as tmp, _quiet_keras_save():
         tf.saved_model.save(
             server,

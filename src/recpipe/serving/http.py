@@ -119,6 +119,10 @@ class ServiceState:
             return True
 
     async def recommend(self, model: LoadedModel, user_ids: list[str], k: int) -> Answer:
+        """A ranked export answers at once (array indexing: a thread hop or a batch would cost more);
+        a model scored by its graph through the micro-batcher, or in a worker thread."""
+        if model.instant:
+            return model.recommend(user_ids, k)
         if self.batcher is not None:
             return await self.batcher.submit(model, user_ids, k)
         return await run_in_threadpool(model.recommend, user_ids, k)
@@ -182,8 +186,13 @@ class Guard:
         await error_response(413, f"request body larger than {self.max_body} bytes")(scope, receive, send)
 
 
-def _items(ids: np.ndarray, titles: np.ndarray, scores: np.ndarray) -> list[Item]:
-    return [Item(item_id=i.decode(), title=t.decode(), score=float(s)) for i, t, s in zip(ids, titles, scores) if i]
+def _items(ids: np.ndarray, titles: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+    """``Item`` objects as JSON-ready dicts (best first, empty slots left out)."""
+    return [
+        {"item_id": i.decode(), "title": t.decode(), "score": s}
+        for i, t, s in zip(ids.tolist(), titles.tolist(), scores.tolist())
+        if i
+    ]
 
 
 def _check_k(k: int, model: LoadedModel) -> None:
@@ -255,24 +264,28 @@ def create_app(state: ServiceState, api_key: str | None = None) -> FastAPI:
     async def model_info() -> dict[str, Any]:
         return state.ready_model().metadata
 
+    # The recommend endpoints build their JSON from plain dicts (the declared response models document
+    # them in OpenAPI): validating our own output again would cost more than the ranking itself.
     @app.get("/v1/recommend", response_model=RecommendResponse, summary="Top-k items for one user")
     async def recommend_one(
         user_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_LENGTH)],
         k: Annotated[int, Query(description="1..max_k")],
-    ) -> RecommendResponse:
+    ) -> JSONResponse:
         model = state.ready_model()
         _check_k(k, model)
         ids, titles, scores, known = await state.recommend(model, [user_id], k)
-        return RecommendResponse(
-            model_revision=model.revision,
-            k=k,
-            user_id=user_id,
-            fallback=not bool(known[0]),
-            items=_items(ids[0], titles[0], scores[0]),
+        return JSONResponse(
+            {
+                "user_id": user_id,
+                "fallback": not bool(known[0]),
+                "items": _items(ids[0], titles[0], scores[0]),
+                "model_revision": model.revision,
+                "k": k,
+            }
         )
 
     @app.post("/v1/recommend", response_model=BatchResponse, summary=f"Top-k items for up to {MAX_BATCH} users")
-    async def recommend_batch(body: RecommendRequest) -> BatchResponse:
+    async def recommend_batch(body: RecommendRequest) -> JSONResponse:
         model = state.ready_model()
         _check_k(body.k, model)
         users = [str(u) for u in body.user_ids]
@@ -280,10 +293,10 @@ def create_app(state: ServiceState, api_key: str | None = None) -> FastAPI:
             raise HTTPException(422, f"user ids must have 1..{MAX_ID_LENGTH} characters")
         ids, titles, scores, known = await state.recommend(model, users, body.k)
         results = [
-            UserRecommendations(user_id=u, fallback=not bool(known[n]), items=_items(ids[n], titles[n], scores[n]))
+            {"user_id": u, "fallback": not bool(known[n]), "items": _items(ids[n], titles[n], scores[n])}
             for n, u in enumerate(users)
         ]
-        return BatchResponse(model_revision=model.revision, k=body.k, results=results)
+        return JSONResponse({"model_revision": model.revision, "k": body.k, "results": results})
 
     @app.get("/v1/similar", response_model=SimilarResponse, summary="Items similar to a catalog item or a new item")
     async def similar(

@@ -1,8 +1,11 @@
 """Retrieval inside the exported model: the top-k items of a batch of users, seen items excluded.
 
-``ExactRetriever`` ranks the whole catalog by the model's ``score_all``; ``ScannRetriever`` queries
-an approximate ScaNN index over a factorized model's candidate vectors with stored user vectors.
-Both have ``top_k(user_idx, excluded, k, max_seen) -> (scores, items)``.
+``RankedRetriever`` holds every user's exact ranking, computed at export time by the evaluation's
+own ranking code over the model's ``score_all`` (a row lookup when serving: small catalogs);
+``ExactRetriever`` ranks the whole catalog by ``score_all`` on-line (the model's graph in the
+SavedModel); ``ScannRetriever`` queries an approximate ScaNN index over a factorized model's
+candidate vectors with stored user vectors. Each has ``top_k(user_idx, seen, k) -> (scores, items)``
+[batch, k] for known users' indices and their seen items (ragged int32 [batch, None]).
 """
 
 from __future__ import annotations
@@ -10,23 +13,56 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import tensorflow as tf
 
+from recpipe.evaluation.ranking import top_k_items
 from recpipe.models.base import RecModel
 
 NEG_INF = float("-inf")
 
 
+def seen_mask(seen: tf.RaggedTensor, n_items: int) -> tf.Tensor:
+    """bool [batch, n_items]: whether each user saw each item."""
+    coords = tf.stack([tf.cast(seen.value_rowids(), tf.int32), seen.flat_values], axis=1)
+    counts = tf.scatter_nd(coords, tf.ones_like(coords[:, 0]), [seen.nrows(out_type=tf.int32), n_items])
+    return counts > 0
+
+
 class ExactRetriever(tf.Module):
-    """Top-k by the model's own ``score_all`` over the whole catalog."""
+    """Top-k by the model's own ``score_all`` over the whole catalog, on-line."""
 
-    def __init__(self, model: RecModel) -> None:
+    def __init__(self, model: RecModel, n_items: int) -> None:
         super().__init__(name="exact")
-        self.model = model
+        self.model, self.n_items = model, n_items
 
-    def top_k(self, user_idx: tf.Tensor, excluded: tf.Tensor, k: tf.Tensor, max_seen: tf.Tensor):
+    def top_k(self, user_idx: tf.Tensor, seen: tf.RaggedTensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         scores = tf.cast(self.model.score_all(user_idx), tf.float32)
-        return tf.math.top_k(tf.where(excluded, NEG_INF, scores), k)
+        return tf.math.top_k(tf.where(seen_mask(seen, self.n_items), NEG_INF, scores), k)
+
+
+class RankedRetriever(tf.Module):
+    """Exact top-k ranked ahead: every user's best ``k_cap`` unseen items by ``score_all``.
+
+    Ranked at export time by ``recpipe.evaluation.ranking.top_k_items`` (the code that evaluation
+    measures), so serving a known user is a row lookup, whatever the model. A request for k items
+    gets the first k of the row: ``tf.math.top_k`` keeps the lower item index first on ties, so
+    that is the top k. Slots without an unseen item hold score -inf (item 0).
+    """
+
+    def __init__(self, items: np.ndarray, scores: np.ndarray) -> None:
+        super().__init__(name="ranked")
+        self.ranked_items = tf.Variable(np.maximum(items, 0).astype(np.int32), trainable=False, name="ranked_items")
+        self.ranked_scores = tf.Variable(scores.astype(np.float32), trainable=False, name="ranked_scores")
+
+    @classmethod
+    def rank(cls, model: RecModel, seen: sp.csr_matrix, k_cap: int) -> RankedRetriever:
+        """Rank every user of ``seen`` (rows: users, entries: their seen items) by ``model``."""
+        users = np.arange(seen.shape[0], dtype=np.int32)
+        return cls(*top_k_items(lambda u: model.score_all(tf.constant(u)), users, seen, k_cap))
+
+    def top_k(self, user_idx: tf.Tensor, seen: tf.RaggedTensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return tf.gather(self.ranked_scores, user_idx)[:, :k], tf.gather(self.ranked_items, user_idx)[:, :k]
 
 
 class ScannRetriever(tf.Module):
@@ -52,7 +88,9 @@ class ScannRetriever(tf.Module):
         )
         self.index.index(tf.constant(candidate_vectors, tf.float32))
 
-    def top_k(self, user_idx: tf.Tensor, excluded: tf.Tensor, k: tf.Tensor, max_seen: tf.Tensor):
+    def top_k(self, user_idx: tf.Tensor, seen: tf.RaggedTensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        max_seen = tf.cast(tf.reduce_max(tf.concat([seen.row_lengths(), [0]], 0)), tf.int32)
+        excluded = seen_mask(seen, self.n_items)
         n_query = tf.clip_by_value(k + max_seen, 1, self.n_items)
         dist, cand = self.index(tf.gather(self.query_vectors, user_idx), k=n_query)
         cand = tf.cast(cand, tf.int32)

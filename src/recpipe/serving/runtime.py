@@ -86,6 +86,53 @@ class ModelSource:
             raise RecpipeError(f"{self} in the MLflow registry at {tracking_uri()}: {e.message}") from e
 
 
+@dataclass(frozen=True)
+class RankedAnswers:
+    """Every answer of a ranked export (``RankedRetriever``), read from its tables once at load.
+
+    Row r < n_users holds known user r's ranking at the export's k cap, the last row the popularity
+    ranking that unknown users get (from the signature itself); the signature's answer at any k is
+    the first k columns. Item -1 is an empty slot (id and title "", score -inf). Answering is array
+    indexing, with no TensorFlow call.
+    """
+
+    rows: dict[str, int]  # user id -> row
+    items: np.ndarray  # int32 [n_users + 1, k cap], -1: empty slot
+    scores: np.ndarray  # float32 [n_users + 1, k cap]
+    item_ids: np.ndarray  # bytes [n_items + 1], the last one b""
+    titles: np.ndarray  # bytes [n_items + 1], the last one b""
+
+    @classmethod
+    def read(cls, module: Any) -> RankedAnswers | None:
+        """The answers of ``module`` (a loaded export), or None when it does not rank ahead."""
+        retriever = getattr(module, "retriever", None)
+        if not hasattr(module, "user_ids") or not hasattr(retriever, "ranked_items"):
+            return None
+        item_ids = np.append(module.item_ids.numpy(), np.array([b""], object))
+        titles = np.append(module.titles.numpy(), np.array([b""], object))
+        scores = retriever.ranked_scores.numpy()
+        items = np.where(np.isneginf(scores), -1, retriever.ranked_items.numpy())
+        # the popularity answer, as the signature gives it to an unknown user
+        popular = module.signatures[TOP_K](user_id=tf.constant([""]), k=tf.constant(scores.shape[1]))
+        position = {item: n for n, item in enumerate(item_ids[:-1])}
+        popular_items = [position.get(item, -1) for item in popular["item_ids"].numpy()[0]]
+        return cls(
+            rows={u.decode(): n for n, u in enumerate(module.user_ids.numpy())},
+            items=np.vstack([items, np.array(popular_items, np.int32)]).astype(np.int32),
+            scores=np.vstack([scores, popular["scores"].numpy()]),
+            item_ids=item_ids,
+            titles=titles,
+        )
+
+    def recommend(self, user_ids: list[str], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """As ``LoadedModel.recommend``."""
+        unknown = len(self.rows)
+        rows = np.fromiter((self.rows.get(u, unknown) for u in user_ids), np.int64, len(user_ids))
+        k = max(0, min(k, self.items.shape[1]))
+        items = self.items[rows, :k]
+        return self.item_ids[items], self.titles[items], self.scores[rows, :k], rows < unknown
+
+
 @dataclass
 class LoadedModel:
     """One loaded export and what is known about it; see the module docstring."""
@@ -104,14 +151,30 @@ class LoadedModel:
         self.metadata["similar_items"] = self.similar is not None
         self.metadata["revision"] = self.revision
         self.metadata["loaded_at"] = datetime.fromtimestamp(time.time(), UTC).isoformat(timespec="seconds")
+        self.ranked = RankedAnswers.read(self.module)
+        self.metadata["scoring"] = "ranked" if self.ranked is not None else "graph"
+        # exports before recpipe 0.1's user_ids variable: ask the is_known function instead
+        self._users = (
+            frozenset(u.decode() for u in self.module.user_ids.numpy()) if hasattr(self.module, "user_ids") else None
+        )
         self._catalog: tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray] | None = None
 
+    @property
+    def instant(self) -> bool:
+        """Whether ``recommend`` is array indexing (a ranked export), cheap enough for an event loop."""
+        return self.ranked is not None
+
     def recommend(self, user_ids: list[str], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(item_ids, titles, scores [n, k], known [n]) from ``serving_default``; trailing "" slots
-        mean the user has fewer than k unseen items."""
+        """(item_ids, titles, scores [n, k], known [n]) as ``serving_default`` answers them; trailing
+        "" slots mean the user has fewer than k unseen items."""
+        if self.ranked is not None:
+            return self.ranked.recommend(user_ids, k)
         users = tf.constant(user_ids, tf.string)
         out = self.top_k(user_id=users, k=tf.constant(k, tf.int32))
-        known = self.module.is_known(users).numpy()
+        if self._users is not None:
+            known = np.fromiter((u in self._users for u in user_ids), bool, len(user_ids))
+        else:
+            known = self.module.is_known(users).numpy()
         return out["item_ids"].numpy(), out["titles"].numpy(), out["scores"].numpy(), known
 
     def similar_to_features(self, title: str, genres: str, year: float | None, k: int) -> Ranked:
