@@ -5,12 +5,15 @@
 
 Starts ``recpipe serve`` on a free 127.0.0.1 port as a subprocess (once per mode: micro-batching
 on, and off with ``--no-batching``), waits for ``/readyz``, then for each client count drives it
-with that many aiohttp clients in one event loop, each sending ``GET /v1/recommend?user_id=..&k=..``
-back to back (users drawn at random, seeded, from ``--users``; ids 1..1000 when it is missing)
-until ``--requests`` have been answered. A warm-up of 200 requests comes first. Prints one table
-row per (mode, clients): requests/s, p50, p95, p99 (ms, client side: connection pool, HTTP,
-JSON) and errors (non-200 answers or failed connections). ``--post-batch N`` sends
-``POST /v1/recommend`` with N users per request instead.
+with that many clients in one event loop (uvloop when installed), each on its own keep-alive
+HTTP/1.1 connection sending ``GET /v1/recommend?user_id=..&k=..`` back to back (users drawn at
+random, seeded, from ``--users``; ids 1..1000 when it is missing) until ``--requests`` have been
+answered. The clients are plain asyncio streams with prepared request bytes (``Connection``): the
+load generator shares the machine's cores with the server, and a general HTTP client library
+costs three to four times its CPU per request. A warm-up of 200 requests comes first. Prints one
+table row per (mode, clients): requests/s, p50, p95, p99 (ms, client side: the request written
+until the whole body is read) and errors (non-200 answers or failed connections), and the load
+average. ``--post-batch N`` sends ``POST /v1/recommend`` with N users per request instead.
 
 ``--synthetic-items N`` benchmarks a large catalog instead of ``--model``: it first builds (once, in
 ``--workdir``) an export of a quick model on synthetic data with N items through the pipeline's own
@@ -25,15 +28,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import os
 import random
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
-import aiohttp
 import numpy as np
 
 MODES = {"batching": [], "no-batching": ["--no-batching"]}
@@ -86,68 +92,109 @@ def start_server(model: str, port: int, extra: list[str]) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-async def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+class Connection:
+    """One keep-alive HTTP/1.1 connection to 127.0.0.1:``port``: sends prepared requests, reads answers
+    (the server always sends ``Content-Length``). Reconnects after a failure."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        """(status, body) of one request; raises OSError or ValueError (then reconnects next time)."""
+        try:
+            if self.streams is None:
+                self.streams = await asyncio.open_connection("127.0.0.1", self.port)
+            reader, writer = self.streams
+            writer.write(request)
+            status = int((await reader.readline()).split(b" ", 2)[1])
+            length = None
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if length is None:
+                raise ValueError("answer without Content-Length")
+            return status, await reader.readexactly(length)
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as e:
+            self.close()
+            raise ValueError(f"broken answer: {e}") from e
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+
+def http_request(method: str, path: str, params: dict[str, Any] | None = None, body: Any = None) -> bytes:
+    """The bytes of one request (``body``: sent as JSON)."""
+    lines = [f"{method} {path}{'?' + urlencode(params) if params else ''} HTTP/1.1", "Host: 127.0.0.1"]
+    data = b"" if body is None else json.dumps(body).encode()
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+async def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"recpipe serve exited {proc.returncode}:\n{proc.stderr.read()[-3000:]}")
-            try:
-                async with session.get(f"{base}/readyz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"recpipe serve exited {proc.returncode}:\n{proc.stderr.read()[-3000:]}")
+        connection = Connection(port)
+        try:
+            if (await connection.send(http_request("GET", "/readyz")))[0] == 200:
+                return
+        except ValueError:
+            pass
+        finally:
+            connection.close()
+        await asyncio.sleep(0.2)
     raise SystemExit(f"recpipe serve not ready after {timeout} s")
 
 
-async def drive(
-    base: str, users: list[str], clients: int, n_requests: int, k: int, post_batch: int, seed: int
-) -> tuple[float, np.ndarray, int]:
-    """(wall seconds, latencies in ms, errors) for ``n_requests`` from ``clients`` concurrent clients."""
+def requests_for(users: list[str], n: int, k: int, post_batch: int, seed: int) -> list[bytes]:
+    """``n`` prepared requests for random ``users`` (seeded): GET one user, or POST ``post_batch``."""
     rng = random.Random(seed)
+    if post_batch:
+        bodies = [{"user_ids": rng.choices(users, k=post_batch), "k": k} for _ in range(n)]
+        return [http_request("POST", "/v1/recommend", body=body) for body in bodies]
+    return [http_request("GET", "/v1/recommend", {"user_id": rng.choice(users), "k": k}) for _ in range(n)]
+
+
+async def drive(port: int, requests: list[bytes], clients: int) -> tuple[float, np.ndarray, int]:
+    """(wall seconds, latencies in ms, errors) for ``requests`` sent by ``clients`` concurrent clients."""
     latencies: list[float] = []
     errors = 0
-    remaining = n_requests
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    queue = iter(requests)
 
-        async def client() -> None:
-            nonlocal remaining, errors
-            while remaining > 0:
-                remaining -= 1
-                start = time.perf_counter()
-                try:
-                    if post_batch:
-                        body = {"user_ids": rng.choices(users, k=post_batch), "k": k}
-                        request = session.post(f"{base}/v1/recommend", json=body)
-                    else:
-                        request = session.get(f"{base}/v1/recommend", params={"user_id": rng.choice(users), "k": k})
-                    async with request as r:
-                        await r.read()
-                        ok = r.status == 200
-                except aiohttp.ClientError:
-                    ok = False
-                latencies.append((time.perf_counter() - start) * 1000)
-                errors += not ok
+    async def client() -> None:
+        nonlocal errors
+        connection = Connection(port)
+        for request in queue:  # shared: each request is sent once, by whichever client is free
+            start = time.perf_counter()
+            try:
+                ok = (await connection.send(request))[0] == 200
+            except ValueError:
+                ok = False
+            latencies.append((time.perf_counter() - start) * 1000)
+            errors += not ok
+        connection.close()
 
-        start = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
-        wall = time.perf_counter() - start
-    return wall, np.array(latencies), errors
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return time.perf_counter() - start, np.array(latencies), errors
 
 
 async def bench_mode(args: argparse.Namespace, mode: str, users: list[str]) -> list[list[str]]:
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
     proc = start_server(args.model, port, MODES[mode] + args.serve_args)
     rows = []
     try:
-        await wait_ready(base, proc)
-        await drive(base, users, 8, 200, args.k, args.post_batch, seed=0)  # warm-up (traces, pools)
+        await wait_ready(port, proc)
+        await drive(port, requests_for(users, 200, args.k, args.post_batch, seed=0), 8)  # warm-up
         for clients in args.clients:
-            wall, lat, errors = await drive(base, users, clients, args.requests, args.k, args.post_batch, seed=clients)
+            requests = requests_for(users, args.requests, args.k, args.post_batch, seed=clients)
+            wall, lat, errors = await drive(port, requests, clients)
             p50, p95, p99 = np.percentile(lat, [50, 95, 99])
             rows.append(
                 [
@@ -165,6 +212,15 @@ async def bench_mode(args: argparse.Namespace, mode: str, users: list[str]) -> l
         proc.terminate()
         proc.wait(timeout=30)
     return rows
+
+
+def run(main: Coroutine[Any, Any, list[list[str]]]) -> list[list[str]]:
+    """``main`` in a uvloop event loop when uvloop is installed (as ``recpipe serve`` uses), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         args.model = str(synthetic_export(args.synthetic_items, workdir, args.synthetic_overrides))
         args.users = workdir / "data" / "processed" / "users.parquet"
     users = user_ids(args.users)
-    rows = [row for mode in args.modes for row in asyncio.run(bench_mode(args, mode, users))]
+    rows = [row for mode in args.modes for row in run(bench_mode(args, mode, users))]
     load = os.getloadavg()
     header = ["mode", "clients", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"]
     print(

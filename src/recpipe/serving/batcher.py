@@ -4,7 +4,8 @@ Requests queue up; one worker takes the first, gathers what else arrives within 
 (or up to ``max_users`` users), and answers the batch with one ``serving_default`` call per model
 (after a reload, requests already queued for the old model are answered by the old model) at the
 batch's largest k, each request keeping its own first k columns. The call runs in a worker thread,
-so the event loop keeps accepting requests, which then form the next batch.
+so the event loop keeps accepting requests, which then form the next batch. ``recpipe serve`` uses it
+for models scored by their graph; a ranked export answers by array indexing, cheaper than a batch.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Endpoints (docs/contracts.md): ``GET|POST /v1/recommend``, ``GET /v1/similar``, 
 ``GET /healthz``, ``GET /readyz``, ``POST /admin/reload``; OpenAPI at ``/docs``. Every error is a
 JSON ``{"error": {"status", "message", "details"}}`` with a 4xx code for bad input. With
 ``RECPIPE_API_KEY`` set, every request but ``/healthz`` and ``/readyz`` needs header ``X-API-Key``.
-The model is swapped atomically on reload: a request keeps the model it started with.
+The model is swapped atomically on reload: a request keeps the model it started with. A ranked
+export (``LoadedModel.instant``) is answered on the event loop; other models through the
+micro-batcher (``recpipe.serving.batcher``) or, with ``--no-batching``, one worker-thread call each.
 """
 
 from __future__ import annotations
@@ -264,8 +266,8 @@ def create_app(state: ServiceState, api_key: str | None = None) -> FastAPI:
     async def model_info() -> dict[str, Any]:
         return state.ready_model().metadata
 
-    # The recommend endpoints build their JSON from plain dicts (the declared response models document
-    # them in OpenAPI): validating our own output again would cost more than the ranking itself.
+    # The answers are built as plain dicts (the declared response models document them in OpenAPI):
+    # validating our own output again would cost more than a ranked export's lookup.
     @app.get("/v1/recommend", response_model=RecommendResponse, summary="Top-k items for one user")
     async def recommend_one(
         user_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_LENGTH)],
@@ -305,7 +307,7 @@ def create_app(state: ServiceState, api_key: str | None = None) -> FastAPI:
         title: Annotated[str | None, Query(max_length=1000, description="a new item's title")] = None,
         genres: Annotated[str, Query(max_length=1000, description='a new item\'s genres, "|"-separated')] = "",
         year: Annotated[int | None, Query(ge=0, le=9999, description="a new item's year")] = None,
-    ) -> SimilarResponse:
+    ) -> JSONResponse:
         model = state.ready_model()
         if model.similar is None:
             raise HTTPException(
@@ -327,7 +329,7 @@ def create_app(state: ServiceState, api_key: str | None = None) -> FastAPI:
             assert title is not None  # exactly one of the two was given
             found = await run_in_threadpool(model.similar_to_features, title, genres, year, k)
             query = {"title": title, "genres": genres, "year": year}
-        return SimilarResponse(model_revision=model.revision, k=k, query=query, items=_items(*found))
+        return JSONResponse({"model_revision": model.revision, "k": k, "query": query, "items": _items(*found)})
 
     @app.post("/admin/reload", summary="Load the model the source points at now and swap it in")
     async def reload() -> dict[str, Any]:

@@ -105,7 +105,7 @@ class RankedAnswers:
     @classmethod
     def read(cls, module: Any) -> RankedAnswers | None:
         """The answers of ``module`` (a loaded export), or None when it does not rank ahead."""
-        retriever = getattr(module, "retriever", None)
+        retriever: Any = getattr(module, "retriever", None)
         if not hasattr(module, "user_ids") or not hasattr(retriever, "ranked_items"):
             return None
         item_ids = np.append(module.item_ids.numpy(), np.array([b""], object))
@@ -153,7 +153,7 @@ class LoadedModel:
         self.metadata["loaded_at"] = datetime.fromtimestamp(time.time(), UTC).isoformat(timespec="seconds")
         self.ranked = RankedAnswers.read(self.module)
         self.metadata["scoring"] = "ranked" if self.ranked is not None else "graph"
-        # exports before recpipe 0.1's user_ids variable: ask the is_known function instead
+        # known users: the export's user vocabulary (older exports without one: their is_known function)
         self._users = (
             frozenset(u.decode() for u in self.module.user_ids.numpy()) if hasattr(self.module, "user_ids") else None
         )

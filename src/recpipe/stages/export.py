@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from recpipe.data.processed import load_processed
 from recpipe.paths import Paths
 from recpipe.serving import promotion
-from recpipe.serving.export import build_server, register_server, save_server
+from recpipe.serving.export import build_server, register_server, save_server, scoring
 from recpipe.serving.load import load_export, recommend
 from recpipe.terminal import printable
 from recpipe.tracking import PER_USER_FILE
@@ -43,7 +43,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
     registered = f"; registered as {cfg.export.registered_model_name} v{version}" if version else ""
     log.info(
         f"exported {cfg.export.index} top-k model ({data.n_users} users, {data.n_items} items, "
-        f"k <= {server.k_cap}) to {paths.export}{registered}"
+        f"k <= {server.k_cap}, scoring {scoring(server)}) to {paths.export}{registered}"
     )
     sample = recommend(load_export(paths.export), [str(data.users["user_id"].iloc[0])], 5)
     log.info(sample.map(lambda v: printable(v) if isinstance(v, str) else v).to_string(index=False))
