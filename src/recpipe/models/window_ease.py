@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recpipe.data.preprocess import NO_TIME
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.models.base import register
@@ -32,7 +31,7 @@ from recpipe.models.classic.ease import EASEModel, kept_items
 def time_ordered(train: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """``(user_idx, item_idx)`` of ``train`` sorted by user, then timestamp (nulls first), then row."""
     users = train["user_idx"].to_numpy()
-    times = train["timestamp"].to_numpy(dtype=np.int64, na_value=NO_TIME)
+    times = train["timestamp"].to_numpy(dtype=np.int64, na_value=np.iinfo(np.int64).min)
     order = np.lexsort((np.arange(len(train)), times, users))
     return users[order], train["item_idx"].to_numpy()[order]
 
