@@ -72,7 +72,7 @@ params: setup
 	$(BIN)/recpipe compose
 
 # README's results table: every model on the default data (one sweep), then the table of that group.
-MODELS := blend,ials,mult_vae,mf,ncf,two_tower,hybrid,content
+MODELS := blend,window_ease,ials,mult_vae,mf,ncf,two_tower,hybrid,content
 results: setup
 	$(BIN)/recpipe run -m model=$(MODELS)
 	$(BIN)/recpipe report --update-readme

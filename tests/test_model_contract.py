@@ -24,7 +24,17 @@ def test_every_registered_model_fulfils_the_contract():
 
 def test_declared_capabilities():
     closed_form = {n for n in available() if get(n).fitting == "closed_form"}
-    assert closed_form == {"popularity", "random", "item_knn", "user_knn", "ease", "content", "ials", "blend"}
+    assert closed_form == {
+        "popularity",
+        "random",
+        "item_knn",
+        "user_knn",
+        "ease",
+        "window_ease",
+        "content",
+        "ials",
+        "blend",
+    }
     assert {n for n in available() if get(n).uses_features} == {"content", "hybrid"}
     assert {n for n in available() if get(n).embeds_new_items} == {"content", "hybrid"}
 

@@ -32,10 +32,13 @@ def test_default_stats(repo):
 
 def test_default_model_quality(repo):
     """The default model (blend) is ahead of every baseline, EASE included: the paired bootstrap
-    interval of its ndcg_at_10 minus the best baseline's is above zero."""
+    interval of its ndcg_at_10 minus the best baseline's is above zero, and it has at least 1.05x
+    EASE's ndcg_at_10 (issue 11's bar)."""
     model = json.loads((repo / "reports/detail.json").read_text())["model"]
     assert model["ndcg_at_10_vs_best_baseline_ci_low"] > 0
     assert _ndcg_ratio(repo) >= 1.5
+    ease = json.loads((repo / "reports/baselines.json").read_text())["ease"]["ndcg_at_10"]
+    assert json.loads((repo / "reports/metrics.json").read_text())["ndcg_at_10"] >= 1.05 * ease
 
 
 def test_second_repro_does_nothing(repo):

@@ -286,18 +286,29 @@ class KNN(Section):
     shrink: NonNegative = 0.0
 
 
-class EASE(Section):
-    name: Literal["ease"]
+class EASEOptions(Section):
+    """What ease and window_ease share (recpipe.models.classic.ease)."""
+
     lam: Positive | Literal["auto"] = "auto"
     grid: list[Positive] = []
     max_items: Count = 8_000
     tune_max_users: Count | None = None
 
     @model_validator(mode="after")
-    def _grid_for_auto(self) -> EASE:
+    def _grid_for_auto(self) -> EASEOptions:
         if self.lam == "auto" and not self.grid:
             raise ValueError("lam: auto picks the best value of grid, which is empty; give a grid or a number")
         return self
+
+
+class EASE(EASEOptions):
+    name: Literal["ease"]
+
+
+class WindowEASE(EASEOptions):
+    name: Literal["window_ease"]
+    window: PositiveInt
+    decay: Annotated[float, Field(gt=0, le=1)] = 1.0
 
 
 class IALS(Section):
@@ -359,6 +370,7 @@ MODELS: dict[str, type[Section]] = {
     "item_knn": KNN,
     "user_knn": KNN,
     "ease": EASE,
+    "window_ease": WindowEASE,
     "ials": IALS,
     "mult_vae": MultVAE,
     "blend": Blend,

@@ -5,8 +5,9 @@ Rendle et al. 2021 on iALS next to EASE and Mult-VAE, whose errors differ): here
 (any registered model, configured under ``members``) is fit on the train split as it would be
 alone, its scores are standardised per user over the catalog (mean 0, standard deviation 1), and
 the blend scores ``sum_m w_m z_m(u)``. The weights are chosen on the validation split only: the
-first member has weight 1, the others every combination of ``weight_grid``, keeping the one with
-the best validation ndcg_at_10 (each user's train items excluded, as in evaluation).
+first member has weight 1 or 0 (scores are ranked, so only the ratios of the weights matter), the
+others every combination of ``weight_grid``, keeping the one with the best validation ndcg_at_10
+(each user's train items excluded, as in evaluation; ties: the first found).
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ def standardise(scores: tf.Tensor) -> tf.Tensor:
     return tf.where(valid, z, below)
 
 
+def weight_combinations(grid: list[float], n: int) -> list[np.ndarray]:
+    """Every weight vector of ``n`` members whose first weight is 1 or 0 and the others from
+    ``grid`` (not all zero): the first member at 1 before those without it."""
+    rests = list(itertools.product(grid, repeat=n - 1))
+    combos = [np.array([first, *rest], np.float32) for first in (1.0, 0.0) for rest in rests]
+    return [w for w in combos if w.any()]
+
+
 @register("blend")
 class Blend(RecModel):
     """score(u) = sum over ``members`` of weight x standardised member score (weights from validation)."""
@@ -86,13 +95,12 @@ class Blend(RecModel):
         return params | {"weights": dict(zip(self.member_names, weights.tolist())), f"val_{TUNE_METRIC}": value}
 
     def _choose_weights(self, data: Processed) -> tuple[np.ndarray, float]:
-        """The weights of ``weight_grid`` with the best validation ndcg_at_10 (first member: 1)."""
+        """The weights of ``weight_grid`` with the best validation ndcg_at_10 (first member: 1 or 0)."""
         exclude, truth = data.matrix("train"), data.matrix("val")
         users = users_with_truth(truth)  # sorted: a user's row is found by searchsorted
         stacked = np.stack([standardise(m.score_all(tf.constant(users))).numpy() for m in self.members])
         best_weights, best_value = np.ones(len(self.members), np.float32), -np.inf
-        for rest in itertools.product(self.weight_grid, repeat=len(self.members) - 1):
-            weights = np.array([1.0, *rest], np.float32)
+        for weights in weight_combinations(self.weight_grid, len(self.members)):
             blended = np.tensordot(weights, stacked, axes=1)
 
             def score(u: np.ndarray, blended: np.ndarray = blended) -> np.ndarray:

@@ -115,16 +115,18 @@ def tune_ease(
     max_items: int = MAX_ITEMS,
     max_users: int | None = None,
     seed: int = 0,
+    kept_gram: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[EASE, dict[float, float]]:
     """EASE fit on ``train`` for each lambda of ``grid``; returns the one with the best validation
     ``ndcg_at_10`` (``val`` as truth, each user's train items excluded; over a seeded sample of at
-    most ``max_users`` validation users, ``ranking.sample_users``) and every lambda's value."""
+    most ``max_users`` validation users, ``ranking.sample_users``) and every lambda's value.
+    ``kept_gram``: (kept items, their gram) to fit on instead of ``capped_gram(train, max_items)``."""
     if not len(grid):
         raise RecpipeError("EASE lam: auto needs a non-empty grid of lambdas")
     if val.nnz == 0:
         raise RecpipeError("EASE lam: auto tunes on the validation split, which is empty; set a number")
     train = as_binary_csr(train)
-    kept_gram = capped_gram(train, max_items)
+    kept_gram = kept_gram or capped_gram(train, max_items)
     val = sample_users(val, max_users, seed)
     scores: dict[float, float] = {}
     best: EASE | None = None
@@ -159,15 +161,25 @@ class EASEModel(ClosedFormModel):
         # each item's column in item_weights; the dropped items point to the extra column ``kept``
         self.item_column = tf.Variable(tf.zeros([n_items], tf.int32), trainable=False, name="item_column")
 
+    def kept_gram(self, data: Processed) -> tuple[np.ndarray, np.ndarray]:
+        """The kept items and the item-item matrix EASE inverts (here the gram of the train matrix)."""
+        return capped_gram(as_binary_csr(data.matrix("train")), self.max_items)
+
     def fit_closed_form(self, data: Processed) -> dict[str, Any]:
         train = data.matrix("train")
+        kept_gram = self.kept_gram(data)
         if self.lam == "auto":
             ease, tuning = tune_ease(
-                train, data.matrix("val"), self.grid, max_items=self.max_items, max_users=self.tune_max_users
+                train,
+                data.matrix("val"),
+                self.grid,
+                max_items=self.max_items,
+                max_users=self.tune_max_users,
+                kept_gram=kept_gram,
             )
             params: dict[str, Any] = {"lam": ease.lam, f"val_{TUNE_METRIC}": [[k, v] for k, v in tuning.items()]}
         else:
-            ease = EASE(self.lam, self.max_items).fit(train)
+            ease = EASE(self.lam, self.max_items).fit(train, kept_gram)
             params = {"lam": ease.lam}
         column = np.full(self.n_items, len(ease.keep), dtype=np.int32)
         column[ease.keep] = np.arange(len(ease.keep), dtype=np.int32)
