@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recpipe import engines, training
+from recpipe import training
+from recpipe.engines import train as engine
 from recpipe.distributed import check_batch_size, replica_part
 from recpipe.engines.cluster import address, check_reachable
 from recpipe.errors import ConfigError, RecpipeError
@@ -64,7 +65,7 @@ def test_closed_form_models_fit_in_this_process_with_engine_ray(toy_data, caplog
     cfg = composed("engine=ray", "model=popularity")
     model, _ = training.build_model(cfg.model, toy_data, int(cfg.seed))
     with caplog.at_level(logging.INFO, logger="recpipe"):
-        result = engines.fit(model, toy_data, cfg)
+        result = engine.fit(model, toy_data, cfg)
     assert "fit in closed form, on one worker (this process)" in caplog.text
     assert result.best_epoch == 1
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,6 +256,7 @@ def _run(
 
     options, (items_table, users_table) = cfg.preprocess, catalogs
     name, split_args, cold_share, cold_seed = split
+    start = time.monotonic()
     file = str(raw_dir / "interactions.parquet")
     rating_scale = OmegaConf.select(cfg, "data.rating_scale")
     require = f"split={name}" if name in NEEDS_TIMESTAMPS else None
@@ -265,13 +267,14 @@ def _run(
         .materialize()
     )
     n_raw = raw.count()
+    log.info(f"engine=ray: read {n_raw:,} interactions ({_since(start)})")
     if n_raw == 0:
         raise DataError(file, "no interactions", n_rows=0)
-    _check_ratings_all_or_none(raw, n_raw, groups)
-    stats: dict[str, Any] = {"raw": _counts(raw, n_raw)}
+    counts = Counts.of(raw)
+    _check_ratings_all_or_none(raw, n_raw, counts.rated, groups)
+    stats: dict[str, Any] = {"raw": counts.stats(n_raw)}
     cpus = int(ray.cluster_resources().get("CPU", 1))
     n_partitions = max(cpus, math.ceil(n_raw / ROWS_PER_PARTITION))
-    log.info(f"engine=ray: {n_raw:,} interactions from {len(groups)} row group(s), {n_partitions} user partitions")
 
     kept = (
         raw.map_batches(with_partition, fn_kwargs={"n_partitions": n_partitions}, batch_format="pyarrow")
@@ -280,6 +283,7 @@ def _run(
         .materialize()
     )
     n = kept.count()
+    log.info(f"engine=ray: duplicates resolved in {n_partitions} user partitions ({_since(start)})")
     dropped = {"duplicates": n_raw - n, **dict.fromkeys(FILTER_REASONS, 0)}
     if options["min_rating"] is not None:
         kept = kept.map_batches(keep_ratings, fn_kwargs={"min_rating": options["min_rating"]}, batch_format="pyarrow").materialize()
@@ -288,7 +292,7 @@ def _run(
     while changed:  # the k-core, in filter_interactions' order: users, then items, until none is dropped
         changed = False
         for reason, (column, minimum) in minimums.items():
-            kept, n_dropped = _drop_rare(kept, column, minimum, n)
+            kept, n_dropped = _drop_rare(kept, column, minimum)
             if n_dropped:
                 dropped[reason] += n_dropped
                 n -= n_dropped
@@ -298,7 +302,9 @@ def _run(
             f"no interactions left after the filters (dropped: {dict(list(dropped.items())[1:])}); lower "
             "preprocess.min_user_interactions / min_item_interactions / min_rating"
         )
-    user_ids, item_ids = sorted_ids(pd.Series(kept.unique("user_id"))), sorted_ids(pd.Series(kept.unique("item_id")))
+    log.info(f"engine=ray: {n:,} interactions kept ({_since(start)})")
+    counts = Counts.of(kept)
+    user_ids, item_ids = sorted_ids(counts.users.index.to_series()), sorted_ids(counts.items.index.to_series())
     users = build_vocabulary(user_ids, users_table, "user_id")
     items = build_vocabulary(item_ids, items_table, "item_id")
     cold = pa.array(item_ids[cold_item_rows(pd.DataFrame({"item_id": item_ids}), cold_share, cold_seed)], pa.string())
@@ -310,6 +316,7 @@ def _run(
             .map_groups(label_partition, fn_kwargs={"name": name, "options": split_args, "cold": cold}, batch_format="pyarrow")
         )
     ordered = kept.sort(POSITION).materialize()
+    log.info(f"engine=ray: vocabularies built, rows sorted ({_since(start)})")
     labels = None if name in PER_USER else _driver_labels(ordered, name, split_args, cold)
     with atomic_dir(out_dir) as tmp:
         split_stats = _write_splits(ordered, tmp, labels, cold, user_ids, item_ids)
@@ -323,19 +330,50 @@ def _run(
         stats["splits"] = split_stats
         stats["dropped"] = dropped
         write_vocabularies(tmp, users, items, stats)
+    log.info(f"engine=ray: splits written ({_since(start)})")
     return stats
 
 
-def _counts(ds: Dataset, n: int) -> dict[str, int]:
-    """``preprocess.counts`` of a dataset: its distinct users and items, and ``n`` rows."""
-    return {"users": len(ds.unique("user_id")), "items": len(ds.unique("item_id")), "interactions": n}
+def _since(start: float) -> str:
+    return f"{time.monotonic() - start:.1f} s"
 
 
-def _check_ratings_all_or_none(raw: Dataset, n: int, groups: list[RowGroup]) -> None:
+def block_counts(table: pa.Table) -> pa.Table:
+    """A block's rows per user id (``kind`` 0) and per item id (1), and its rows with a rating (2)."""
+    parts = []
+    for kind, column in enumerate(("user_id", "item_id")):
+        counts = pc.value_counts(table.column(column).combine_chunks())
+        ids, n = counts.field("values").cast(pa.string()), counts.field("counts")
+        parts.append(pa.table({"kind": pa.array(np.full(len(ids), kind, np.int8)), "id": ids, "n": n}))
+    rated = len(table) - table.column("rating").null_count
+    parts.append(pa.table({"kind": pa.array([2], pa.int8()), "id": pa.array([""]), "n": pa.array([rated], pa.int64())}))
+    return pa.concat_tables(parts)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Rows per user id and per item id of a dataset (the k-core's counts; their ids make the
+    vocabularies), and its rows with a rating: small, held in this process."""
+
+    users: pd.Series
+    items: pd.Series
+    rated: int
+
+    @classmethod
+    def of(cls, ds: Dataset) -> Counts:
+        """One pass of ``block_counts`` over ``ds``, summed here."""
+        df = ds.map_batches(block_counts, batch_format="pyarrow", batch_size=None).to_pandas()
+        total = df.groupby(["kind", "id"], sort=False)["n"].sum()
+        by_kind = {k: total.xs(k, level="kind") if k in total.index.get_level_values(0) else pd.Series() for k in (0, 1, 2)}
+        return cls(by_kind[0], by_kind[1], int(by_kind[2].sum()))
+
+    def stats(self, n: int) -> dict[str, int]:
+        """``preprocess.counts``: distinct users and items, and ``n`` rows."""
+        return {"users": len(self.users), "items": len(self.items), "interactions": n}
+
+
+def _check_ratings_all_or_none(raw: Dataset, n: int, rated: int, groups: list[RowGroup]) -> None:
     """Ratings all present or all null across the shards (each row group was checked alone)."""
-    from ray.data.aggregate import Count
-
-    rated = int(raw.aggregate(Count("rating", ignore_nulls=True))["count(rating)"])
     if 0 < rated < n:
         first = int(raw.filter(lambda row: row["rating"] is None or np.isnan(row["rating"])).min(POSITION))
         group = max((g for g in groups if g.position <= first), key=lambda g: g.position)
@@ -348,18 +386,19 @@ def _check_ratings_all_or_none(raw: Dataset, n: int, groups: list[RowGroup]) -> 
         )
 
 
-def _drop_rare(ds: Dataset, column: str, minimum: int, n: int) -> tuple[Dataset, int]:
+def _drop_rare(ds: Dataset, column: str, minimum: int) -> tuple[Dataset, int]:
     """Drop the rows of ``column`` values with fewer than ``minimum`` rows; the rows left and how
     many went. Every value present has a row, so a minimum of 1 drops nothing."""
     if minimum <= 1:
         return ds, 0
-    counts = ds.groupby(column).count().to_pandas()
-    rare = counts.loc[counts["count()"] < minimum, column]
+    counts = Counts.of(ds)
+    per_id = counts.users if column == "user_id" else counts.items
+    rare = per_id[per_id < minimum]
     if rare.empty:
         return ds, 0
-    ids = pa.array(rare.to_numpy(object), pa.string())
+    ids = pa.array(rare.index.to_numpy(object), pa.string())
     kept = ds.map_batches(without, fn_kwargs={"column": column, "ids": ids}, batch_format="pyarrow").materialize()
-    return kept, n - kept.count()
+    return kept, int(rare.sum())
 
 
 def _driver_labels(ordered: Dataset, name: str, split_args: dict[str, Any], cold: pa.Array) -> np.ndarray:
