@@ -12,8 +12,9 @@ the kept rows by position, and, for ``split=leave_last``, label each user's rows
 What this process holds (global, small next to the interactions): the distinct user and item ids
 and their counts (vocabularies, the k-core's counts), the item and user tables, and the split's
 global part: for ``split=random`` a label byte per kept row (plus the seeded permutation while it
-is drawn), for ``split=temporal`` the kept rows' timestamps (8 bytes a row). The kept rows stream through this process in order into the three split files
-(``SplitWriter``: the row groups of ``pq.write_table``), one batch at a time.
+is drawn), for ``split=temporal`` the kept rows' timestamps (8 bytes a row). The kept rows stream
+through this process in order into the three split files (``SplitWriter``: the row groups of
+``pq.write_table``), one block at a time.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import pandas as pd
@@ -233,7 +234,13 @@ def run(cfg: Any, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
         context.enable_progress_bars = False
         try:
             return _run(
-                cfg, raw_dir, (name, split_args, cold_share, cold_seed), minimums, groups, (items_table, users_table), out_dir
+                cfg,
+                raw_dir,
+                (name, split_args, cold_share, cold_seed),
+                minimums,
+                groups,
+                (items_table, users_table),
+                out_dir,
             )
         except (ray.exceptions.RayError, ray.data.exceptions.UserCodeException) as e:
             cause = _cause(e)
@@ -263,7 +270,11 @@ def _run(
     hint = source_hint(source_path(raw_dir))
     raw = (
         ray.data.from_items([vars(g) for g in groups])
-        .map_batches(read_row_groups, batch_size=1, fn_kwargs={"rating_scale": rating_scale, "require_timestamps": require, "hint": hint}, batch_format="numpy")
+        .map_batches(
+            functools.partial(read_row_groups, rating_scale=rating_scale, require_timestamps=require, hint=hint),
+            batch_size=1,
+            batch_format="numpy",
+        )
         .materialize()
     )
     n_raw = raw.count()
@@ -279,14 +290,18 @@ def _run(
     kept = (
         raw.map_batches(with_partition, fn_kwargs={"n_partitions": n_partitions}, batch_format="pyarrow")
         .groupby(PART)
-        .map_groups(deduplicate_partition, fn_kwargs={"policy": options["duplicates"], "file": file}, batch_format="pyarrow")
+        .map_groups(
+            deduplicate_partition, fn_kwargs={"policy": options["duplicates"], "file": file}, batch_format="pyarrow"
+        )
         .materialize()
     )
     n = kept.count()
     log.info(f"engine=ray: duplicates resolved in {n_partitions} user partitions ({_since(start)})")
     dropped = {"duplicates": n_raw - n, **dict.fromkeys(FILTER_REASONS, 0)}
     if options["min_rating"] is not None:
-        kept = kept.map_batches(keep_ratings, fn_kwargs={"min_rating": options["min_rating"]}, batch_format="pyarrow").materialize()
+        kept = kept.map_batches(
+            keep_ratings, fn_kwargs={"min_rating": options["min_rating"]}, batch_format="pyarrow"
+        ).materialize()
         dropped["min_rating"], n = n - kept.count(), kept.count()
     changed = True
     while changed:  # the k-core, in filter_interactions' order: users, then items, until none is dropped
@@ -313,7 +328,9 @@ def _run(
         kept = (
             kept.map_batches(with_partition, fn_kwargs={"n_partitions": n_partitions}, batch_format="pyarrow")
             .groupby(PART)
-            .map_groups(label_partition, fn_kwargs={"name": name, "options": split_args, "cold": cold}, batch_format="pyarrow")
+            .map_groups(
+                label_partition, fn_kwargs={"name": name, "options": split_args, "cold": cold}, batch_format="pyarrow"
+            )
         )
     ordered = kept.sort(POSITION).materialize()
     log.info(f"engine=ray: vocabularies built, rows sorted ({_since(start)})")
@@ -364,7 +381,9 @@ class Counts:
         """One pass of ``block_counts`` over ``ds``, summed here."""
         df = ds.map_batches(block_counts, batch_format="pyarrow", batch_size=None).to_pandas()
         total = df.groupby(["kind", "id"], sort=False)["n"].sum()
-        by_kind = {k: total.xs(k, level="kind") if k in total.index.get_level_values(0) else pd.Series() for k in (0, 1, 2)}
+        by_kind = {
+            k: total.xs(k, level="kind") if k in total.index.get_level_values(0) else pd.Series() for k in (0, 1, 2)
+        }
         return cls(by_kind[0], by_kind[1], int(by_kind[2].sum()))
 
     def stats(self, n: int) -> dict[str, int]:
@@ -375,7 +394,7 @@ class Counts:
 def _check_ratings_all_or_none(raw: Dataset, n: int, rated: int, groups: list[RowGroup]) -> None:
     """Ratings all present or all null across the shards (each row group was checked alone)."""
     if 0 < rated < n:
-        first = int(raw.filter(lambda row: row["rating"] is None or np.isnan(row["rating"])).min(POSITION))
+        first = cast(int, raw.filter(lambda row: row["rating"] is None or np.isnan(row["rating"])).min(POSITION))
         group = max((g for g in groups if g.position <= first), key=lambda g: g.position)
         raise DataError(
             group.file,
@@ -397,7 +416,7 @@ def _drop_rare(ds: Dataset, column: str, minimum: int) -> tuple[Dataset, int]:
     if rare.empty:
         return ds, 0
     ids = pa.array(rare.index.to_numpy(object), pa.string())
-    kept = ds.map_batches(without, fn_kwargs={"column": column, "ids": ids}, batch_format="pyarrow").materialize()
+    kept = ds.map_batches(functools.partial(without, column=column, ids=ids), batch_format="pyarrow").materialize()
     return kept, int(rare.sum())
 
 
@@ -430,7 +449,12 @@ def _batches(ds: Dataset, columns: list[str] | None = None) -> Iterator[pd.DataF
 
 
 def _write_splits(
-    ordered: Dataset, folder: Path, labels: np.ndarray | None, cold: pa.Array, user_ids: np.ndarray, item_ids: np.ndarray
+    ordered: Dataset,
+    folder: Path,
+    labels: np.ndarray | None,
+    cold: pa.Array,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
 ) -> dict[str, dict[str, int]]:
     """Stream the rows in order into train/val/test.parquet; returns ``preprocess.split_stats``."""
     writers = {s: SplitWriter(folder / f"{s}.parquet") for s in SPLITS}

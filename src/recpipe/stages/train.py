@@ -17,8 +17,8 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from recpipe import training
-from recpipe.engines import train as engine
 from recpipe.data.processed import load_processed
+from recpipe.engines import train as engine
 from recpipe.evaluation.headline import run_labels, train_headline
 from recpipe.io import atomic_dir, write_json
 from recpipe.models.io import save_model
