@@ -134,7 +134,10 @@ def _cause(error: BaseException) -> RecpipeError | None:
 
 @user_errors
 def read_row_groups(
-    batch: dict[str, np.ndarray], rating_scale: Sequence[float] | None, require_timestamps: str | None, hint: str | None
+    batch: dict[str, np.ndarray],
+    rating_scale: Sequence[float] | None,
+    require_timestamps: str | None,
+    source: str | None,
 ) -> pd.DataFrame:
     """Read and validate row groups (``validate_interactions``, as ``read_raw`` does); a problem
     names the shard and the row in it. Adds each row's ``POSITION``."""
@@ -146,11 +149,11 @@ def read_row_groups(
             table = pq.ParquetFile(file, read_dictionary=["user_id", "item_id"]).read_row_group(int(index))
         try:
             df = validate_interactions(
-                table.to_pandas(), file, rating_scale=rating_scale, require_timestamps=require_timestamps
+                table.to_pandas(), file, rating_scale=rating_scale, require_timestamps=require_timestamps, source=source
             )
-        except DataError as e:
+        except DataError as e:  # the row in the shard; the count of bad rows would be the row group's only
             row = None if e.row is None else e.row + int(first_row)
-            raise DataError(e.file, e.problem, column=e.column, row=row, example=e.example, hint=hint) from None
+            raise DataError(e.file, e.problem, column=e.column, row=row, example=e.example, hint=e.hint) from None
         df = df.astype({"user_id": "str", "item_id": "str"})
         df[POSITION] = np.arange(int(position), int(position) + len(df), dtype=np.int64)
         frames.append(df)
@@ -267,11 +270,11 @@ def _run(
     file = str(raw_dir / "interactions.parquet")
     rating_scale = OmegaConf.select(cfg, "data.rating_scale")
     require = f"split={name}" if name in NEEDS_TIMESTAMPS else None
-    hint = source_hint(source_path(raw_dir))
+    source = source_path(raw_dir)
     raw = (
         ray.data.from_items([vars(g) for g in groups])
         .map_batches(
-            functools.partial(read_row_groups, rating_scale=rating_scale, require_timestamps=require, hint=hint),
+            functools.partial(read_row_groups, rating_scale=rating_scale, require_timestamps=require, source=source),
             batch_size=1,
             batch_format="numpy",
         )
@@ -380,11 +383,11 @@ class Counts:
     def of(cls, ds: Dataset) -> Counts:
         """One pass of ``block_counts`` over ``ds``, summed here."""
         df = ds.map_batches(block_counts, batch_format="pyarrow", batch_size=None).to_pandas()
-        total = df.groupby(["kind", "id"], sort=False)["n"].sum()
-        by_kind = {
-            k: total.xs(k, level="kind") if k in total.index.get_level_values(0) else pd.Series() for k in (0, 1, 2)
-        }
-        return cls(by_kind[0], by_kind[1], int(by_kind[2].sum()))
+        empty = pd.Series(dtype=np.int64)
+        total = (
+            {kind: part.groupby("id", sort=False)["n"].sum() for kind, part in df.groupby("kind")} if len(df) else {}
+        )
+        return cls(total.get(0, empty), total.get(1, empty), int(total.get(2, empty).sum()))
 
     def stats(self, n: int) -> dict[str, int]:
         """``preprocess.counts``: distinct users and items, and ``n`` rows."""
