@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ ROWS_PER_PARTITION = 500_000  # user partitions: at least one per CPU, and about
 PER_USER = frozenset({"leave_last"})
 DRIVER_COLUMNS: dict[str, tuple[str, ...]] = {"random": (), "temporal": ("timestamp",)}
 F = TypeVar("F", bound=Callable[..., Any])
+# a user_errors RecpipeError in the traceback text of a failed Ray task
+_TASK_ERROR = re.compile(r"^recpipe\.errors\.RecpipeError: (.*?)(?:\n\s*\n|\Z)", re.MULTILINE | re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -104,8 +107,8 @@ def row_groups(files: Sequence[Path], hint: str | None) -> list[RowGroup]:
 
 
 def user_errors(fn: F) -> F:
-    """A Ray task's RecpipeError as a plain RecpipeError (its message): DataError's keyword
-    arguments do not survive pickling, and ``run`` shows the message as the stage's error."""
+    """A Ray task's RecpipeError as a plain RecpipeError (its message), which ``run`` finds in the
+    failed task's traceback and raises as the stage's error."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -117,19 +120,11 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _cause(error: BaseException) -> RecpipeError | None:
-    """The RecpipeError a Ray task raised, found in the chain of the exception Ray raises here."""
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [error]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, RecpipeError) and type(e).__module__.startswith("recpipe"):
-            return e
-        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    return None
+def _cause(error: BaseException) -> str | None:
+    """The message of the RecpipeError a Ray task raised: Ray hands this process the task's
+    traceback as text (the exception object itself does not come back), so it is read from there."""
+    found = _TASK_ERROR.search(str(error))
+    return found.group(1).strip() if found else None
 
 
 @user_errors
@@ -246,10 +241,10 @@ def run(cfg: Any, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
                 out_dir,
             )
         except (ray.exceptions.RayError, ray.data.exceptions.UserCodeException) as e:
-            cause = _cause(e)
-            if cause is None:
+            message = _cause(e)
+            if message is None:
                 raise
-            raise RecpipeError(str(cause)) from None
+            raise RecpipeError(message) from None
 
 
 def _run(
