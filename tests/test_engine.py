@@ -10,8 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recpipe import engines, training
+from recpipe import training
+from recpipe.data.raw import write_raw
+from recpipe.data.sources import load_source
 from recpipe.distributed import check_batch_size, replica_part
+from recpipe.engines import ray_preprocess
+from recpipe.engines import train as engine
 from recpipe.engines.cluster import address, check_reachable
 from recpipe.errors import ConfigError, RecpipeError
 from recpipe.schema import validate
@@ -64,7 +68,7 @@ def test_closed_form_models_fit_in_this_process_with_engine_ray(toy_data, caplog
     cfg = composed("engine=ray", "model=popularity")
     model, _ = training.build_model(cfg.model, toy_data, int(cfg.seed))
     with caplog.at_level(logging.INFO, logger="recpipe"):
-        result = engines.fit(model, toy_data, cfg)
+        result = engine.fit(model, toy_data, cfg)
     assert "fit in closed form, on one worker (this process)" in caplog.text
     assert result.best_epoch == 1
 
@@ -76,3 +80,26 @@ def test_an_unreachable_cluster_fails_fast_with_its_address():
     with pytest.raises(RecpipeError, match=rf"engine\.address='127\.0\.0\.1:{port}': no Ray cluster answers"):
         check_reachable(f"127.0.0.1:{port}")
     check_reachable("local")
+
+
+def test_preprocess_on_an_unreachable_cluster_fails_before_writing(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = composed("data=synthetic", "data.n_interactions=500", "engine=ray", f"engine.address=127.0.0.1:{port}")
+    write_raw(load_source(cfg.data), tmp_path / "raw")
+    with pytest.raises(RecpipeError, match=rf"engine\.address='127\.0\.0\.1:{port}': no Ray cluster answers"):
+        ray_preprocess.run(cfg, tmp_path / "raw", tmp_path / "processed")
+    assert not (tmp_path / "processed").exists()
+
+
+@pytest.mark.parametrize(
+    ("split", "problem"),
+    [("split=random", None), ("+split.window=3", "split=random: got an unexpected keyword argument 'window'")],
+)
+def test_preprocess_on_ray_checks_the_split_before_connecting(tmp_path, split, problem):
+    cfg = composed("data=synthetic", "data.n_interactions=500", "engine=ray", split)
+    (tmp_path / "raw").mkdir()
+    expected = problem or "data/raw/interactions.parquet: not found"
+    with pytest.raises(RecpipeError, match=expected.replace("data/raw", str(tmp_path / "raw"))):
+        ray_preprocess.run(cfg, tmp_path / "raw", tmp_path / "processed")

@@ -1,7 +1,7 @@
 """engine=ray on a real Ray cluster on this machine: a head node and a second node started with
-`ray start` as separate processes on 127.0.0.1 (like two machines), the DVC pipeline run on it, and
-the cluster stopped by the process ids the fixture started (never `ray stop`, which would stop
-every Ray on the machine)."""
+`ray start` as separate processes on 127.0.0.1 (like two machines), the DVC pipeline and
+preprocess on Ray Data run on it, and the cluster stopped by the process ids the fixture started
+(never `ray stop`, which would stop every Ray on the machine)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from .helpers import BIN, SMALL, commit, copy_repo, env, run
+from recpipe.data.preprocess import preprocess
+from recpipe.data.processed import write_processed
+from recpipe.data.raw import RawData, read_raw, write_raw
+from recpipe.data.sources import load_source
+from recpipe.engines import ray_preprocess
+from recpipe.errors import DataError, RecpipeError
+
+from .helpers import BIN, SMALL, commit, composed, copy_repo, env, run, tree_bytes
 
 # The synthetic pipeline both engines run; batch 512 so that MF takes several steps an epoch.
 PIPELINE = ["model=mf", *SMALL, "data.n_interactions=6000", "model.batch_size=512", "evaluate.bootstrap.n_resamples=50"]
@@ -153,3 +164,95 @@ def test_pipeline_on_a_two_node_cluster_matches_the_local_engine(ray_cluster, tm
         assert abs(on_ray[key] - local[key]) <= tolerance, (key, on_ray[key], local[key])
     summary = json.loads((repo / "models/train/train_summary.json").read_text())
     assert summary["epochs_run"] >= 1 and summary["model"] == "mf"
+
+
+# preprocess on both engines: duplicates (mean), a k-core, held-out cold items, a per-user split
+PREPROCESS = [
+    "data=synthetic",
+    "data.n_users=150",
+    "data.n_items=80",
+    "data.n_interactions=2500",
+    "split=leave_last",
+    "split.cold_items=0.1",
+    "preprocess.duplicates=mean",
+    "preprocess.min_user_interactions=12",
+    "preprocess.min_item_interactions=15",
+]
+
+
+def sharded_raw(folder: Path, cfg, shards: int = 3) -> Path:
+    """A data/raw whose interactions are a folder of Parquet shards (as Spark writes them), with
+    repeated (user, item) pairs across the shards; ``interactions.parquet`` beside it: the same rows."""
+    raw = load_source(cfg.data)
+    df = raw.interactions
+    repeats = df.sample(frac=0.05, random_state=1).assign(rating=np.float32(2.0))
+    write_raw(RawData(pd.concat([df, repeats], ignore_index=True), raw.items, raw.users, raw.source), folder / "whole")
+    table = pq.read_table(folder / "whole/interactions.parquet")
+    shutil.copytree(folder / "whole", folder / "raw", ignore=shutil.ignore_patterns("interactions.parquet"))
+    (folder / "raw/interactions.parquet").mkdir()
+    bounds = np.linspace(0, len(table), shards + 1).astype(int)
+    for i in range(shards):
+        pq.write_table(
+            table.slice(bounds[i], bounds[i + 1] - bounds[i]), folder / f"raw/interactions.parquet/part-{i:05d}.parquet"
+        )
+    return folder / "raw"
+
+
+def local_preprocess(cfg, raw: Path, out: Path) -> None:
+    """What `recpipe preprocess` does with engine=local."""
+    tables = read_raw(raw, rating_scale=cfg.data.rating_scale, require_timestamps="split=leave_last")
+    write_processed(preprocess(tables, cfg.preprocess, cfg.split), out)
+
+
+@pytest.mark.integration
+def test_preprocess_on_ray_data_writes_the_local_engines_bytes(ray_cluster, tmp_path, monkeypatch):
+    cfg = composed(*PREPROCESS, "engine=ray", f"engine.address={ray_cluster.address}")
+    raw = sharded_raw(tmp_path, cfg)
+    local_preprocess(cfg, raw, tmp_path / "local")
+    local_whole = tmp_path / "local_whole"
+    local_preprocess(cfg, tmp_path / "whole", local_whole)  # the shards read in name order: one file's rows
+    assert tree_bytes(local_whole) == tree_bytes(tmp_path / "local")
+    for key, value in RAY_ENV.items():
+        monkeypatch.setenv(key, value)
+    ray_cluster.ready()
+
+    stats = ray_preprocess.run(cfg, raw, tmp_path / "ray")
+
+    assert tree_bytes(tmp_path / "ray") == tree_bytes(tmp_path / "local")
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == [
+        "items.parquet",
+        "stats.json",
+        "test.parquet",
+        "train.parquet",
+        "users.parquet",
+        "val.parquet",
+    ]
+    # every filter did something, so the test covers each step
+    dropped = stats["dropped"]
+    assert min(dropped["duplicates"], dropped["min_user_interactions"], dropped["min_item_interactions"]) > 0
+    assert stats["splits"]["test"]["cold_items"] > 0
+    assert stats == json.loads((tmp_path / "local/stats.json").read_text())
+
+
+@pytest.mark.integration
+def test_preprocess_on_ray_data_names_a_bad_row_in_its_shard(ray_cluster, tmp_path, monkeypatch):
+    cfg = composed(*PREPROCESS, "engine=ray", f"engine.address={ray_cluster.address}")
+    raw = sharded_raw(tmp_path, cfg)
+    shard = raw / "interactions.parquet/part-00001.parquet"
+    table = pq.read_table(shard)
+    ratings = table.column("rating").to_numpy().copy()
+    ratings[7] = 9.0
+    pq.write_table(table.set_column(2, "rating", pa.array(ratings, pa.float32())), shard)
+    for key, value in RAY_ENV.items():
+        monkeypatch.setenv(key, value)
+    ray_cluster.ready()
+
+    with pytest.raises(RecpipeError) as error:
+        ray_preprocess.run(cfg, raw, tmp_path / "ray")
+
+    message = str(error.value)
+    assert str(shard.resolve()) in message and "column 'rating'" in message and "at row 7: " in message, message
+    assert "rating outside data.rating_scale [1, 5]" in message and "Traceback" not in message
+    assert not (tmp_path / "ray").exists()
+    with pytest.raises(DataError, match="rating outside data.rating_scale"):  # the local engine agrees
+        local_preprocess(cfg, raw, tmp_path / "local")

@@ -25,7 +25,7 @@ class DataError(RecpipeError):
         hint: str | None = None,
     ) -> None:
         self.file, self.problem, self.column = str(file), problem, column
-        self.n_rows, self.row = n_rows, row
+        self.n_rows, self.row, self.hint = n_rows, row, hint
         self.example = {k: _plain(v) for k, v in example.items()} if example else None
         parts = [f"{self.file}"]
         if column is not None:

@@ -44,7 +44,7 @@ STAGES: tuple[Stage, ...] = (
         "preprocess",
         "recpipe.stages.preprocess",
         "processed",
-        ("data", "split", "preprocess", "mlflow"),
+        ("data", "split", "preprocess", "engine", "mlflow"),
         "Validate, deduplicate and filter data/raw, build vocabularies and train/val/test splits into data/processed/.",
     ),
     Stage(

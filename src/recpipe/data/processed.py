@@ -20,6 +20,7 @@ from recpipe.errors import DataError, RecpipeError
 from recpipe.io import atomic_dir, write_json
 
 SPLITS = ("train", "val", "test")
+ROW_GROUP_ROWS = 1024 * 1024  # the row group size of pq.write_table (pyarrow's default)
 _INTERACTIONS_SCHEMA = arrow_schema(INTERACTIONS)
 
 
@@ -39,16 +40,54 @@ def write_processed(result: Preprocessed, path: str | Path) -> None:
     """Write ``result`` as the directory ``path`` in one atomic step (the old one stays until then)."""
     with atomic_dir(path) as tmp:
         for name in SPLITS:
-            frame = getattr(result, name)[_INTERACTIONS_SCHEMA.names]
-            pq.write_table(
-                pa.Table.from_pandas(frame, schema=_INTERACTIONS_SCHEMA, preserve_index=False).replace_schema_metadata(
-                    None
-                ),
-                tmp / f"{name}.parquet",
-            )
-        pq.write_table(result.users, tmp / "users.parquet")
-        pq.write_table(result.items, tmp / "items.parquet")
-        write_json(tmp / "stats.json", result.stats)
+            pq.write_table(interactions_table(getattr(result, name)), tmp / f"{name}.parquet")
+        write_vocabularies(tmp, result.users, result.items, result.stats)
+
+
+def interactions_table(frame: pd.DataFrame) -> pa.Table:
+    """A split's rows as the Arrow table written to its Parquet file (contract columns and types)."""
+    table = pa.Table.from_pandas(frame[_INTERACTIONS_SCHEMA.names], schema=_INTERACTIONS_SCHEMA, preserve_index=False)
+    return table.replace_schema_metadata(None)
+
+
+def write_vocabularies(folder: Path, users: pa.Table, items: pa.Table, stats: dict[str, Any]) -> None:
+    """users.parquet, items.parquet and stats.json of data/processed into ``folder``."""
+    pq.write_table(users, folder / "users.parquet")
+    pq.write_table(items, folder / "items.parquet")
+    write_json(folder / "stats.json", stats)
+
+
+class SplitWriter:
+    """A split's Parquet file written from its rows in order, batch by batch, with the same bytes as
+    ``write_processed`` writing all of them at once: ``pq.write_table`` cuts a table into row groups
+    of ``ROW_GROUP_ROWS`` rows, so this writer buffers rows and writes exactly those row groups."""
+
+    def __init__(self, path: Path) -> None:
+        self._writer = pq.ParquetWriter(path, _INTERACTIONS_SCHEMA)
+        self._pending: list[pa.Table] = []
+        self._n_pending = 0
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        """Append ``frame``'s rows (contract columns)."""
+        if len(frame):
+            self._pending.append(interactions_table(frame))
+            self._n_pending += len(frame)
+            self.rows += len(frame)
+        while self._n_pending >= ROW_GROUP_ROWS:
+            self._flush(ROW_GROUP_ROWS)
+
+    def close(self) -> None:
+        """Write the last row group (an empty file has one empty table, like ``pq.write_table``'s)."""
+        if self._n_pending or not self.rows:
+            self._flush(self._n_pending)
+        self._writer.close()
+
+    def _flush(self, n: int) -> None:
+        table = pa.concat_tables(self._pending) if self._pending else _INTERACTIONS_SCHEMA.empty_table()
+        self._writer.write_table(table.slice(0, n).combine_chunks())
+        rest = table.slice(n)
+        self._pending, self._n_pending = ([rest] if len(rest) else []), len(rest)
 
 
 @dataclass(frozen=True)

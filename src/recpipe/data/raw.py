@@ -163,11 +163,19 @@ def read_raw(
         require_timestamps=require_timestamps,
         source=source,
     )
-    items = validate_table(_read_table(files["items"], source), files["items"], required(ITEMS), source=source)
-    users = None
-    if Path(files["users"]).exists():
-        users = validate_table(_read_table(files["users"], source), files["users"], required(USERS), source=source)
+    items, users = read_catalogs(raw_dir)
     return RawTables(interactions=interactions, items=items, users=users, files=files)
+
+
+def read_catalogs(raw_dir: str | Path) -> tuple[pa.Table, pa.Table | None]:
+    """``raw_dir``'s item table and its user table (None when there is none), validated."""
+    source = source_path(raw_dir)
+    items_file, users_file = str(Path(raw_dir) / "items.parquet"), str(Path(raw_dir) / "users.parquet")
+    items = validate_table(_read_table(items_file, source), items_file, required(ITEMS), source=source)
+    users = None
+    if Path(users_file).exists():
+        users = validate_table(_read_table(users_file, source), users_file, required(USERS), source=source)
+    return items, users
 
 
 def _read_table(file: str, source: str | None, dictionary: Sequence[str] = ()) -> pa.Table:

@@ -119,22 +119,29 @@ def make_splits(df: pd.DataFrame, split_cfg: DictConfig | Mapping[str, Any]) -> 
     ``cold_items`` (default 0) and ``cold_seed`` (default 42) hold items out: every interaction of a
     held-out item goes to test, never to train or val; the splitter divides the other rows.
     """
-    options = plain_dict(split_cfg, "split")
-    name = options.pop("name", None)
-    cold = cold_item_rows(df, options.pop("cold_items", 0.0), int(options.pop("cold_seed", 42)))
-    if name not in SPLITTERS:
-        raise RecpipeError(f"unknown split {name!r}; available: {', '.join(sorted(SPLITTERS))}")
+    name, options, cold_share, cold_seed = split_options(split_cfg)
+    cold = cold_item_rows(df, cold_share, cold_seed)
     splitter = SPLITTERS[name]
-    try:
-        inspect.signature(splitter).bind(df, **options)
-    except TypeError as e:
-        raise RecpipeError(f"split={name}: {e}") from e
     if not cold.any():
         return splitter(df, **options)
     positions = df.reset_index(drop=True)  # index = row position, whatever index df has
     train, val, test = splitter(positions[~cold], **options)
     test_rows = np.sort(np.concatenate([test.index.to_numpy(), np.flatnonzero(cold)]))
     return df.iloc[train.index.to_numpy()], df.iloc[val.index.to_numpy()], df.iloc[test_rows]
+
+
+def split_options(split_cfg: DictConfig | Mapping[str, Any]) -> tuple[str, dict[str, Any], float, int]:
+    """``split_cfg`` checked: the splitter's name, its arguments, ``cold_items`` and ``cold_seed``."""
+    options = plain_dict(split_cfg, "split")
+    name = options.pop("name", None)
+    cold_share, cold_seed = options.pop("cold_items", 0.0), int(options.pop("cold_seed", 42))
+    if name not in SPLITTERS:
+        raise RecpipeError(f"unknown split {name!r}; available: {', '.join(sorted(SPLITTERS))}")
+    try:
+        inspect.signature(SPLITTERS[name]).bind(None, **options)
+    except TypeError as e:
+        raise RecpipeError(f"split={name}: {e}") from e
+    return name, options, cold_share, cold_seed
 
 
 def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:

@@ -2,42 +2,8 @@
 
 ``engine=local`` (the default) runs every stage in the ``recpipe`` process. With ``engine=ray``
 ``recpipe train`` trains gradient models with Ray Train's ``TensorflowTrainer`` across
-``engine.num_workers`` workers (``recpipe.engines.ray_train``, docs/scale-out.md) and writes the
-same outputs as the local engine; the other stages run in the ``recpipe`` process either way.
+``engine.num_workers`` workers (``recpipe.engines.train``, ``recpipe.engines.ray_train``) and
+``recpipe preprocess`` runs on Ray Data (``recpipe.engines.ray_preprocess``); both write the same
+outputs as the local engine (docs/scale-out.md). The other stages run in the ``recpipe`` process
+either way. This package imports nothing, so that preprocess's Ray workers do not load TensorFlow.
 """
-
-from __future__ import annotations
-
-import logging
-from collections.abc import Callable
-from typing import Any
-
-from omegaconf import OmegaConf
-
-from recpipe import training
-from recpipe.data.processed import Processed
-from recpipe.models.base import RecModel
-
-log = logging.getLogger(__name__)
-
-
-def name(cfg: Any) -> str:
-    """``engine.name`` of ``cfg`` (``local`` when the config has no engine section)."""
-    return str(OmegaConf.select(cfg, "engine.name", default="local"))
-
-
-def fit(
-    model: RecModel, data: Processed, cfg: Any, on_epoch: Callable[[dict[str, float]], None] | None = None
-) -> training.TrainResult:
-    """``training.fit`` on ``cfg.engine``: gradient models on the Ray cluster with ``engine=ray``;
-    closed-form models (one pass over the data, no gradient steps to share) always in this process."""
-    if name(cfg) == "ray":
-        if model.fitting == "gradient":
-            from recpipe.engines import ray_train
-
-            return ray_train.fit(model, data, cfg, on_epoch)
-        log.info(
-            f"engine=ray: model {cfg.model.name} is fit in closed form, on one worker (this process); "
-            "only gradient-trained models train across engine.num_workers"
-        )
-    return training.fit(model, data, cfg.model, int(cfg.seed), on_epoch=on_epoch)

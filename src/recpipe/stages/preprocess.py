@@ -1,4 +1,5 @@
-"""``recpipe preprocess``: validate data/raw, then write data/processed (splits, vocabularies, stats)."""
+"""``recpipe preprocess``: validate data/raw, then write data/processed (splits, vocabularies, stats);
+with ``engine=ray`` on Ray Data (``recpipe.engines.ray_preprocess``), the same bytes."""
 
 from __future__ import annotations
 
@@ -19,13 +20,19 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig, paths: Paths) -> None:
     """Read and validate the raw tables, preprocess them, and replace data/processed atomically."""
     split = cfg.split.name
-    raw = read_raw(
-        paths.raw,
-        rating_scale=OmegaConf.select(cfg, "data.rating_scale"),
-        require_timestamps=f"split={split}" if split in NEEDS_TIMESTAMPS else None,
-    )
-    result = preprocess(raw, cfg.preprocess, cfg.split, progress=True)
-    write_processed(result, paths.processed)
-    log_metrics(stats_metrics(result.stats))
-    log.info(summary(result.stats))
+    if OmegaConf.select(cfg, "engine.name") == "ray":
+        from recpipe.engines import ray_preprocess
+
+        stats = ray_preprocess.run(cfg, paths.raw, paths.processed)
+    else:
+        raw = read_raw(
+            paths.raw,
+            rating_scale=OmegaConf.select(cfg, "data.rating_scale"),
+            require_timestamps=f"split={split}" if split in NEEDS_TIMESTAMPS else None,
+        )
+        result = preprocess(raw, cfg.preprocess, cfg.split, progress=True)
+        write_processed(result, paths.processed)
+        stats = result.stats
+    log_metrics(stats_metrics(stats))
+    log.info(summary(stats))
     log.info(f"split={split}: wrote {paths.processed}")

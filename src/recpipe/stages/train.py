@@ -16,8 +16,9 @@ from pathlib import Path
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from recpipe import engines, training
+from recpipe import training
 from recpipe.data.processed import load_processed
+from recpipe.engines import train as engine
 from recpipe.evaluation.headline import run_labels, train_headline
 from recpipe.io import atomic_dir, write_json
 from recpipe.models.io import save_model
@@ -43,7 +44,7 @@ def run(cfg: DictConfig, paths: Paths) -> None:
         }
         log_metrics({k: v for k, v in values.items() if math.isfinite(v)}, step=int(row["epoch"]))
 
-    result = engines.fit(model, data, cfg, on_epoch=log_epoch)  # engine=ray: on the Ray cluster
+    result = engine.fit(model, data, cfg, on_epoch=log_epoch)  # engine=ray: on the Ray cluster
     summary = training.train_summary(cfg.model, model, result)
     # MLflow first, the swap last: a failure anywhere leaves the previous models/train/ (and dvc.lock)
     with atomic_dir(paths.train) as tmp:
