@@ -247,8 +247,8 @@ FAST = {"epochs": 4, "patience": 4, "batch_size": 256, "jit_compile": False}
 
 # name -> (conf/model file, overrides): every objective / mode of the three models
 VARIANTS = {
-    "mf": ("mf", {"embedding_dim": 8, "implicit_dim": 4}),
-    "mf_rating_only": ("mf", {"embedding_dim": 8, "implicit_weight": 0.0}),
+    "mf": ("mf", {"solver": "gradient", "embedding_dim": 8, "implicit_dim": 4}),  # solver gibbs: test_mf_gibbs
+    "mf_rating_only": ("mf", {"solver": "gradient", "embedding_dim": 8, "implicit_weight": 0.0}),
     "ncf_implicit": ("ncf", {"embedding_dim": 8, "layers": [16, 8], "dropout": 0.1}),
     "ncf_rating": ("ncf", {"embedding_dim": 8, "layers": [16, 8], "objective": "rating"}),
     "two_tower": ("two_tower", {"embedding_dim": 8, "layers": [16, 8]}),
