@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     for epoch, rate, cpu_rate in zip(result.history["epoch"], rates, cpu_rates):
         print(f"epoch {epoch}: {rate:,.0f} ratings/s wall, {cpu_rate:,.0f} per CPU-second (incl. validation)")
     if passes > 1:
-        print(f"gibbs: {passes} sweeps in {result.train_seconds:.1f} s")
+        sampling = len(data.train) * passes / model.sweep_seconds
+        print(f"gibbs: {passes} sweeps in {model.sweep_seconds:.1f} s: {sampling:,.0f} ratings/s (sampling only)")
     else:
         print(f"steady state (after epoch 1): {result.examples_per_second:,.0f} ratings/s")
     return 0

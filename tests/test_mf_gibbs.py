@@ -51,7 +51,7 @@ def test_sample_side_draws_from_the_gaussian_conditional() -> None:
     noise = rng.normal(size=(30, k)).astype(np.float32)
     blocks = gibbs.row_blocks(rows, cols, values, 30, budget=40)
     got = gibbs.sample_side(
-        blocks, tf.constant(other), tf.constant(alpha), *gibbs._f32(prior_mean, prior_precision), tf.constant(noise)
+        blocks, tf.constant(other), tf.constant(alpha), *gibbs._f32(prior_mean[None], prior_precision, noise)
     ).numpy()
     concatenated = np.concatenate([r.numpy() for r in blocks.rows])
     for row in range(30):  # Lambda_r = Lambda + alpha sum f f^T, mean Lambda_r^-1 (Lambda mu + alpha sum f t)
@@ -104,7 +104,7 @@ def test_implicit_half_step_matches_the_dense_ials_solve() -> None:
 
 
 def gibbs_cfg(**overrides: object):
-    settings = {"embedding_dim": 4, "implicit_dim": 4, "epochs": 12, "burn_in": 4, "validate_every": 6}
+    settings = {"embedding_dim": 4, "implicit_dim": 4, "epochs": 6, "burn_in": 2, "validate_every": 3}
     return model_cfg("mf", solver="gibbs", **{**settings, **overrides})
 
 
@@ -113,7 +113,7 @@ def test_gibbs_mf_learns_saves_and_factorizes(toy_data: Processed, tmp_path: Pat
     model = build(cfg, toy_data.n_users, toy_data.n_items)
     assert model.fitting == "closed_form"
     result = fit(model, toy_data, cfg, seed=0)
-    assert result.params == {"samples": 8}
+    assert result.params == {"samples": 4}
     mean_only = np.sqrt(np.mean((toy_data.val["rating"] - toy_data.train["rating"].mean()) ** 2))
     assert result.best_value == pytest.approx(rmse(model, toy_data.val)) and result.best_value < mean_only
     save_model(model, cfg, toy_data.n_users, toy_data.n_items, tmp_path / "model")
@@ -134,3 +134,23 @@ def test_gibbs_mf_without_ranking_term_scores_by_predicted_rating(toy_data: Proc
     items = np.tile(np.arange(toy_data.n_items, dtype=np.int32), toy_data.n_users)
     unclipped = model.score_all(tf.range(toy_data.n_users, dtype=tf.int32)).numpy().ravel()
     np.testing.assert_allclose(np.clip(unclipped, 1, 5), model.predict_rating(users, items), rtol=1e-5)
+
+
+def test_linked_prior_draws_the_ridge_posterior_of_the_link() -> None:
+    rows, cols, _, rng = tiny_ratings(n_rows=8, n_cols=5, n=20)
+    prior = gibbs.rated_prior(rows, cols, 8, 5, max_features=4, k=2)
+    assert prior.features.shape == (8, 4)  # the 4 most frequent columns, rows scaled by 1/sqrt(count)
+    x = prior.features.toarray()
+    counts = np.bincount(rows, minlength=8)
+    np.testing.assert_allclose((x**2).sum(1)[counts > 0] * counts[counts > 0] <= counts[counts > 0] + 1e-9, True)
+    residual, precision = rng.normal(size=(8, 2)), np.array([[2.0, 0.5], [0.5, 1.0]])
+    draws = []
+    for _ in range(3000):
+        prior.lam = 0.7
+        prior.sample(residual, precision, rng)
+        draws.append(prior.link)
+    # link | residual ~ MN(A^-1 x^T residual, A^-1, precision^-1) with A = x^T x + lam I
+    inverse = np.linalg.inv(x.T @ x + 0.7 * np.eye(4))
+    np.testing.assert_allclose(np.mean(draws, axis=0), inverse @ x.T @ residual, atol=0.06)
+    first = np.array(draws)[:, :, 0]
+    np.testing.assert_allclose(np.cov(first.T), inverse * np.linalg.inv(precision)[0, 0], atol=0.06)

@@ -229,6 +229,7 @@ class MF(Trained):
     embedding_dim: PositiveInt
     burn_in: NonNegativeInt = 20
     posterior_rank: PositiveInt = 64
+    rated_prior_columns: NonNegativeInt = 0
     validate_every: PositiveInt = 10
     seed: NonNegativeInt = 42
     implicit_iterations: PositiveInt = 8

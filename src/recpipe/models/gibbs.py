@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import tensorflow as tf
 
 BLOCK_ENTRIES = 1 << 20  # padded ratings per block (memory: entries x d floats)
@@ -91,15 +92,17 @@ def sample_side(
     noise: tf.Tensor,
 ) -> tf.Tensor:
     """One side's vectors [n_rows, d+1] drawn from their Gaussian conditionals given the ``other``
-    side's vectors [m, d+1] (last column: bias), the noise precision ``alpha``, the prior and
-    standard normal ``noise`` [n_rows, d+1] (rows in the order of ``blocks.order``)."""
-    prior_rhs = tf.linalg.matvec(prior_precision, prior_mean)
+    side's vectors [m, d+1] (last column: bias), the noise precision ``alpha``, the prior (mean
+    [1, d+1] or one per row [n_rows, d+1], precision [d+1, d+1]) and standard normal ``noise``
+    [n_rows, d+1] (rows in the order of ``blocks.order``)."""
+    prior_rhs = tf.matmul(prior_mean, prior_precision)  # one row, or one per row (precision symmetric)
     samples, at = [], 0
-    for cols, values, mask in zip(blocks.cols, blocks.values, blocks.mask):
+    for rows, cols, values, mask in zip(blocks.rows, blocks.cols, blocks.values, blocks.mask):
         features, bias = _features(other, cols, mask)
         target = (values - bias) * mask
         precision = prior_precision + alpha * tf.matmul(features, features, transpose_a=True)
-        rhs = prior_rhs + alpha * tf.einsum("bld,bl->bd", features, target)
+        row_rhs = prior_rhs if prior_rhs.shape[0] == 1 else tf.gather(prior_rhs, rows)
+        rhs = row_rhs + alpha * tf.einsum("bld,bl->bd", features, target)
         chol = tf.linalg.cholesky(precision)
         mean = tf.linalg.cholesky_solve(chol, rhs[..., None])
         n = tf.shape(cols)[0]
@@ -129,14 +132,19 @@ def sample_wishart(scale: np.ndarray, dof: float, rng: np.random.Generator) -> n
     return factor @ factor.T
 
 
-def sample_hyper(vectors: np.ndarray, beta0: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sample_hyper(
+    vectors: np.ndarray, beta0: float, rng: np.random.Generator, link: np.ndarray | None = None, link_lam: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """(mean, precision) of one side's prior drawn from their Normal-Wishart posterior given the
-    side's vectors [n, k] (hyperprior: mean 0, beta0, Wishart(I, k))."""
+    side's vectors [n, k] (hyperprior: mean 0, beta0, Wishart(I, k)), less their feature offsets;
+    ``link`` [m, k], drawn from N(0, (link_lam precision)^-1) per row, counts as m more draws."""
     n, k = vectors.shape
     mean = vectors.mean(axis=0)
     centered = vectors - mean
     scatter = centered.T @ centered
     beta_n, dof = beta0 + n, k + n
+    if link is not None:
+        scatter, dof = scatter + link_lam * link.T @ link, dof + link.shape[0]
     inv_scale = np.eye(k) + scatter + (beta0 * n / beta_n) * np.outer(mean, mean)
     inv_scale = (inv_scale + inv_scale.T) / 2
     precision = sample_wishart(np.linalg.inv(inv_scale), dof, rng)
@@ -145,17 +153,72 @@ def sample_hyper(vectors: np.ndarray, beta0: float, rng: np.random.Generator) ->
     return prior_mean, precision
 
 
+@dataclass
+class LinkedPrior:
+    """A side's prior mean linked to features of its rows (Macau: Simm et al., "Macau: Scalable
+    Bayesian Multi-relational Factorization with Side Information", 2015): vector_r ~ N(mu +
+    link^T x_r, precision^-1), link rows ~ N(0, (lam precision)^-1), lam ~ Gamma(1, 1). With x_r the
+    row's rated columns / sqrt(count), the user side is SVD++'s implicit feedback (Koren 2008:
+    p_u + |N(u)|^-1/2 sum_j y_j, y = link) in Bayesian form. ``x^T x = eigvecs diag(eigvals) eigvecs^T``
+    (computed once) makes each draw of ``link`` two products."""
+
+    features: sp.csr_matrix  # [n, m]
+    eigvals: np.ndarray
+    eigvecs: np.ndarray
+    link: np.ndarray  # [m, k], the current draw
+    lam: float = 1.0
+
+    def offsets(self) -> np.ndarray:
+        return np.asarray(self.features @ self.link)
+
+    def sample(self, residual: np.ndarray, precision: np.ndarray, rng: np.random.Generator) -> None:
+        """Draw ``link`` given the rows' ``residual`` vectors (vector - mu) [n, k], then ``lam``."""
+        scale = 1.0 / (self.eigvals + self.lam)
+        projected = self.eigvecs.T @ np.asarray(self.features.T @ residual)
+        noise = np.linalg.solve(np.linalg.cholesky(precision).T, rng.standard_normal(self.link.shape).T).T
+        self.link = self.eigvecs @ (scale[:, None] * projected + np.sqrt(scale)[:, None] * noise)
+        spread = float(np.sum((self.link @ precision) * self.link))
+        self.lam = float(rng.gamma(1.0 + self.link.size / 2, 1.0 / (1.0 + spread / 2)))
+
+
+def rated_prior(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int, max_features: int, k: int) -> LinkedPrior:
+    """A ``LinkedPrior`` on which of the ``max_features`` most frequent columns each row has
+    entries in (x_r: indicators / sqrt(the row's count of entries))."""
+    counts = np.bincount(cols, minlength=n_cols)
+    kept = np.sort(np.argsort(-counts, kind="stable")[:max_features])
+    position = np.full(n_cols, -1)
+    position[kept] = np.arange(kept.size)
+    norm = 1.0 / np.sqrt(np.maximum(np.bincount(rows, minlength=n_rows), 1))
+    use = position[cols] >= 0
+    features = sp.csr_matrix((norm[rows[use]], (rows[use], position[cols[use]])), shape=(n_rows, kept.size))
+    eigvals, eigvecs = np.linalg.eigh((features.T @ features).toarray())
+    return LinkedPrior(features, np.maximum(eigvals, 0.0), eigvecs, np.zeros((kept.size, k)))
+
+
 def _f32(*arrays: np.ndarray) -> tuple[tf.Tensor, ...]:
     return tuple(tf.constant(a, tf.float32) for a in arrays)
 
 
 def _sample_conditional(
-    blocks: RowBlocks, other: tf.Tensor, alpha: tf.Tensor, current: tf.Tensor, beta0: float, rng: np.random.Generator
+    blocks: RowBlocks,
+    other: tf.Tensor,
+    alpha: tf.Tensor,
+    current: tf.Tensor,
+    beta0: float,
+    rng: np.random.Generator,
+    prior: LinkedPrior | None,
 ) -> tf.Tensor:
-    """One side's new vectors: its prior drawn given ``current``, then its vectors given ``other``."""
-    mean, precision = sample_hyper(current.numpy().astype(np.float64), beta0, rng)
-    noise = rng.standard_normal(current.shape)
-    return sample_side(blocks, other, alpha, *_f32(mean, precision, noise))
+    """One side's new vectors: its prior drawn given ``current``, then its vectors given ``other``,
+    then (with a linked ``prior``) the link given them."""
+    vectors = current.numpy().astype(np.float64)
+    offsets = prior.offsets() if prior is not None else np.zeros((1, vectors.shape[1]))
+    link = (prior.link, prior.lam) if prior is not None else (None, 0.0)
+    mean, precision = sample_hyper(vectors - offsets, beta0, rng, *link)
+    noise = rng.standard_normal(vectors.shape)
+    sampled = sample_side(blocks, other, alpha, *_f32(mean + offsets, precision, noise))
+    if prior is not None:
+        prior.sample(sampled.numpy().astype(np.float64) - mean, precision, rng)
+    return sampled
 
 
 @dataclass(frozen=True)
@@ -192,11 +255,12 @@ def gibbs_bpmf(
     rank: int,
     seed: int,
     beta0: float = 2.0,
+    priors: tuple[LinkedPrior | None, LinkedPrior | None] = (None, None),
     on_sweep: Callable[[int, Callable[[], Posterior]], None] | None = None,
 ) -> Posterior:
     """Run ``sweeps`` Gibbs sweeps of BPMF with biases on centred ratings (``user_blocks``: the
     ratings by user, ``item_blocks``: the same by item) and average the samples after ``burn_in``
-    (kept as rank-``rank`` factors).
+    (kept as rank-``rank`` factors). ``priors``: linked priors of the users and the items, if any.
 
     ``on_sweep(sweep, posterior)`` is called after each sweep; ``posterior()`` builds the average
     so far (after the burn-in), e.g. to validate it."""
@@ -219,8 +283,8 @@ def gibbs_bpmf(
     for sweep in range(1, sweeps + 1):
         sse = float(squared_error(user_blocks, users, items))
         alpha = tf.constant(rng.gamma(1.0 + n_ratings / 2, 1.0 / (1.0 + sse / 2)), tf.float32)
-        users = _sample_conditional(user_blocks, items, alpha, users, beta0, rng)
-        items = _sample_conditional(item_blocks, users, alpha, items, beta0, rng)
+        users = _sample_conditional(user_blocks, items, alpha, users, beta0, rng, priors[0])
+        items = _sample_conditional(item_blocks, users, alpha, items, beta0, rng, priors[1])
         if sweep > burn_in:
             u, v = users.numpy(), items.numpy()
             sample = (u[:, :-1], v[:, :-1])

@@ -8,6 +8,7 @@ MAP MF with a sampled logistic ranking term trained by ``recpipe.training.fit``.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,10 @@ class MatrixFactorization(RecModel):
 
     ``solver: gibbs`` (``fitting`` closed form) samples the rating model instead
     (``gibbs.gibbs_bpmf``: ``epochs`` sweeps, the average after ``burn_in`` kept as its best
-    rank-``posterior_rank`` factorization p, q with the averaged biases), and the ranking factors
+    rank-``posterior_rank`` factorization p, q with the averaged biases; with
+    ``rated_prior_columns`` > 0 the prior mean of each user's vector depends on which items the
+    user rated in train, SVD++'s implicit feedback, and each item's on which users rated it, see
+    ``gibbs.LinkedPrior``), and the ranking factors
     x, y by as many iALS half-step pairs (``gibbs.solve_implicit_side``, ``implicit_alpha0``,
     ``implicit_lam``, ``implicit_nu``) on which items each user rated: s(u, i) = x_u . y_i. The
     validation RMSE of the running average is logged every ``validate_every`` sweeps.
@@ -66,6 +70,7 @@ class MatrixFactorization(RecModel):
             raise RecpipeError(f"model.solver: expected one of {', '.join(SOLVERS)}, got {self.solver!r}")
         self.sampled = self.solver == "gibbs"
         self.fitting = "closed_form" if self.sampled else "gradient"
+        self.sweep_seconds = 0.0  # gibbs: seconds spent sampling in the last fit
         self.implicit = float(cfg.implicit_weight) > 0
         self.implicit_weight = float(cfg.implicit_weight)
         self.num_negatives = int(cfg.num_negatives)
@@ -110,25 +115,43 @@ class MatrixFactorization(RecModel):
         val = data.val.dropna(subset=["rating"])
         every = int(cfg.validate_every)
 
+        clock = {"last": 0.0, "sampling": 0.0}
+
         def on_sweep(sweep: int, posterior: Any) -> None:
+            clock["sampling"] += time.perf_counter() - clock["last"]
             if sweep % every == 0 or sweep == sweeps:
                 self._set_posterior(posterior())
                 val_rmse = metrics.rmse(self.predict_rating(*_pairs(val)).numpy(), val["rating"].to_numpy(np.float64))
+                rate = len(rows) * sweep / clock["sampling"]
                 log.info(
-                    f"gibbs sweep {sweep}/{sweeps}  val_rmse {val_rmse:.4f} (average of {max(sweep - burn_in, 0)})"
+                    f"gibbs sweep {sweep}/{sweeps}  val_rmse {val_rmse:.4f} (mean of {max(sweep - burn_in, 0)} "
+                    f"samples)  {rate:,.0f} ratings/s"
                 )
+            clock["last"] = time.perf_counter()
 
+        dim, columns = int(cfg.embedding_dim), int(cfg.rated_prior_columns)
+        priors = (
+            (
+                gibbs.rated_prior(users, items, self.n_users, self.n_items, columns, dim + 1),
+                gibbs.rated_prior(items, users, self.n_items, self.n_users, columns, dim + 1),
+            )
+            if columns
+            else (None, None)
+        )
+        clock["last"] = time.perf_counter()  # sampling time: the sweeps, without the setup and validation
         posterior = gibbs.gibbs_bpmf(
             by_user,
             by_item,
-            int(cfg.embedding_dim),
+            dim,
             sweeps,
             burn_in,
             int(cfg.posterior_rank),
             int(cfg.seed),
+            priors=priors,
             on_sweep=on_sweep,
         )
         self._set_posterior(posterior)
+        self.sweep_seconds = clock["sampling"]
         if self.implicit:
             self._solve_implicit(by_user, by_item)
         return {"samples": posterior.samples}
