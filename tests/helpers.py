@@ -50,6 +50,7 @@ CONF = REPO / "conf"
 # A small synthetic pipeline run by real DVC in a throwaway git repository (conftest.tiny_pipeline).
 TINY_PIPELINE = [
     "model=mf",  # not the default blend: one quick model
+    "model.solver=gradient",  # trained epoch by epoch: a training curve of model.epochs points
     "data=synthetic",
     "data.n_users=200",
     "data.n_items=100",
