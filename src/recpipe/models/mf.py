@@ -1,7 +1,7 @@
 """Biased matrix factorization on explicit ratings, with an implicit-feedback term for ranking.
 
 Two solvers (``model.solver``): ``gibbs``, Bayesian MF sampled by Gibbs sweeps
-(``recpipe.models.gibbs``) with an iALS ranking term solved in the same sweeps, and ``gradient``,
+(``recpipe.models.gibbs``) with an iALS ranking term solved on the same row blocks, and ``gradient``,
 MAP MF with a sampled logistic ranking term trained by ``recpipe.training.fit``.
 """
 
@@ -51,10 +51,10 @@ class MatrixFactorization(RecModel):
     rank-``posterior_rank`` factorization p, q with the averaged biases; with
     ``rated_prior_columns`` > 0 the prior mean of each user's vector depends on which items the
     user rated in train, SVD++'s implicit feedback, and each item's on which users rated it, see
-    ``gibbs.LinkedPrior``), and the ranking factors
-    x, y by as many iALS half-step pairs (``gibbs.solve_implicit_side``, ``implicit_alpha0``,
-    ``implicit_lam``, ``implicit_nu``) on which items each user rated: s(u, i) = x_u . y_i. The
-    validation RMSE of the running average is logged every ``validate_every`` sweeps.
+    ``gibbs.LinkedPrior``), then fits the ranking factors x, y by ``implicit_iterations`` iALS
+    iterations (``gibbs.solve_implicit_side``, ``implicit_alpha0``, ``implicit_lam``,
+    ``implicit_nu``) on which items each user rated: s(u, i) = x_u . y_i. The validation RMSE of
+    the running average is logged every ``validate_every`` sweeps.
     """
 
     predicts_ratings = True
