@@ -1,20 +1,23 @@
 """Ratings per second of MF training (``recpipe.training.fit``) on a synthetic set of a few million ratings.
 
-    python bench/bench_mf.py [--ratings 3000000] [--users 60000] [--items 12000] [--epochs 3]
-                             [model.key=value ...]
+    python bench/bench_mf.py [--shape ml-25m|ml-100k] [--ratings 3000000] [--users 60000] [--items 12000]
+                             [--epochs 3] [model.key=value ...]
 
 Generates the data with ``recpipe.data.synthetic`` and splits it 0.8/0.1/0.1 with the real
 preprocess functions (in a temporary directory), then trains conf/model/mf.yaml (plus any
 ``model.key=value`` overrides, e.g. ``model.implicit_weight=0`` for rating-only MF or
 ``model.batch_size=4096``) for a fixed number of epochs and prints the training throughput of
 each epoch (validation time excluded; the first epoch includes tracing and XLA compilation) and
-of the steady state. On a shared machine wall-clock rates drop with the load; ratings per
-CPU-second (all threads) show the cost independent of it.
+of the steady state; with ``model.solver=gibbs`` (one closed-form fit of ``--epochs`` sweeps) the
+rate is ratings x sweeps per second of the whole fit, validation included. ``--shape`` sets users,
+items and ratings of MovieLens 25M or 100K. On a shared machine wall-clock rates drop with the
+load (printed before and after); ratings per CPU-second (all threads) show the cost independent of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +33,7 @@ from recpipe.data.synthetic import generate
 from recpipe.training import build_model, fit
 
 REPO = Path(__file__).resolve().parents[1]
+SHAPES = {"ml-25m": (162_000, 59_000, 25_000_000), "ml-100k": (943, 1_682, 100_000)}
 
 
 def synthetic_processed(path: Path, n_users: int, n_items: int, n_ratings: int) -> Processed:
@@ -43,12 +47,15 @@ def synthetic_processed(path: Path, n_users: int, n_items: int, n_ratings: int) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="users, items and ratings of a MovieLens set")
     parser.add_argument("--ratings", type=int, default=3_000_000, help="synthetic ratings (default 3M)")
     parser.add_argument("--users", type=int, default=60_000)
     parser.add_argument("--items", type=int, default=12_000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("overrides", nargs="*", help="model.key=value overrides of conf/model/mf.yaml")
     args = parser.parse_args(argv)
+    if args.shape:
+        args.users, args.items, args.ratings = SHAPES[args.shape]
 
     overrides = OmegaConf.from_dotlist(args.overrides)
     cfg = OmegaConf.merge(
@@ -64,14 +71,21 @@ def main(argv: list[str] | None = None) -> int:
             f"({time.perf_counter() - start:.0f} s to generate)"
         )
         model, _ = build_model(cfg, data, seed=0)
+        load_before = os.getloadavg()
         cpu = [time.process_time()]
         result = fit(model, data, cfg, seed=0, on_epoch=lambda row: cpu.append(time.process_time()))
     print(f"config: {OmegaConf.to_container(cfg)}")
-    rates = len(data.train) / result.history["seconds"]
-    cpu_rates = len(data.train) / np.diff(cpu)
+    print(f"load average (1, 5, 15 min): before {load_before}, after {os.getloadavg()} on {os.cpu_count()} CPUs")
+    passes = args.epochs if model.fitting == "closed_form" else 1
+    rates = len(data.train) * passes / result.history["seconds"]
+    cpu_rates = len(data.train) * passes / np.diff(cpu)
     for epoch, rate, cpu_rate in zip(result.history["epoch"], rates, cpu_rates):
         print(f"epoch {epoch}: {rate:,.0f} ratings/s wall, {cpu_rate:,.0f} per CPU-second (incl. validation)")
-    print(f"steady state (after epoch 1): {result.examples_per_second:,.0f} ratings/s")
+    if passes > 1:
+        sampling = len(data.train) * passes / model.sweep_seconds
+        print(f"gibbs: {passes} sweeps in {model.sweep_seconds:.1f} s: {sampling:,.0f} ratings/s (sampling only)")
+    else:
+        print(f"steady state (after epoch 1): {result.examples_per_second:,.0f} ratings/s")
     return 0
 
 

@@ -50,6 +50,7 @@ CONF = REPO / "conf"
 # A small synthetic pipeline run by real DVC in a throwaway git repository (conftest.tiny_pipeline).
 TINY_PIPELINE = [
     "model=mf",  # not the default blend: one quick model
+    "model.solver=gradient",  # trained epoch by epoch: a training curve of model.epochs points
     "data=synthetic",
     "data.n_users=200",
     "data.n_items=100",
@@ -248,8 +249,8 @@ FAST = {"epochs": 4, "patience": 4, "batch_size": 256, "jit_compile": False}
 
 # name -> (conf/model file, overrides): every objective / mode of the three models
 VARIANTS = {
-    "mf": ("mf", {"embedding_dim": 8, "implicit_dim": 4}),
-    "mf_rating_only": ("mf", {"embedding_dim": 8, "implicit_weight": 0.0}),
+    "mf": ("mf", {"solver": "gradient", "embedding_dim": 8, "implicit_dim": 4}),  # solver gibbs: test_mf_gibbs
+    "mf_rating_only": ("mf", {"solver": "gradient", "embedding_dim": 8, "implicit_weight": 0.0}),
     "ncf_implicit": ("ncf", {"embedding_dim": 8, "layers": [16, 8], "dropout": 0.1}),
     "ncf_rating": ("ncf", {"embedding_dim": 8, "layers": [16, 8], "objective": "rating"}),
     "two_tower": ("two_tower", {"embedding_dim": 8, "layers": [16, 8]}),

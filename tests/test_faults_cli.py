@@ -209,7 +209,7 @@ def test_native_stderr_filter_in_a_process():
 
 @pytest.mark.integration
 def test_train_is_quiet_by_default_and_verbose_with_v(tmp_path):
-    (tmp_path / "params.yaml").write_text(params_text("model.epochs=1"))
+    (tmp_path / "params.yaml").write_text(params_text("model.epochs=1", "model.solver=gradient"))
     processed_data(tmp_path)
     quiet = run_recpipe(["train"], tmp_path)
     assert quiet.code == 0, quiet.text

@@ -34,8 +34,16 @@ from recpipe.errors import DataError, RecpipeError
 
 from .helpers import BIN, SMALL, commit, composed, copy_repo, env, run, tree_bytes
 
-# The synthetic pipeline both engines run; batch 512 so that MF takes several steps an epoch.
-PIPELINE = ["model=mf", *SMALL, "data.n_interactions=6000", "model.batch_size=512", "evaluate.bootstrap.n_resamples=50"]
+# The synthetic pipeline both engines run; MF's gradient solver (gibbs is fit in one process), batch
+# 512 so that it takes several steps an epoch.
+PIPELINE = [
+    "model=mf",
+    "model.solver=gradient",
+    *SMALL,
+    "data.n_interactions=6000",
+    "model.batch_size=512",
+    "evaluate.bootstrap.n_resamples=50",
+]
 # Metrics of engine=ray vs engine=local: the same data, the same global batches; the two workers
 # draw their own sampled negatives, so the models differ like two seeds of the local engine do.
 TOLERANCE = {"ndcg_at_10": 0.03, "recall_at_10": 0.03, "rmse": 0.03}

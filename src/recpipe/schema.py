@@ -225,7 +225,17 @@ class Trained(Section):
 
 class MF(Trained):
     name: Literal["mf"]
+    solver: Literal["gibbs", "gradient"] = "gradient"
     embedding_dim: PositiveInt
+    burn_in: NonNegativeInt = 20
+    posterior_rank: PositiveInt = 64
+    rated_prior_columns: NonNegativeInt = 0
+    validate_every: PositiveInt = 10
+    seed: NonNegativeInt = 42
+    implicit_iterations: PositiveInt = 8
+    implicit_alpha0: NonNegative = 0.5
+    implicit_lam: NonNegative = 0.001
+    implicit_nu: NonNegative = 1.0
     implicit_weight: NonNegative = 0.0
     implicit_dim: PositiveInt = 16
     num_negatives: PositiveInt = 1

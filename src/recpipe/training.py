@@ -274,7 +274,7 @@ def _fit_closed_form(
         best_epoch=1,
         best_value=value,
         train_seconds=seconds,
-        examples_per_second=len(data.train) / max(seconds, 1e-9),
+        examples_per_second=len(data.train) * model.data_passes / max(seconds, 1e-9),
         params=params,
     )
 

@@ -52,6 +52,7 @@ class RecModel(tf.keras.Model):
     uses_features: bool = False
     embeds_new_items: bool = False
     feature_spec: FeatureSpec | None = None
+    data_passes: int = 1  # closed-form models: passes over the train rows per fit (throughput)
 
     def prepare(self, train: pd.DataFrame) -> pd.DataFrame:
         """Gradient models: set data-derived constants from ``train`` and return the rows to fit

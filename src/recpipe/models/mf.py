@@ -1,12 +1,24 @@
-"""Biased matrix factorization on explicit ratings, with an implicit-feedback term for ranking."""
+"""Biased matrix factorization on explicit ratings, with an implicit-feedback term for ranking.
+
+Two solvers (``model.solver``): ``gibbs``, Bayesian MF sampled by Gibbs sweeps
+(``recpipe.models.gibbs``) with an iALS ranking term solved on the same row blocks, and ``gradient``,
+MAP MF with a sampled logistic ranking term trained by ``recpipe.training.fit``.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from recpipe.data.processed import Processed
+from recpipe.errors import RecpipeError
+from recpipe.evaluation import metrics
+from recpipe.models import gibbs
 from recpipe.models.base import RecModel, register
 from recpipe.models.common import (
     constant,
@@ -16,6 +28,10 @@ from recpipe.models.common import (
     sampled_logistic_loss,
     uniform_negatives,
 )
+
+log = logging.getLogger(__name__)
+
+SOLVERS = ("gibbs", "gradient")
 
 
 @register("mf")
@@ -29,6 +45,16 @@ class MatrixFactorization(RecModel):
     ``implicit_weight``. The factors p, q are shared by both scores. ``score_all`` returns s, or
     the predicted rating when ``implicit_weight`` is 0; either way it factorizes, with query
     [p_u, x_u, 1] and candidate [q_i, y_i, c_i] (or [p_u, 1] and [q_i, b_i]).
+
+    ``solver: gibbs`` (``fitting`` closed form) samples the rating model instead
+    (``gibbs.gibbs_bpmf``: ``epochs`` sweeps, the average after ``burn_in`` kept as its best
+    rank-``posterior_rank`` factorization p, q with the averaged biases; with
+    ``rated_prior_columns`` > 0 the prior mean of each user's vector depends on which items the
+    user rated in train, SVD++'s implicit feedback, and each item's on which users rated it, see
+    ``gibbs.LinkedPrior``), then fits the ranking factors x, y by ``implicit_iterations`` iALS
+    iterations (``gibbs.solve_implicit_side``, ``implicit_alpha0``, ``implicit_lam``,
+    ``implicit_nu``) on which items each user rated: s(u, i) = x_u . y_i. The validation RMSE of
+    the running average is logged every ``validate_every`` sweeps.
     """
 
     predicts_ratings = True
@@ -37,12 +63,19 @@ class MatrixFactorization(RecModel):
 
     def __init__(self, cfg: Any, n_users: int, n_items: int, **context: Any) -> None:
         super().__init__(name="mf")
+        self.cfg = cfg
         self.n_users, self.n_items = n_users, n_items
+        self.solver = str(cfg.get("solver", "gradient"))
+        if self.solver not in SOLVERS:
+            raise RecpipeError(f"model.solver: expected one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        self.sampled = self.solver == "gibbs"
+        self.fitting = "closed_form" if self.sampled else "gradient"
+        self.sweep_seconds = 0.0  # gibbs: seconds spent sampling in the last fit
         self.implicit = float(cfg.implicit_weight) > 0
         self.implicit_weight = float(cfg.implicit_weight)
         self.num_negatives = int(cfg.num_negatives)
         self.l2, self.bias_l2 = float(cfg.l2), float(cfg.bias_l2)
-        dim = int(cfg.embedding_dim)
+        dim = int(cfg.posterior_rank if self.sampled else cfg.embedding_dim)
 
         def weight(name: str, rows: int, width: int | None = None) -> tf.Variable:
             shape, init = ((rows, width), normal_init()) if width else ((rows,), "zeros")
@@ -55,7 +88,7 @@ class MatrixFactorization(RecModel):
             extra = int(cfg.implicit_dim)
             self.user_extra = weight("user_extra", n_users, extra)
             self.item_extra = weight("item_extra", n_items, extra)
-            self.rank_bias = weight("rank_bias", n_items)
+            self.rank_bias = weight("rank_bias", n_items)  # zero with the gibbs solver (iALS has none)
         self.global_mean = constant(self, "global_mean")
         self.min_rating = constant(self, "min_rating")
         self.max_rating = constant(self, "max_rating")
@@ -68,6 +101,81 @@ class MatrixFactorization(RecModel):
         self.min_rating.assign(ratings.min())
         self.max_rating.assign(ratings.max())
         return rows
+
+    def fit_closed_form(self, data: Processed) -> dict[str, Any]:
+        """``solver: gibbs``: sample the rating model, solve the ranking factors (see the class)."""
+        cfg = self.cfg
+        rows = self.prepare(data.train)
+        users, items = rows["user_idx"].to_numpy(np.int64), rows["item_idx"].to_numpy(np.int64)
+        centred = rows["rating"].to_numpy(np.float64) - float(self.global_mean.numpy())
+        by_user = gibbs.row_blocks(users, items, centred, self.n_users)
+        by_item = gibbs.row_blocks(items, users, centred, self.n_items)
+        sweeps = self.data_passes = int(cfg.epochs)
+        burn_in = min(int(cfg.burn_in), sweeps - 1)
+        val = data.val.dropna(subset=["rating"])
+        every = int(cfg.validate_every)
+
+        clock = {"last": 0.0, "sampling": 0.0}
+
+        def on_sweep(sweep: int, posterior: Any) -> None:
+            clock["sampling"] += time.perf_counter() - clock["last"]
+            if sweep % every == 0 or sweep == sweeps:
+                self._set_posterior(posterior())
+                val_rmse = metrics.rmse(self.predict_rating(*_pairs(val)).numpy(), val["rating"].to_numpy(np.float64))
+                rate = len(rows) * sweep / clock["sampling"]
+                log.info(
+                    f"gibbs sweep {sweep}/{sweeps}  val_rmse {val_rmse:.4f} (mean of {max(sweep - burn_in, 0)} "
+                    f"samples)  {rate:,.0f} ratings/s"
+                )
+            clock["last"] = time.perf_counter()
+
+        dim, columns = int(cfg.embedding_dim), int(cfg.rated_prior_columns)
+        priors = (
+            (
+                gibbs.rated_prior(users, items, self.n_users, self.n_items, columns, dim + 1),
+                gibbs.rated_prior(items, users, self.n_items, self.n_users, columns, dim + 1),
+            )
+            if columns
+            else (None, None)
+        )
+        clock["last"] = time.perf_counter()  # sampling time: the sweeps, without the setup and validation
+        posterior = gibbs.gibbs_bpmf(
+            by_user,
+            by_item,
+            dim,
+            sweeps,
+            burn_in,
+            int(cfg.posterior_rank),
+            int(cfg.seed),
+            priors=priors,
+            on_sweep=on_sweep,
+        )
+        self._set_posterior(posterior)
+        self.sweep_seconds = clock["sampling"]
+        if self.implicit:
+            self._solve_implicit(by_user, by_item)
+        return {"samples": posterior.samples}
+
+    def _set_posterior(self, posterior: gibbs.Posterior) -> None:
+        """Store a Gibbs posterior mean as the rating factors (zero-padded to ``posterior_rank``)."""
+        for variable, value in ((self.user_factors, posterior.users), (self.item_factors, posterior.items)):
+            padded = np.zeros(variable.shape, np.float32)
+            padded[:, : value.shape[1]] = value
+            variable.assign(padded)
+        self.user_bias.assign(posterior.user_bias.astype(np.float32))
+        self.item_bias.assign(posterior.item_bias.astype(np.float32))
+
+    def _solve_implicit(self, by_user: gibbs.RowBlocks, by_item: gibbs.RowBlocks) -> None:
+        """Fit the ranking factors x, y by ``implicit_iterations`` iALS iterations from seeded item factors."""
+        cfg = self.cfg
+        alpha0, lam, nu = float(cfg.implicit_alpha0), float(cfg.implicit_lam), float(cfg.implicit_nu)
+        rng = np.random.default_rng(int(cfg.seed))
+        items = tf.constant(rng.normal(0.0, 0.1 / np.sqrt(self.item_extra.shape[1]), self.item_extra.shape), tf.float32)
+        for _ in range(int(cfg.implicit_iterations)):
+            users = gibbs.solve_implicit_side(by_user, items, self.n_items, alpha0, lam, nu)
+            items = gibbs.solve_implicit_side(by_item, users, self.n_users, alpha0, lam, nu)
+        self.user_extra.assign(users)
+        self.item_extra.assign(items)
 
     def compute_loss(self, batch: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         users, items = batch["user_idx"], batch["item_idx"]
@@ -116,10 +224,16 @@ class MatrixFactorization(RecModel):
     def query_vectors(self, user_idx: tf.Tensor) -> tf.Tensor:
         parts = [tf.gather(self.user_factors, user_idx)]
         if self.implicit:
-            parts.append(tf.gather(self.user_extra, user_idx))
+            parts = [*parts[self.sampled :], tf.gather(self.user_extra, user_idx)]
         return tf.concat([*parts, tf.ones_like(parts[0][:, :1])], axis=1)
 
     def candidate_vectors(self) -> tf.Tensor:
         if self.implicit:
-            return tf.concat([self.item_factors, self.item_extra, self.rank_bias[:, None]], axis=1)
+            parts = [self.item_factors, self.item_extra, self.rank_bias[:, None]]
+            return tf.concat(parts[self.sampled :], axis=1)
         return tf.concat([self.item_factors, self.item_bias[:, None]], axis=1)
+
+
+def _pairs(rows: pd.DataFrame) -> tuple[tf.Tensor, tf.Tensor]:
+    """The (user_idx, item_idx) columns of ``rows`` as int32 tensors."""
+    return tf.constant(rows["user_idx"].to_numpy(np.int32)), tf.constant(rows["item_idx"].to_numpy(np.int32))

@@ -1,0 +1,156 @@
+"""MF's Gibbs solver (recpipe.models.gibbs): each step against a slow, obvious numpy reference, and
+the whole ``solver: gibbs`` model (learns, saves, factorizes, reproducible)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from recpipe.data.processed import Processed
+from recpipe.models import build, gibbs
+from recpipe.models.ials import solve_side
+from recpipe.models.io import load_model, save_model
+from recpipe.training import fit, rmse
+
+from .helpers import model_cfg
+
+
+def tiny_ratings(seed: int = 0, n_rows: int = 30, n_cols: int = 20, n: int = 150):
+    """Distinct random (row, col) pairs with values, some rows and columns left empty."""
+    rng = np.random.default_rng(seed)
+    cells = rng.choice((n_rows - 2) * n_cols, size=n, replace=False)
+    return cells // n_cols, cells % n_cols, rng.normal(size=n), rng
+
+
+def test_row_blocks_hold_every_entry_once_and_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gibbs, "MIN_WIDTH", 2)
+    rows, cols, values, _ = tiny_ratings()
+    blocks = gibbs.row_blocks(rows, cols, values, 30, budget=40)
+    assert len(blocks.rows) > 3
+    seen = []
+    for r, c, v, m in zip(blocks.rows, blocks.cols, blocks.values, blocks.mask):
+        assert int(tf.size(c)) <= 40 or r.shape[0] == 1
+        for row, cs, vs, ms in zip(r.numpy(), c.numpy(), v.numpy(), m.numpy()):
+            seen += [(int(row), int(col), float(val)) for col, val, keep in zip(cs, vs, ms) if keep]
+    expected = [(int(r), int(c), float(np.float32(v))) for r, c, v in zip(rows, cols, values)]
+    assert sorted(seen) == sorted(expected)
+    concatenated = np.concatenate([r.numpy() for r in blocks.rows])
+    np.testing.assert_array_equal(concatenated[blocks.order.numpy()], np.arange(30))
+
+
+def test_sample_side_draws_from_the_gaussian_conditional() -> None:
+    rows, cols, values, rng = tiny_ratings()
+    k = 4
+    other = rng.normal(size=(20, k)).astype(np.float32)
+    prior_mean, alpha = rng.normal(size=k), 2.0
+    root = rng.normal(size=(k, k))
+    prior_precision = root @ root.T + np.eye(k)
+    noise = rng.normal(size=(30, k)).astype(np.float32)
+    blocks = gibbs.row_blocks(rows, cols, values, 30, budget=40)
+    got = gibbs.sample_side(
+        blocks, tf.constant(other), tf.constant(alpha), *gibbs._f32(prior_mean[None], prior_precision, noise)
+    ).numpy()
+    concatenated = np.concatenate([r.numpy() for r in blocks.rows])
+    for row in range(30):  # Lambda_r = Lambda + alpha sum f f^T, mean Lambda_r^-1 (Lambda mu + alpha sum f t)
+        mine = rows == row
+        features = np.column_stack([other[cols[mine], :-1], np.ones(mine.sum())])
+        target = values[mine] - other[cols[mine], -1]
+        precision = prior_precision + alpha * features.T @ features
+        mean = np.linalg.solve(precision, prior_precision @ prior_mean + alpha * features.T @ target)
+        z = noise[np.flatnonzero(concatenated == row)[0]]
+        expected = mean + np.linalg.solve(np.linalg.cholesky(precision).T, z)  # covariance precision^-1
+        np.testing.assert_allclose(got[row], expected, rtol=1e-3, atol=1e-3)
+
+
+def test_squared_error_sums_the_residuals() -> None:
+    rows, cols, values, rng = tiny_ratings()
+    users, items = rng.normal(size=(30, 3)), rng.normal(size=(20, 3))
+    blocks = gibbs.row_blocks(rows, cols, values, 30, budget=40)
+    pred = (users[rows, :-1] * items[cols, :-1]).sum(1) + users[rows, -1] + items[cols, -1]
+    got = gibbs.squared_error(blocks, *gibbs._f32(users, items))
+    np.testing.assert_allclose(float(got), ((values - pred) ** 2).sum(), rtol=1e-4)
+
+
+def test_wishart_draws_have_the_wishart_mean() -> None:
+    rng = np.random.default_rng(0)
+    scale = np.array([[1.0, 0.3], [0.3, 0.5]])
+    draws = np.mean([gibbs.sample_wishart(scale, 5.0, rng) for _ in range(4000)], axis=0)
+    np.testing.assert_allclose(draws, 5.0 * scale, rtol=0.05, atol=0.05)
+
+
+def test_compress_is_the_sum_of_the_samples() -> None:
+    rng = np.random.default_rng(0)
+    users = [rng.normal(size=(12, 3)) for _ in range(4)]
+    items = [rng.normal(size=(9, 3)) for _ in range(4)]
+    total = np.sum([u @ v.T for u, v in zip(users, items)], axis=0)
+    left, right = gibbs.compress(users, items, rank=9)
+    np.testing.assert_allclose(left @ right.T, total, atol=1e-10)
+    left, right = gibbs.compress(users, items, rank=2)  # the best rank-2 approximation (Eckart-Young)
+    s = np.linalg.svd(total, compute_uv=False)
+    np.testing.assert_allclose(np.linalg.norm(total - left @ right.T), np.sqrt((s[2:] ** 2).sum()), rtol=1e-8)
+
+
+def test_implicit_half_step_matches_the_dense_ials_solve() -> None:
+    rows, cols, _, rng = tiny_ratings()
+    X = np.zeros((30, 20), np.float32)
+    X[rows, cols] = 1.0
+    other = tf.constant(rng.normal(size=(20, 5)), tf.float32)
+    blocks = gibbs.row_blocks(rows, cols, np.ones(len(rows)), 30, budget=40)
+    got = gibbs.solve_implicit_side(blocks, other, 20, alpha0=0.3, lam=0.05, nu=1.0)
+    np.testing.assert_allclose(got, solve_side(tf.constant(X), other, 0.3, 0.05, 1.0), rtol=1e-4, atol=1e-5)
+
+
+def gibbs_cfg(**overrides: object):
+    settings = {"embedding_dim": 4, "implicit_dim": 4, "epochs": 6, "burn_in": 2, "validate_every": 3}
+    return model_cfg("mf", solver="gibbs", **{**settings, **overrides})
+
+
+def test_gibbs_mf_learns_saves_and_factorizes(toy_data: Processed, tmp_path: Path) -> None:
+    cfg = gibbs_cfg()
+    model = build(cfg, toy_data.n_users, toy_data.n_items)
+    assert model.fitting == "closed_form"
+    result = fit(model, toy_data, cfg, seed=0)
+    assert result.params == {"samples": 4}
+    mean_only = np.sqrt(np.mean((toy_data.val["rating"] - toy_data.train["rating"].mean()) ** 2))
+    assert result.best_value == pytest.approx(rmse(model, toy_data.val)) and result.best_value < mean_only
+    save_model(model, cfg, toy_data.n_users, toy_data.n_items, tmp_path / "model")
+    users = tf.range(toy_data.n_users, dtype=tf.int32)
+    np.testing.assert_array_equal(load_model(tmp_path / "model").score_all(users), model.score_all(users))
+    dot = model.query_vectors(users) @ tf.transpose(model.candidate_vectors())
+    np.testing.assert_allclose(dot, model.score_all(users), atol=1e-5)
+    rerun = build(cfg, toy_data.n_users, toy_data.n_items)
+    fit(rerun, toy_data, cfg, seed=0)
+    np.testing.assert_array_equal(rerun.score_all(users), model.score_all(users))
+
+
+def test_gibbs_mf_without_ranking_term_scores_by_predicted_rating(toy_data: Processed) -> None:
+    cfg = gibbs_cfg(implicit_weight=0.0, epochs=3, burn_in=10)  # burn_in capped: the last sweep is kept
+    model = build(cfg, toy_data.n_users, toy_data.n_items)
+    assert fit(model, toy_data, cfg, seed=0).params == {"samples": 1}
+    users = np.repeat(np.arange(toy_data.n_users, dtype=np.int32), toy_data.n_items)
+    items = np.tile(np.arange(toy_data.n_items, dtype=np.int32), toy_data.n_users)
+    unclipped = model.score_all(tf.range(toy_data.n_users, dtype=tf.int32)).numpy().ravel()
+    np.testing.assert_allclose(np.clip(unclipped, 1, 5), model.predict_rating(users, items), rtol=1e-5)
+
+
+def test_linked_prior_draws_the_ridge_posterior_of_the_link() -> None:
+    rows, cols, _, rng = tiny_ratings(n_rows=8, n_cols=5, n=20)
+    prior = gibbs.rated_prior(rows, cols, 8, 5, max_features=4, k=2)
+    assert prior.features.shape == (8, 4)  # the 4 most frequent columns, rows scaled by 1/sqrt(count)
+    x = prior.features.toarray()
+    counts = np.bincount(rows, minlength=8)
+    np.testing.assert_allclose((x**2).sum(1)[counts > 0] * counts[counts > 0] <= counts[counts > 0] + 1e-9, True)
+    residual, precision = rng.normal(size=(8, 2)), np.array([[2.0, 0.5], [0.5, 1.0]])
+    draws = []
+    for _ in range(3000):
+        prior.lam = 0.7
+        prior.sample(residual, precision, rng)
+        draws.append(prior.link)
+    # link | residual ~ MN(A^-1 x^T residual, A^-1, precision^-1) with A = x^T x + lam I
+    inverse = np.linalg.inv(x.T @ x + 0.7 * np.eye(4))
+    np.testing.assert_allclose(np.mean(draws, axis=0), inverse @ x.T @ residual, atol=0.06)
+    first = np.array(draws)[:, :, 0]
+    np.testing.assert_allclose(np.cov(first.T), inverse * np.linalg.inv(precision)[0, 0], atol=0.06)
