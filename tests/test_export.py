@@ -71,6 +71,18 @@ def test_fresh_process_top10_matches_rank_scoring(toy_data, exported, name):
     assert top10["titles"][0] == [titles[i] for i in top10["item_ids"][0]]
 
 
+@pytest.mark.parametrize(
+    ("index", "precompute", "scoring"),
+    [("brute_force", 10**9, "ranked"), ("brute_force", 0, "online"), ("scann", 10**9, "scann")],
+)
+def test_served_scoring_is_the_exports(tmp_path, toy_data, index, precompute, scoring):
+    """``GET /v1/model``'s ``scoring`` (the loaded model's metadata) says what recpipe_export.json says."""
+    model = TinyMF(toy_data.n_users, toy_data.n_items)
+    save_server(build_server(model, toy_data, export_cfg(index, precompute_max_scores=precompute)), tmp_path, index)
+    assert export_info(tmp_path)["scoring"] == scoring
+    assert load(ModelSource(path=tmp_path)).metadata["scoring"] == scoring
+
+
 @pytest.mark.parametrize("name", ["mf", "mlp", "scann"])
 def test_unknown_users_get_popularity_order(toy_data, exported, name):
     _, (top10, fallback, _) = exported[name]

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import tensorflow as tf
 from omegaconf import OmegaConf
 
 from recpipe.data.processed import Processed
+from recpipe.errors import RecpipeError
 from recpipe.models import build
 from recpipe.models.blend import standardise, weight_combinations
-from recpipe.models.classic.ease import DROPPED_SCORE
+from recpipe.models.classic.ease import DROPPED_SCORE, EASE
 from recpipe.models.ials import solve_side
 from recpipe.models.io import load_model, save_model
 from recpipe.models.window_ease import time_ordered, window_gram
@@ -76,6 +78,20 @@ def test_window_gram_counts_each_pair_by_its_distance_in_the_users_sequence() ->
                     expected[seq[p], seq[q]] += decay ** (abs(p - q) - 1)
     got = window_gram(users, items, keep, 7, window, decay)
     np.testing.assert_allclose(got, expected[np.ix_(keep, keep)], rtol=1e-6)
+
+
+def test_window_ease_fits_a_matrix_that_is_not_positive_semidefinite() -> None:
+    """Users with one identical time-ordered history weigh each item's neighbours as much as the item
+    itself: the matrix has negative eigenvalues beyond -lam, Cholesky fails and EASE inverts by LU."""
+    n_users, n_items, lam = 300, 30, 1.0
+    users, items = np.repeat(np.arange(n_users), n_items), np.tile(np.arange(n_items), n_users)
+    G = window_gram(users, items, np.arange(n_items), n_items, 100, 0.97)
+    assert np.linalg.eigvalsh(G.astype(np.float64)).min() < -lam
+    X = sp.csr_matrix((np.ones(len(users)), (users, items)), shape=(n_users, n_items))
+    ease = EASE(lam).fit(X, (np.arange(n_items), G))
+    assert np.isfinite(ease.score(np.arange(n_users))).all()
+    with pytest.raises(RecpipeError, match=r"model=window_ease: .* lam I \(lam=1\) is singular"):
+        EASE(lam, model="window_ease").fit(X, (np.arange(n_items), -lam * np.eye(n_items, dtype=np.float32)))
 
 
 def test_window_ease_orders_by_time_and_with_an_unbounded_window_is_ease(toy_data: Processed, tmp_path: Path) -> None:

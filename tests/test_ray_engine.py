@@ -29,6 +29,7 @@ from recpipe.data.preprocess import preprocess
 from recpipe.data.processed import write_processed
 from recpipe.data.raw import RawData, read_raw, write_raw
 from recpipe.data.sources import load_source
+from recpipe.data.splits import NEEDS_TIMESTAMPS
 from recpipe.engines import ray_preprocess
 from recpipe.errors import DataError, RecpipeError
 
@@ -208,38 +209,46 @@ def sharded_raw(folder: Path, cfg, shards: int = 3) -> Path:
 
 def local_preprocess(cfg, raw: Path, out: Path) -> None:
     """What `recpipe preprocess` does with engine=local."""
-    tables = read_raw(raw, rating_scale=cfg.data.rating_scale, require_timestamps="split=leave_last")
+    split = cfg.split.name
+    needs = f"split={split}" if split in NEEDS_TIMESTAMPS else None
+    tables = read_raw(raw, rating_scale=cfg.data.rating_scale, require_timestamps=needs)
     write_processed(preprocess(tables, cfg.preprocess, cfg.split), out)
 
 
 @pytest.mark.integration
 def test_preprocess_on_ray_data_writes_the_local_engines_bytes(ray_cluster, tmp_path, monkeypatch):
-    cfg = composed(*PREPROCESS, "engine=ray", f"engine.address={ray_cluster.address}")
-    raw = sharded_raw(tmp_path, cfg)
-    local_preprocess(cfg, raw, tmp_path / "local")
+    """Each split (leave_last per user; random and temporal through the driver's labels) on one cluster."""
+    base = composed(*PREPROCESS)
+    raw = sharded_raw(tmp_path, base)
     local_whole = tmp_path / "local_whole"
-    local_preprocess(cfg, tmp_path / "whole", local_whole)  # the shards read in name order: one file's rows
+    local_preprocess(base, tmp_path / "whole", local_whole)  # the shards read in name order: one file's rows
+    local_preprocess(base, raw, tmp_path / "local")
     assert tree_bytes(local_whole) == tree_bytes(tmp_path / "local")
     for key, value in RAY_ENV.items():
         monkeypatch.setenv(key, value)
     ray_cluster.ready()
 
-    stats = ray_preprocess.run(cfg, raw, tmp_path / "ray")
+    on_cluster = ("engine=ray", f"engine.address={ray_cluster.address}")
+    for split in ("leave_last", "random", "temporal"):
+        cfg = composed(*PREPROCESS, f"split={split}", "split.cold_items=0.1", *on_cluster)
+        local, on_ray = tmp_path / f"local_{split}", tmp_path / f"ray_{split}"
+        local_preprocess(cfg, raw, local)
+        stats = ray_preprocess.run(cfg, raw, on_ray)
 
-    assert tree_bytes(tmp_path / "ray") == tree_bytes(tmp_path / "local")
-    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == [
-        "items.parquet",
-        "stats.json",
-        "test.parquet",
-        "train.parquet",
-        "users.parquet",
-        "val.parquet",
-    ]
-    # every filter did something, so the test covers each step
-    dropped = stats["dropped"]
-    assert min(dropped["duplicates"], dropped["min_user_interactions"], dropped["min_item_interactions"]) > 0
-    assert stats["splits"]["test"]["cold_items"] > 0
-    assert stats == json.loads((tmp_path / "local/stats.json").read_text())
+        assert tree_bytes(on_ray) == tree_bytes(local), split
+        assert sorted(p.name for p in on_ray.iterdir()) == [
+            "items.parquet",
+            "stats.json",
+            "test.parquet",
+            "train.parquet",
+            "users.parquet",
+            "val.parquet",
+        ]
+        # every filter did something, so the test covers each step
+        dropped = stats["dropped"]
+        assert min(dropped["duplicates"], dropped["min_user_interactions"], dropped["min_item_interactions"]) > 0
+        assert stats["splits"]["test"]["cold_items"] > 0, split
+        assert stats == json.loads((local / "stats.json").read_text())
 
 
 @pytest.mark.integration

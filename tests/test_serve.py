@@ -256,6 +256,24 @@ def test_reload_swaps_the_model_without_failing_requests(tmp_path, exports, toy_
         assert ask(1)[0] == second and requests.get(f"{s.base}/readyz").status_code == 200
 
 
+def test_non_finite_scores_are_null(tmp_path, toy_data):
+    """A diverged model's infinite scores are JSON nulls (not a 500), scored on-line and ranked ahead.
+    (NaN scores: a ranked export refuses them, the on-line signature leaves those items out.)"""
+    model = TinyMF(toy_data.n_users, toy_data.n_items)
+    emb = model.user_emb.numpy()
+    emb[0, 0] = np.inf  # the first user's scores: +-inf
+    model.user_emb.assign(emb)
+    user = toy_data.users["user_id"].astype(str).iloc[0]
+    for precompute in (0, 10**9):
+        path = tmp_path / str(precompute)
+        save_server(build_server(model, toy_data, export_cfg(precompute_max_scores=precompute)), path, "brute_force")
+        with ThreadServer(ServiceState(ModelSource(path=path))) as s:
+            r = requests.get(f"{s.base}/v1/recommend", params={"user_id": user, "k": 5})
+            assert r.status_code == 200, r.text
+            items = r.json()["items"]
+            assert len(items) == 5 and all(i["item_id"] and i["score"] is None for i in items)
+
+
 def test_similar_items_for_catalog_and_new_items(tmp_path, exports, toy_data):
     export = load_export(exports["content"])
     catalog = export.similar.catalog.numpy()

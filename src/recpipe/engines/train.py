@@ -7,18 +7,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from recpipe import training
 from recpipe.data.processed import Processed
+from recpipe.engines import name
 from recpipe.models.base import RecModel
 
 log = logging.getLogger(__name__)
-
-
-def name(cfg: Any) -> str:
-    """``engine.name`` of ``cfg`` (``local`` when the config has no engine section)."""
-    return str(OmegaConf.select(cfg, "engine.name", default="local"))
 
 
 def fit(

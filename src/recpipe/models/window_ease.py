@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
@@ -42,7 +41,8 @@ def window_gram(
     """float32 [len(keep), len(keep)] over the ``keep`` items: entry (i, j), i != j, sums
     ``decay^(k-1)`` over the times i and j are ``k <= window`` positions apart in one user's
     sequence (``users``, ``items``: interactions grouped by user, in order); the diagonal holds each
-    item's number of interactions."""
+    item's number of interactions. Accumulated in place in the one dense float32 matrix, one
+    rounding per entry and distance (no sparse sums, which fill up to len(keep)^2 entries)."""
     if window < 1:
         raise RecpipeError(f"model.window must be at least 1, got {window}")
     if not 0 < decay <= 1:
@@ -51,16 +51,16 @@ def window_gram(
     column[keep] = np.arange(len(keep))
     cols = column[items]
     n = len(keep)
-    total = sp.csr_matrix((n, n), dtype=np.float64)
+    gram = np.zeros((n, n), dtype=np.float32)
+    flat = gram.reshape(-1)  # a view: entry (i, j) at i * n + j
     for k in range(1, window + 1):
         a, b = cols[:-k], cols[k:]
         pair = (users[:-k] == users[k:]) & (a >= 0) & (b >= 0) & (a != b)
         if not pair.any():
             break  # no user has k + 1 interactions: no larger distance either
-        rows, others = np.concatenate([a[pair], b[pair]]), np.concatenate([b[pair], a[pair]])
-        weights = np.full(len(rows), decay ** (k - 1))
-        total = total + sp.csr_matrix((weights, (rows, others)), shape=(n, n))
-    gram = total.toarray().astype(np.float32)
+        a, b = a[pair], b[pair]
+        entries, counts = np.unique(np.concatenate([a * n + b, b * n + a]), return_counts=True)
+        flat[entries] += counts * decay ** (k - 1)
     gram[np.diag_indices(n)] = np.bincount(cols[cols >= 0], minlength=n)
     return gram
 

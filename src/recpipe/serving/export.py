@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import tensorflow as tf
 
 from recpipe.data.processed import Processed
@@ -61,7 +62,7 @@ class TopKServer(tf.Module):
     ) -> None:
         super().__init__(name="recpipe_top_k")
         self.n_users, self.n_items = len(user_ids), len(item_ids)
-        self.k_cap = min(int(max_k), self.n_items)
+        self.k_cap = k_cap(max_k, self.n_items)
         self.user_index = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(user_ids, tf.string), tf.range(self.n_users, dtype=tf.int32)
@@ -111,9 +112,17 @@ class TopKServer(tf.Module):
         return self.user_index.lookup(user_id) >= 0
 
 
-def seen_items(data: Processed, splits: tuple[str, ...] = ("train", "val")) -> tf.RaggedTensor:
-    """Each user's item indices in ``splits``, as a ragged int32 [n_users, None]."""
-    m = data.matrix(*splits)
+# the splits whose items a user has seen: never recommended to them
+SEEN_SPLITS = ("train", "val")
+
+
+def k_cap(max_k: int, n_items: int) -> int:
+    """The largest k served: ``export.max_k``, at most the number of items."""
+    return min(int(max_k), n_items)
+
+
+def seen_items(m: sp.csr_matrix) -> tf.RaggedTensor:
+    """Each user's item indices (the row's nonzeros of ``m``), as a ragged int32 [n_users, None]."""
     return tf.RaggedTensor.from_row_splits(m.indices.astype(np.int32), m.indptr.astype(np.int64))
 
 
@@ -135,6 +144,7 @@ def build_server(model: RecModel, data: Processed, export_cfg: Any) -> TopKServe
     index = export_cfg.index
     if index not in INDEXES:
         raise RecpipeError(f"export.index must be one of {', '.join(INDEXES)}, not {index!r}")
+    seen = data.matrix(*SEEN_SPLITS)
     if index == "scann":
         candidates = model.candidate_vectors()
         if candidates is None:
@@ -146,7 +156,7 @@ def build_server(model: RecModel, data: Processed, export_cfg: Any) -> TopKServe
             query_vectors(model, data.n_users), np.asarray(candidates, np.float32), export_cfg.scann
         )
     elif data.n_users * data.n_items <= int(export_cfg.precompute_max_scores):
-        retriever = RankedRetriever.rank(model, data.matrix("train", "val"), min(int(export_cfg.max_k), data.n_items))
+        retriever = RankedRetriever.rank(model, seen, k_cap(export_cfg.max_k, data.n_items))
     else:
         retriever = ExactRetriever(model, data.n_items)
     server = TopKServer(
@@ -154,7 +164,7 @@ def build_server(model: RecModel, data: Processed, export_cfg: Any) -> TopKServe
         item_ids=server_item_ids(data),
         titles=item_titles(data.items),
         popularity=data.item_popularity(),
-        seen=seen_items(data),
+        seen=seen_items(seen),
         retriever=retriever,
         max_k=int(export_cfg.max_k),
         similar=SimilarItems(model, server_item_ids(data), item_titles(data.items), int(export_cfg.max_k))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -55,7 +56,7 @@ class RecommendRequest(BaseModel):
 class Item(BaseModel):
     item_id: str
     title: str
-    score: float
+    score: float | None = Field(description="null when not finite (NaN or infinite: a diverged model)")
 
 
 class UserRecommendations(BaseModel):
@@ -189,9 +190,10 @@ class Guard:
 
 
 def _items(ids: np.ndarray, titles: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
-    """``Item`` objects as JSON-ready dicts (best first, empty slots left out)."""
+    """``Item`` objects as JSON-ready dicts (best first, empty slots left out; a NaN or infinite
+    score, which JSON cannot hold, as null)."""
     return [
-        {"item_id": i.decode(), "title": t.decode(), "score": s}
+        {"item_id": i.decode(), "title": t.decode(), "score": s if math.isfinite(s) else None}
         for i, t, s in zip(ids.tolist(), titles.tolist(), scores.tolist())
         if i
     ]

@@ -152,7 +152,9 @@ class LoadedModel:
         self.metadata["revision"] = self.revision
         self.metadata["loaded_at"] = datetime.fromtimestamp(time.time(), UTC).isoformat(timespec="seconds")
         self.ranked = RankedAnswers.read(self.module)
-        self.metadata["scoring"] = "ranked" if self.ranked is not None else "graph"
+        # recpipe_export.json's vocabulary (export.scoring): ranked ahead, scored online, or a ScaNN index
+        online = "scann" if self.metadata.get("index") == "scann" else "online"
+        self.metadata["scoring"] = "ranked" if self.ranked is not None else online
         # known users: the export's user vocabulary (older exports without one: their is_known function)
         self._users = (
             frozenset(u.decode() for u in self.module.user_ids.numpy()) if hasattr(self.module, "user_ids") else None

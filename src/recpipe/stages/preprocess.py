@@ -7,6 +7,7 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
+from recpipe import engines
 from recpipe.data.preprocess import preprocess, summary
 from recpipe.data.processed import write_processed
 from recpipe.data.raw import read_raw
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig, paths: Paths) -> None:
     """Read and validate the raw tables, preprocess them, and replace data/processed atomically."""
     split = cfg.split.name
-    if OmegaConf.select(cfg, "engine.name") == "ray":
+    if engines.name(cfg) == "ray":
         from recpipe.engines import ray_preprocess
 
         stats = ray_preprocess.run(cfg, paths.raw, paths.processed)

@@ -7,6 +7,7 @@ tf.Variables and scores with TensorFlow.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,8 @@ from recpipe.evaluation.registry import TABLE_K, metric_key
 from recpipe.models.base import register
 from recpipe.models.classic.base import ClosedFormModel, Fitted, SparseRows, as_binary_csr
 from recpipe.models.classic.gram import ColumnDots, column_blocks
+
+log = logging.getLogger(__name__)
 
 TUNE_METRIC = metric_key("ndcg", TABLE_K)
 # items EASE keeps (the most popular) when nothing is configured: a dense float32 matrix of 256 MB
@@ -65,8 +68,44 @@ def spd_inverse(A: np.ndarray) -> np.ndarray:
     if info == 0:
         inv, info = scipy.linalg.lapack.spotri(factor, lower=True, overwrite_c=True)
     if info != 0:
-        raise RecpipeError(f"matrix is not positive definite (LAPACK info {info})")
+        raise NotPositiveDefinite(f"matrix is not positive definite (LAPACK info {info})")
     return np.tril(inv) + np.tril(inv, -1).T
+
+
+class NotPositiveDefinite(RecpipeError):
+    """``spd_inverse``'s Cholesky factorization failed."""
+
+
+def with_ridge(G: np.ndarray, lam: float) -> np.ndarray:
+    """A copy of ``G`` with ``lam`` added to its diagonal."""
+    A = G.copy()
+    A[np.diag_indices(len(A))] += lam
+    return A
+
+
+def ridge_inverse(G: np.ndarray, lam: float, model: str = "ease") -> np.ndarray:
+    """``(G + lam I)^-1`` of a symmetric float32 ``G``: by Cholesky (``spd_inverse``) when positive
+    definite, else by LU (``scipy.linalg.inv``): ``window_ease``'s matrix need not be positive
+    semidefinite, and EASE's closed form only needs an invertible ``G + lam I``."""
+    try:
+        return spd_inverse(with_ridge(G, lam))
+    except NotPositiveDefinite:
+        log.info(f"model={model}: G + lam I (lam={lam:g}) is not positive definite; inverting it by LU instead")
+    try:
+        P = scipy.linalg.inv(with_ridge(G, lam), overwrite_a=True, check_finite=False)
+    except (np.linalg.LinAlgError, ValueError) as e:
+        raise singular(model, lam) from e
+    if not np.isfinite(P).all():
+        raise singular(model, lam)
+    return P
+
+
+def singular(model: str, lam: float) -> RecpipeError:
+    """The error for a ``G + lam I`` without a (finite) inverse."""
+    return RecpipeError(
+        f"model={model}: the item-item matrix plus lam I (lam={lam:g}) is singular, EASE's closed form "
+        "has no solution; try another model.lam"
+    )
 
 
 class EASE(Fitted):
@@ -76,19 +115,19 @@ class EASE(Fitted):
     ``dropped_share`` is the share of the train interactions on those items.
     """
 
-    def __init__(self, lam: float, max_items: int = MAX_ITEMS) -> None:
+    def __init__(self, lam: float, max_items: int = MAX_ITEMS, model: str = "ease") -> None:
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam <= 0:
             raise RecpipeError(f"EASE lam must be a number > 0, got {lam!r}")
-        self.lam, self.max_items = float(lam), max_items
+        self.lam, self.max_items, self.model = float(lam), max_items, model
 
     def fit(self, X: sp.spmatrix, kept_gram: tuple[np.ndarray, np.ndarray] | None = None) -> EASE:
         """Fit on ``X``; ``kept_gram`` is ``(kept items, their gram)`` when already computed."""
         X = as_binary_csr(X)
         keep, G = kept_gram or capped_gram(X, self.max_items)
-        G = G.copy()
-        G[np.diag_indices(len(keep))] += self.lam
-        P = spd_inverse(G)
+        P = ridge_inverse(G, self.lam, self.model)
         B = P / -np.diag(P)[None, :]
+        if not np.isfinite(B).all():  # a zero on P's diagonal
+            raise singular(self.model, self.lam)
         B[np.diag_indices(len(keep))] = 0.0
         self.X, self.keep, self.B = X, keep, B
         self.dropped_share = 1.0 - X[:, keep].nnz / max(X.nnz, 1)
@@ -116,11 +155,13 @@ def tune_ease(
     max_users: int | None = None,
     seed: int = 0,
     kept_gram: tuple[np.ndarray, np.ndarray] | None = None,
+    model: str = "ease",
 ) -> tuple[EASE, dict[float, float]]:
     """EASE fit on ``train`` for each lambda of ``grid``; returns the one with the best validation
     ``ndcg_at_10`` (``val`` as truth, each user's train items excluded; over a seeded sample of at
     most ``max_users`` validation users, ``ranking.sample_users``) and every lambda's value.
-    ``kept_gram``: (kept items, their gram) to fit on instead of ``capped_gram(train, max_items)``."""
+    ``kept_gram``: (kept items, their gram) to fit on instead of ``capped_gram(train, max_items)``;
+    ``model``: the model's name in errors."""
     if not len(grid):
         raise RecpipeError("EASE lam: auto needs a non-empty grid of lambdas")
     if val.nnz == 0:
@@ -131,7 +172,7 @@ def tune_ease(
     scores: dict[float, float] = {}
     best: EASE | None = None
     for lam in tqdm(grid, desc="EASE lambda", unit="fit", leave=False):
-        ease = EASE(lam, max_items).fit(train, kept_gram)
+        ease = EASE(lam, max_items, model).fit(train, kept_gram)
         scores[ease.lam] = float(rank_metrics(ease.score, train, val, (10,), batch_size)[TUNE_METRIC])
         if best is None or scores[ease.lam] > scores[best.lam]:
             best = ease
@@ -176,10 +217,11 @@ class EASEModel(ClosedFormModel):
                 max_items=self.max_items,
                 max_users=self.tune_max_users,
                 kept_gram=kept_gram,
+                model=self.name,
             )
             params: dict[str, Any] = {"lam": ease.lam, f"val_{TUNE_METRIC}": [[k, v] for k, v in tuning.items()]}
         else:
-            ease = EASE(self.lam, self.max_items).fit(train, kept_gram)
+            ease = EASE(self.lam, self.max_items, self.name).fit(train, kept_gram)
             params = {"lam": ease.lam}
         column = np.full(self.n_items, len(ease.keep), dtype=np.int32)
         column[ease.keep] = np.arange(len(ease.keep), dtype=np.int32)
