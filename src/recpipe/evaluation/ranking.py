@@ -25,10 +25,10 @@ ScoreFn = Callable[[np.ndarray], "np.ndarray | tf.Tensor"]
 DEFAULT_KS = (5, 10, 20, 50, 100)
 # batches of users ranked at the same time (threads)
 RANKING_THREADS = 2
-# scores (users x items) of one batch at most: 16 MB of float32, memory the allocator reuses from
-# batch to batch, where a larger block is mapped afresh each time and costs more in page faults
-# than ranking it (a batch of 1024 users x 59k items: 0.6 s CPU, against 0.35 s in batches of 256)
-BATCH_SCORES = 1 << 22
+# scores (users x items) of one batch at most: 24 MB of float32, memory the allocator reuses from
+# batch to batch, where a larger block is mapped afresh each time and costs page faults (ranking
+# 8000 users x 59k items took 3.0-3.5 s CPU in batches of 71-142 users, 3.9-4.8 s in 1024s)
+BATCH_SCORES = 6_000_000
 
 
 def batch_users(batch_size: int, n_items: int) -> int:
