@@ -325,6 +325,21 @@ def test_stage_without_user_table_and_with_random_split_counts_cold_users(tmp_pa
         assert (df["user_idx"] >= 0).all() and (df["item_idx"] >= 0).all()
 
 
+def test_split_id_missing_from_the_vocabulary_is_a_data_error(tmp_path: Path) -> None:
+    make_raw(tmp_path)
+    run(config(), Paths(tmp_path))
+    test_file = Paths(tmp_path).processed / "test.parquet"
+    table = pq.read_table(test_file)
+    ids = table.column("item_id").to_pylist()
+    ids[-1] = "no-such-item"
+    pq.write_table(table.set_column(1, "item_id", pa.array(ids, pa.string())), test_file)
+    with pytest.raises(DataError) as info:
+        load_processed(Paths(tmp_path).processed)
+    e = info.value
+    assert (e.file, e.column, e.n_rows, e.row) == (str(test_file), "item_id", 1, len(ids) - 1)
+    assert e.example == {"item_id": "no-such-item"} and "items.parquet" in str(e)
+
+
 def test_text_rating_fails_before_writing_and_keeps_previous_outputs(tmp_path: Path) -> None:
     make_raw(tmp_path)
     run(config(), Paths(tmp_path))

@@ -22,7 +22,6 @@ import math
 import os
 import socket
 import subprocess
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -339,28 +338,19 @@ def dataset_fingerprint(processed: Path) -> str:
 def log_data(cfg: DictConfig, processed: Path) -> None:
     """Log the processed data a run used: statistics (``stats_metrics``), the fingerprint tag,
     and the train and test splits as MLflow datasets (contexts ``training`` / ``evaluation``,
-    named ``<data>/<split>/<train|test>``, digest = the file's md5)."""
+    named ``<data>/<split>/<train|test>``, digest = the file's md5, schema and row count from the
+    Parquet footer: ``tracking_dataset``)."""
     import mlflow
-    import pandas as pd
-    from mlflow.data.pandas_dataset import from_pandas
-    from mlflow.data.sources import (  # type: ignore[attr-defined]  # mlflow creates the class at import time
-        LocalArtifactDatasetSource,
-    )
+
+    from recpipe.tracking_dataset import ParquetDataset
 
     mlflow.set_tag(TAG_FINGERPRINT, dataset_fingerprint(processed))
     log_metrics(stats_metrics(read_json(processed / "stats.json")))
     label = f"{config_tags(cfg)[TAG_DATA]}/{config_tags(cfg)[TAG_SPLIT]}"
     for part, context in (("train", "training"), ("test", "evaluation")):
-        path = (processed / f"{part}.parquet").resolve()
-        with warnings.catch_warnings():  # MLflow's hint on integer columns in an inferred schema
-            warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
-            dataset = from_pandas(
-                pd.read_parquet(path),
-                source=LocalArtifactDatasetSource(path.as_uri()),
-                name=f"{label}/{part}",
-                digest=lineage.dvc_hash(path),
-            )
-            mlflow.log_input(dataset, context=context)  # infers the schema
+        path = processed / f"{part}.parquet"
+        dataset = ParquetDataset(path, name=f"{label}/{part}", digest=str(lineage.dvc_hash(path)))
+        mlflow.log_input(dataset, context=context)
 
 
 def log_consistent_outputs(cfg: DictConfig, stage: str, paths: Paths) -> set[str]:

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 from recpipe.data.processed import Processed
 from recpipe.evaluation import metrics
-from recpipe.evaluation.ranking import ScoreFn, top_k_items, users_with_truth
+from recpipe.evaluation.ranking import ScoreFn, batch_users, top_k_items, users_with_truth
 from recpipe.evaluation.registry import cold_key
 
 
@@ -55,6 +55,7 @@ def cold_metrics(
     if len(users) == 0:
         return {}
     nothing = sp.csr_matrix((truth.shape[0], len(cold)), dtype=np.float32)
-    topk, _ = top_k_items(lambda u: np.asarray(score_fn(u))[:, cold], users, nothing, max(ks), batch_size)
+    batch = batch_users(batch_size, truth.shape[1])  # the scorer scores the whole catalog
+    topk, _ = top_k_items(lambda u: np.asarray(score_fn(u))[:, cold], users, nothing, max(ks), batch)
     per_user = metrics.metrics_from_topk(topk, cold_truth[users], ks)
     return {cold_key(k): v for k, v in metrics.mean(per_user).items()}
