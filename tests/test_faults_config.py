@@ -126,6 +126,13 @@ def test_blend_member_errors_name_the_member(override, key):
     assert str(info.value).startswith(f"{key}: ")
 
 
+def test_gibbs_posterior_rank_must_hold_the_embedding():
+    with pytest.raises(ConfigError) as info:
+        validate(compose(["model=mf", "model.embedding_dim=200"], REPO / "conf"))
+    assert "model.posterior_rank (128) must be >= model.embedding_dim (200)" in str(info.value)
+    validate(compose(["model=mf", "model.embedding_dim=200", "model.solver=gradient"], REPO / "conf"))
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=broken_config())
 def test_cli_stage_refuses_a_hand_edited_params_yaml(tmp_path_factory, case):

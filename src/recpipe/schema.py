@@ -242,6 +242,15 @@ class MF(Trained):
     l2: NonNegative = 0.0
     bias_l2: NonNegative = 0.0
 
+    @model_validator(mode="after")
+    def _rank_holds_the_samples(self) -> MF:
+        if self.solver == "gibbs" and self.posterior_rank < self.embedding_dim:
+            raise ValueError(
+                f"model.posterior_rank ({self.posterior_rank}) must be >= model.embedding_dim "
+                f"({self.embedding_dim}) with solver gibbs: the averaged samples are stored at posterior_rank"
+            )
+        return self
+
 
 class NCF(Trained):
     name: Literal["ncf"]
