@@ -3,6 +3,9 @@ the whole ``solver: gibbs`` model (learns, saves, factorizes, reproducible)."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -126,10 +129,14 @@ def test_gibbs_mf_learns_saves_and_factorizes(toy_data: Processed, tmp_path: Pat
     np.testing.assert_array_equal(rerun.score_all(users), model.score_all(users))
 
 
-def test_gibbs_mf_without_ranking_term_scores_by_predicted_rating(toy_data: Processed) -> None:
+def test_gibbs_mf_without_ranking_term_scores_by_predicted_rating(
+    toy_data: Processed, caplog: pytest.LogCaptureFixture
+) -> None:
     cfg = gibbs_cfg(implicit_weight=0.0, epochs=3, burn_in=10)  # burn_in capped: the last sweep is kept
     model = build(cfg, toy_data.n_users, toy_data.n_items)
-    assert fit(model, toy_data, cfg, seed=0).params == {"samples": 1}
+    with caplog.at_level(logging.WARNING, logger="recpipe.models.mf"):
+        assert fit(model, toy_data, cfg, seed=0).params == {"samples": 1}
+    assert "model.burn_in 10 >= model.epochs 3: burn_in 2 used" in caplog.text
     users = np.repeat(np.arange(toy_data.n_users, dtype=np.int32), toy_data.n_items)
     items = np.tile(np.arange(toy_data.n_items, dtype=np.int32), toy_data.n_users)
     unclipped = model.score_all(tf.range(toy_data.n_users, dtype=tf.int32)).numpy().ravel()
@@ -154,3 +161,14 @@ def test_linked_prior_draws_the_ridge_posterior_of_the_link() -> None:
     np.testing.assert_allclose(np.mean(draws, axis=0), inverse @ x.T @ residual, atol=0.06)
     first = np.array(draws)[:, :, 0]
     np.testing.assert_allclose(np.cov(first.T), inverse * np.linalg.inv(precision)[0, 0], atol=0.06)
+
+
+def test_gibbs_mf_skips_validation_without_val_ratings(toy_data: Processed, caplog: pytest.LogCaptureFixture) -> None:
+    unrated = dataclasses.replace(toy_data, val=toy_data.val.assign(rating=np.nan))
+    cfg = gibbs_cfg()
+    model = build(cfg, toy_data.n_users, toy_data.n_items)
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="recpipe.models.mf"):
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's "Mean of empty slice"
+        assert fit(model, unrated, cfg, seed=0).params == {"samples": 4}
+    assert "the validation split has no ratings; the sweeps are not validated" in caplog.text
+    assert "val_rmse" not in caplog.text

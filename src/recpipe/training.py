@@ -127,7 +127,10 @@ def make_dataset(rows: pd.DataFrame, batch_size: int, seed: int) -> tf.data.Data
 
 
 def rmse(model: RecModel, rows: pd.DataFrame) -> float:
-    """Root mean squared error of ``model.predict_rating`` on ``rows`` (user_idx, item_idx, rating)."""
+    """Root mean squared error of ``model.predict_rating`` on ``rows`` (user_idx, item_idx, rating); nan
+    for no rows."""
+    if rows.empty:
+        return float("nan")
     pred = model.predict_rating(
         tf.constant(rows["user_idx"].to_numpy(np.int32)), tf.constant(rows["item_idx"].to_numpy(np.int32))
     ).numpy()

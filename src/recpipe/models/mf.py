@@ -112,14 +112,20 @@ class MatrixFactorization(RecModel):
         by_item = gibbs.row_blocks(items, users, centred, self.n_items)
         sweeps = self.data_passes = int(cfg.epochs)
         burn_in = min(int(cfg.burn_in), sweeps - 1)
+        if burn_in < int(cfg.burn_in):
+            log.warning(
+                f"model.burn_in {cfg.burn_in} >= model.epochs {sweeps}: burn_in {burn_in} used (the last sweep is kept)"
+            )
         val = data.val.dropna(subset=["rating"])
         every = int(cfg.validate_every)
+        if val.empty:
+            log.info("gibbs: the validation split has no ratings; the sweeps are not validated")
 
         clock = {"last": 0.0, "sampling": 0.0}
 
         def on_sweep(sweep: int, posterior: Any) -> None:
             clock["sampling"] += time.perf_counter() - clock["last"]
-            if sweep % every == 0 or sweep == sweeps:
+            if not val.empty and (sweep % every == 0 or sweep == sweeps):
                 self._set_posterior(posterior())
                 val_rmse = metrics.rmse(self.predict_rating(*_pairs(val)).numpy(), val["rating"].to_numpy(np.float64))
                 rate = len(rows) * sweep / clock["sampling"]
