@@ -16,7 +16,7 @@ from recpipe.data.processed import Processed
 from recpipe.models import build, gibbs
 from recpipe.models.ials import solve_side
 from recpipe.models.io import load_model, save_model
-from recpipe.training import fit, rmse
+from recpipe.training import fit, rmse, write_training_curve
 
 from .helpers import model_cfg
 
@@ -125,8 +125,21 @@ def test_gibbs_mf_learns_saves_and_factorizes(toy_data: Processed, tmp_path: Pat
     dot = model.query_vectors(users) @ tf.transpose(model.candidate_vectors())
     np.testing.assert_allclose(dot, model.score_all(users), atol=1e-5)
     rerun = build(cfg, toy_data.n_users, toy_data.n_items)
-    fit(rerun, toy_data, cfg, seed=0)
+    again = fit(rerun, toy_data, cfg, seed=0)
     np.testing.assert_array_equal(rerun.score_all(users), model.score_all(users))
+    write_training_curve(result, tmp_path / "curve.csv")
+    write_training_curve(again, tmp_path / "again.csv")
+    assert (tmp_path / "curve.csv").read_bytes() == (tmp_path / "again.csv").read_bytes()
+
+
+def test_gibbs_mf_reports_every_validated_sweep(toy_data: Processed) -> None:
+    cfg = gibbs_cfg(epochs=7, validate_every=3)
+    model = build(cfg, toy_data.n_users, toy_data.n_items)
+    rows: list[dict[str, float]] = []
+    result = fit(model, toy_data, cfg, seed=0, on_epoch=rows.append)
+    assert [row["epoch"] for row in rows] == list(result.history["epoch"]) == [3, 6, 7]
+    assert result.best_epoch == 7 and rows[-1]["val_rmse"] == pytest.approx(result.best_value)
+    assert len({row["val_rmse"] for row in rows}) == 3  # the running average moves
 
 
 def test_gibbs_mf_without_ranking_term_scores_by_predicted_rating(
