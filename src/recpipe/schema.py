@@ -225,17 +225,19 @@ class Trained(Section):
 
 class MF(Trained):
     name: Literal["mf"]
+    # conf/model/mf.yaml's defaults, except solver: configs and saved models from before the gibbs
+    # solver have no solver key and were trained by gradient (MatrixFactorization reads it the same way)
     solver: Literal["gibbs", "gradient"] = "gradient"
     embedding_dim: PositiveInt
     burn_in: NonNegativeInt = 20
-    posterior_rank: PositiveInt = 64
-    rated_prior_columns: NonNegativeInt = 0
+    posterior_rank: PositiveInt = 128
+    rated_prior_columns: NonNegativeInt = 2048
     validate_every: PositiveInt = 10
     seed: NonNegativeInt = 42
     implicit_iterations: PositiveInt = 8
-    implicit_alpha0: NonNegative = 0.5
-    implicit_lam: NonNegative = 0.001
-    implicit_nu: NonNegative = 1.0
+    implicit_alpha0: NonNegative = 0.446
+    implicit_lam: NonNegative = 0.00107
+    implicit_nu: NonNegative = 1.34
     implicit_weight: NonNegative = 0.0
     implicit_dim: PositiveInt = 16
     num_negatives: PositiveInt = 1
