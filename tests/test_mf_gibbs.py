@@ -185,3 +185,25 @@ def test_gibbs_mf_skips_validation_without_val_ratings(toy_data: Processed, capl
         assert fit(model, unrated, cfg, seed=0).params == {"samples": 4}
     assert "the validation split has no ratings; the sweeps are not validated" in caplog.text
     assert "val_rmse" not in caplog.text
+
+
+@pytest.mark.parametrize("linked", [False, True])
+def test_hyper_draws_have_the_normal_wishart_posterior_moments(linked: bool) -> None:
+    # hyperprior mu0 = 0, beta0, W0 = I, nu0 = k (Salakhutdinov & Mnih 2008, eq. 14); a link of m
+    # rows ~ N(0, (lam Lambda)^-1) adds lam link^T link to W^-1 and m to nu
+    rng = np.random.default_rng(1)
+    n, k, beta0, lam = 12, 2, 2.0, 0.5
+    vectors = rng.normal(1.0, 0.7, size=(n, k))
+    link = rng.normal(size=(3, k)) if linked else None
+    xbar = vectors.mean(0)
+    inv_scale = np.eye(k) + (vectors - xbar).T @ (vectors - xbar) + beta0 * n / (beta0 + n) * np.outer(xbar, xbar)
+    nu = k + n
+    if link is not None:
+        inv_scale, nu = inv_scale + lam * link.T @ link, nu + 3
+    draws = [gibbs.sample_hyper(vectors, beta0, rng, link, lam) for _ in range(4000)]
+    means, precisions = np.array([d[0] for d in draws]), np.array([d[1] for d in draws])
+    expected = nu * np.linalg.inv(inv_scale)  # E[Lambda] = nu W
+    np.testing.assert_allclose(precisions.mean(0), expected, rtol=0.05, atol=0.02 * np.abs(expected).max())
+    np.testing.assert_allclose(means.mean(0), n * xbar / (beta0 + n), atol=0.02)  # E[mu] = mu_n
+    # Cov[mu] = E[(beta_n Lambda)^-1] = W^-1 / (beta_n (nu - k - 1))
+    np.testing.assert_allclose(np.cov(means.T), inv_scale / ((beta0 + n) * (nu - k - 1)), atol=0.01)
