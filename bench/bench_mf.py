@@ -77,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"config: {OmegaConf.to_container(cfg)}")
     print(f"load average (1, 5, 15 min): before {load_before}, after {os.getloadavg()} on {os.cpu_count()} CPUs")
     passes = args.epochs if model.fitting == "closed_form" else 1
-    rates = len(data.train) * passes / result.history["seconds"]
-    cpu_rates = len(data.train) * passes / np.diff(cpu)
-    for epoch, rate, cpu_rate in zip(result.history["epoch"], rates, cpu_rates):
+    if model.fitting == "closed_form":  # gibbs: the curve rows all arrive after the fit; time the whole fit
+        epochs, seconds, cpu_seconds = [1], np.array([result.train_seconds]), np.array([cpu[-1] - cpu[0]])
+    else:
+        epochs, seconds, cpu_seconds = list(result.history["epoch"]), result.history["seconds"], np.diff(cpu)
+    rates, cpu_rates = len(data.train) * passes / seconds, len(data.train) * passes / cpu_seconds
+    for epoch, rate, cpu_rate in zip(epochs, rates, cpu_rates):
         print(f"epoch {epoch}: {rate:,.0f} ratings/s wall, {cpu_rate:,.0f} per CPU-second (incl. validation)")
     if passes > 1:
         sampling = len(data.train) * passes / model.sweep_seconds

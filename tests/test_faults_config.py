@@ -21,7 +21,7 @@ from recpipe.config import compose, to_yaml
 from recpipe.errors import ConfigError
 from recpipe.models import available
 from recpipe.pipeline import STAGE_NAMES, STAGES
-from recpipe.schema import validate
+from recpipe.schema import MF, validate
 
 from .helpers import REPO, assert_clean_failure, cli, fake_outputs, outputs, params_text, run_recpipe
 
@@ -124,6 +124,21 @@ def test_blend_member_errors_name_the_member(override, key):
         validate(compose(["model=blend", override], REPO / "conf"))
     assert info.value.key == key, str(info.value)
     assert str(info.value).startswith(f"{key}: ")
+
+
+def test_gibbs_posterior_rank_must_hold_the_embedding():
+    with pytest.raises(ConfigError) as info:
+        validate(compose(["model=mf", "model.embedding_dim=200"], REPO / "conf"))
+    assert "model.posterior_rank (128) must be >= model.embedding_dim (200)" in str(info.value)
+    validate(compose(["model=mf", "model.embedding_dim=200", "model.solver=gradient"], REPO / "conf"))
+
+
+def test_mf_gibbs_defaults_are_the_yaml_ones():
+    mf = yaml.safe_load((REPO / "conf" / "model" / "mf.yaml").read_text())
+    gibbs = ["burn_in", "posterior_rank", "rated_prior_columns", "validate_every", "seed", "implicit_iterations"]
+    gibbs += ["implicit_alpha0", "implicit_lam", "implicit_nu", "implicit_dim"]
+    assert {k: MF.model_fields[k].default for k in gibbs} == {k: mf[k] for k in gibbs}
+    assert MF.model_fields["solver"].default == "gradient"  # configs and models from before the gibbs solver
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

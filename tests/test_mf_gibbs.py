@@ -3,6 +3,9 @@ the whole ``solver: gibbs`` model (learns, saves, factorizes, reproducible)."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,7 @@ from recpipe.data.processed import Processed
 from recpipe.models import build, gibbs
 from recpipe.models.ials import solve_side
 from recpipe.models.io import load_model, save_model
-from recpipe.training import fit, rmse
+from recpipe.training import fit, rmse, write_training_curve
 
 from .helpers import model_cfg
 
@@ -122,14 +125,31 @@ def test_gibbs_mf_learns_saves_and_factorizes(toy_data: Processed, tmp_path: Pat
     dot = model.query_vectors(users) @ tf.transpose(model.candidate_vectors())
     np.testing.assert_allclose(dot, model.score_all(users), atol=1e-5)
     rerun = build(cfg, toy_data.n_users, toy_data.n_items)
-    fit(rerun, toy_data, cfg, seed=0)
+    again = fit(rerun, toy_data, cfg, seed=0)
     np.testing.assert_array_equal(rerun.score_all(users), model.score_all(users))
+    write_training_curve(result, tmp_path / "curve.csv")
+    write_training_curve(again, tmp_path / "again.csv")
+    assert (tmp_path / "curve.csv").read_bytes() == (tmp_path / "again.csv").read_bytes()
 
 
-def test_gibbs_mf_without_ranking_term_scores_by_predicted_rating(toy_data: Processed) -> None:
+def test_gibbs_mf_reports_every_validated_sweep(toy_data: Processed) -> None:
+    cfg = gibbs_cfg(epochs=7, validate_every=3)
+    model = build(cfg, toy_data.n_users, toy_data.n_items)
+    rows: list[dict[str, float]] = []
+    result = fit(model, toy_data, cfg, seed=0, on_epoch=rows.append)
+    assert [row["epoch"] for row in rows] == list(result.history["epoch"]) == [3, 6, 7]
+    assert result.best_epoch == 7 and rows[-1]["val_rmse"] == pytest.approx(result.best_value)
+    assert len({row["val_rmse"] for row in rows}) == 3  # the running average moves
+
+
+def test_gibbs_mf_without_ranking_term_scores_by_predicted_rating(
+    toy_data: Processed, caplog: pytest.LogCaptureFixture
+) -> None:
     cfg = gibbs_cfg(implicit_weight=0.0, epochs=3, burn_in=10)  # burn_in capped: the last sweep is kept
     model = build(cfg, toy_data.n_users, toy_data.n_items)
-    assert fit(model, toy_data, cfg, seed=0).params == {"samples": 1}
+    with caplog.at_level(logging.WARNING, logger="recpipe.models.mf"):
+        assert fit(model, toy_data, cfg, seed=0).params == {"samples": 1}
+    assert "model.burn_in 10 >= model.epochs 3: burn_in 2 used" in caplog.text
     users = np.repeat(np.arange(toy_data.n_users, dtype=np.int32), toy_data.n_items)
     items = np.tile(np.arange(toy_data.n_items, dtype=np.int32), toy_data.n_users)
     unclipped = model.score_all(tf.range(toy_data.n_users, dtype=tf.int32)).numpy().ravel()
@@ -154,3 +174,36 @@ def test_linked_prior_draws_the_ridge_posterior_of_the_link() -> None:
     np.testing.assert_allclose(np.mean(draws, axis=0), inverse @ x.T @ residual, atol=0.06)
     first = np.array(draws)[:, :, 0]
     np.testing.assert_allclose(np.cov(first.T), inverse * np.linalg.inv(precision)[0, 0], atol=0.06)
+
+
+def test_gibbs_mf_skips_validation_without_val_ratings(toy_data: Processed, caplog: pytest.LogCaptureFixture) -> None:
+    unrated = dataclasses.replace(toy_data, val=toy_data.val.assign(rating=np.nan))
+    cfg = gibbs_cfg()
+    model = build(cfg, toy_data.n_users, toy_data.n_items)
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="recpipe.models.mf"):
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's "Mean of empty slice"
+        assert fit(model, unrated, cfg, seed=0).params == {"samples": 4}
+    assert "the validation split has no ratings; the sweeps are not validated" in caplog.text
+    assert "val_rmse" not in caplog.text
+
+
+@pytest.mark.parametrize("linked", [False, True])
+def test_hyper_draws_have_the_normal_wishart_posterior_moments(linked: bool) -> None:
+    # hyperprior mu0 = 0, beta0, W0 = I, nu0 = k (Salakhutdinov & Mnih 2008, eq. 14); a link of m
+    # rows ~ N(0, (lam Lambda)^-1) adds lam link^T link to W^-1 and m to nu
+    rng = np.random.default_rng(1)
+    n, k, beta0, lam = 12, 2, 2.0, 0.5
+    vectors = rng.normal(1.0, 0.7, size=(n, k))
+    link = rng.normal(size=(3, k)) if linked else None
+    xbar = vectors.mean(0)
+    inv_scale = np.eye(k) + (vectors - xbar).T @ (vectors - xbar) + beta0 * n / (beta0 + n) * np.outer(xbar, xbar)
+    nu = k + n
+    if link is not None:
+        inv_scale, nu = inv_scale + lam * link.T @ link, nu + 3
+    draws = [gibbs.sample_hyper(vectors, beta0, rng, link, lam) for _ in range(4000)]
+    means, precisions = np.array([d[0] for d in draws]), np.array([d[1] for d in draws])
+    expected = nu * np.linalg.inv(inv_scale)  # E[Lambda] = nu W
+    np.testing.assert_allclose(precisions.mean(0), expected, rtol=0.05, atol=0.02 * np.abs(expected).max())
+    np.testing.assert_allclose(means.mean(0), n * xbar / (beta0 + n), atol=0.02)  # E[mu] = mu_n
+    # Cov[mu] = E[(beta_n Lambda)^-1] = W^-1 / (beta_n (nu - k - 1))
+    np.testing.assert_allclose(np.cov(means.T), inv_scale / ((beta0 + n) * (nu - k - 1)), atol=0.01)

@@ -105,6 +105,26 @@ def test_closed_form_models_train_through_the_same_stage(root: Path, tmp_path: P
     ]
 
 
+def test_gibbs_mf_curve_and_mlflow_have_each_validated_sweep(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(root)
+    settings = {"embedding_dim": 4, "implicit_dim": 4, "epochs": 5, "burn_in": 1, "validate_every": 2}
+    cfg = pipeline_cfg(model_cfg("mf", solver="gibbs", **settings))
+    paths = Paths(root=tmp_path)
+    (tmp_path / "data").symlink_to(root / "data", target_is_directory=True)
+    with tracking.pipeline_run(cfg, "train") as run:
+        train_stage.run(cfg, paths)
+    summary = read_json(paths.train_summary)
+    assert summary["epochs_run"] == 3 and summary["best_epoch"] == 5  # the kept average: all 5 sweeps
+    curve = pd.read_csv(paths.training_curve).pivot(index="epoch", columns="series", values="value")
+    assert curve.index.tolist() == [2, 4, 5] and curve["loss"].isna().all()
+    assert curve["val_rmse"].iloc[-1] == pytest.approx(summary["best_value"])
+    history = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "val_rmse")
+    assert [m.step for m in history] == [2, 4, 5]
+    assert [m.value for m in history] == pytest.approx(curve["val_rmse"].tolist())
+
+
 def test_early_stopping_stops_after_patience_and_restores_the_best_epoch(root: Path) -> None:
     data = load_processed(Paths(root=root).processed)
     cfg = model_cfg("mf_rating_only", epochs=40, patience=2, l2=0.0, bias_l2=0.0, learning_rate=0.05, embedding_dim=32)

@@ -225,22 +225,33 @@ class Trained(Section):
 
 class MF(Trained):
     name: Literal["mf"]
+    # conf/model/mf.yaml's defaults, except solver: configs and saved models from before the gibbs
+    # solver have no solver key and were trained by gradient (MatrixFactorization reads it the same way)
     solver: Literal["gibbs", "gradient"] = "gradient"
     embedding_dim: PositiveInt
     burn_in: NonNegativeInt = 20
-    posterior_rank: PositiveInt = 64
-    rated_prior_columns: NonNegativeInt = 0
+    posterior_rank: PositiveInt = 128
+    rated_prior_columns: NonNegativeInt = 2048
     validate_every: PositiveInt = 10
     seed: NonNegativeInt = 42
     implicit_iterations: PositiveInt = 8
-    implicit_alpha0: NonNegative = 0.5
-    implicit_lam: NonNegative = 0.001
-    implicit_nu: NonNegative = 1.0
+    implicit_alpha0: NonNegative = 0.446
+    implicit_lam: NonNegative = 0.00107
+    implicit_nu: NonNegative = 1.34
     implicit_weight: NonNegative = 0.0
     implicit_dim: PositiveInt = 16
     num_negatives: PositiveInt = 1
     l2: NonNegative = 0.0
     bias_l2: NonNegative = 0.0
+
+    @model_validator(mode="after")
+    def _rank_holds_the_samples(self) -> MF:
+        if self.solver == "gibbs" and self.posterior_rank < self.embedding_dim:
+            raise ValueError(
+                f"model.posterior_rank ({self.posterior_rank}) must be >= model.embedding_dim "
+                f"({self.embedding_dim}) with solver gibbs: the averaged samples are stored at posterior_rank"
+            )
+        return self
 
 
 class NCF(Trained):

@@ -127,7 +127,10 @@ def make_dataset(rows: pd.DataFrame, batch_size: int, seed: int) -> tf.data.Data
 
 
 def rmse(model: RecModel, rows: pd.DataFrame) -> float:
-    """Root mean squared error of ``model.predict_rating`` on ``rows`` (user_idx, item_idx, rating)."""
+    """Root mean squared error of ``model.predict_rating`` on ``rows`` (user_idx, item_idx, rating); nan
+    for no rows."""
+    if rows.empty:
+        return float("nan")
     pred = model.predict_rating(
         tf.constant(rows["user_idx"].to_numpy(np.int32)), tf.constant(rows["item_idx"].to_numpy(np.int32))
     ).numpy()
@@ -259,19 +262,23 @@ def _fit_closed_form(
     validate: Callable[[], float],
     on_epoch: Callable[[dict[str, float]], None] | None,
 ) -> TrainResult:
-    """Fit a ``closed_form`` model in one pass and validate it (history: one row, no loss)."""
+    """Fit a ``closed_form`` model in one pass and validate it. History: the model's ``fit_history``
+    (one row per validation while fitting, the last one the kept model) or one row; no loss."""
     start = time.perf_counter()
+    model.fit_history = None
     params = model.fit_closed_form(data)
     seconds = time.perf_counter() - start
     value = validate()
     row = {"epoch": 1, "loss": float("nan"), metric: value, "seconds": seconds}
+    history = pd.DataFrame([row]) if model.fit_history is None else model.fit_history
     log.info(f"fit in closed form{f' {params}' if params else ''}  {metric} {value:.4f}  {seconds:.1f}s")
     if on_epoch is not None:
-        on_epoch(row)
+        for step in history.to_dict("records"):
+            on_epoch(step)
     return TrainResult(
-        history=pd.DataFrame([row]),
+        history=history,
         metric=metric,
-        best_epoch=1,
+        best_epoch=int(history["epoch"].iloc[-1]),
         best_value=value,
         train_seconds=seconds,
         examples_per_second=len(data.train) * model.data_passes / max(seconds, 1e-9),

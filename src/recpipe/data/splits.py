@@ -113,7 +113,7 @@ def cold_item_rows(df: pd.DataFrame, share: float, seed: int = 42) -> np.ndarray
     if n_cold == 0:
         return np.zeros(len(df), dtype=bool)
     cold = set(np.random.default_rng(seed).choice(ids, size=n_cold, replace=False))
-    codes, uniques = pd.factorize(item_ids)
+    codes, uniques = pd.factorize(item_ids, use_na_sentinel=False)  # every code a real position (no -1)
     return np.array([str(u) in cold for u in uniques], dtype=bool)[codes]
 
 

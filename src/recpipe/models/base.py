@@ -53,6 +53,10 @@ class RecModel(tf.keras.Model):
     embeds_new_items: bool = False
     feature_spec: FeatureSpec | None = None
     data_passes: int = 1  # closed-form models: passes over the train rows per fit (throughput)
+    # closed-form models validated while they fit (mf's gibbs sweeps): set by ``fit_closed_form``, one
+    # row per validation (epoch, loss, the validation metric, seconds), the last one the kept model;
+    # None: validated once after the fit. A DataFrame, which Keras does not track as model state.
+    fit_history: pd.DataFrame | None = None
 
     def prepare(self, train: pd.DataFrame) -> pd.DataFrame:
         """Gradient models: set data-derived constants from ``train`` and return the rows to fit

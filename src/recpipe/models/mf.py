@@ -54,7 +54,8 @@ class MatrixFactorization(RecModel):
     ``gibbs.LinkedPrior``), then fits the ranking factors x, y by ``implicit_iterations`` iALS
     iterations (``gibbs.solve_implicit_side``, ``implicit_alpha0``, ``implicit_lam``,
     ``implicit_nu``) on which items each user rated: s(u, i) = x_u . y_i. The validation RMSE of
-    the running average is logged every ``validate_every`` sweeps.
+    the running average is logged every ``validate_every`` sweeps and kept as ``fit_history`` (the
+    training curve).
     """
 
     predicts_ratings = True
@@ -112,16 +113,25 @@ class MatrixFactorization(RecModel):
         by_item = gibbs.row_blocks(items, users, centred, self.n_items)
         sweeps = self.data_passes = int(cfg.epochs)
         burn_in = min(int(cfg.burn_in), sweeps - 1)
+        if burn_in < int(cfg.burn_in):
+            log.warning(
+                f"model.burn_in {cfg.burn_in} >= model.epochs {sweeps}: burn_in {burn_in} used (the last sweep is kept)"
+            )
         val = data.val.dropna(subset=["rating"])
         every = int(cfg.validate_every)
+        if val.empty:
+            log.info("gibbs: the validation split has no ratings; the sweeps are not validated")
 
-        clock = {"last": 0.0, "sampling": 0.0}
+        clock = {"last": 0.0, "sampling": 0.0, "validated": 0.0}
+        curve: list[dict[str, float]] = []
 
         def on_sweep(sweep: int, posterior: Any) -> None:
             clock["sampling"] += time.perf_counter() - clock["last"]
-            if sweep % every == 0 or sweep == sweeps:
+            if not val.empty and (sweep % every == 0 or sweep == sweeps):
                 self._set_posterior(posterior())
                 val_rmse = metrics.rmse(self.predict_rating(*_pairs(val)).numpy(), val["rating"].to_numpy(np.float64))
+                seconds, clock["validated"] = clock["sampling"] - clock["validated"], clock["sampling"]
+                curve.append({"epoch": sweep, "loss": float("nan"), "val_rmse": val_rmse, "seconds": seconds})
                 rate = len(rows) * sweep / clock["sampling"]
                 log.info(
                     f"gibbs sweep {sweep}/{sweeps}  val_rmse {val_rmse:.4f} (mean of {max(sweep - burn_in, 0)} "
@@ -152,6 +162,7 @@ class MatrixFactorization(RecModel):
         )
         self._set_posterior(posterior)
         self.sweep_seconds = clock["sampling"]
+        self.fit_history = pd.DataFrame(curve) if curve else None
         if self.implicit:
             self._solve_implicit(by_user, by_item)
         return {"samples": posterior.samples}
