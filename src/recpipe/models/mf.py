@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -109,8 +110,17 @@ class MatrixFactorization(RecModel):
         rows = self.prepare(data.train)
         users, items = rows["user_idx"].to_numpy(np.int64), rows["item_idx"].to_numpy(np.int64)
         centred = rows["rating"].to_numpy(np.float64) - float(self.global_mean.numpy())
-        by_user = gibbs.row_blocks(users, items, centred, self.n_users)
-        by_item = gibbs.row_blocks(items, users, centred, self.n_items)
+        dim, columns = int(cfg.embedding_dim), int(cfg.rated_prior_columns)
+        sides = ((users, items, self.n_users, self.n_items), (items, users, self.n_items, self.n_users))
+        start = time.perf_counter()
+        with ThreadPoolExecutor(2) as pool:  # the two sides' setups overlap where numpy/LAPACK free the GIL
+            blocks = [pool.submit(gibbs.row_blocks, r, c, centred, n, m) for r, c, n, m in sides]
+            linked = [pool.submit(gibbs.rated_prior, r, c, n, m, columns, dim + 1) for r, c, n, m in sides if columns]
+            by_user, by_item = (future.result() for future in blocks)
+            priors = (linked[0].result(), linked[1].result()) if columns else (None, None)
+        log.info(
+            f"gibbs: {len(rows):,} ratings grouped by user and by item, priors set up in {time.perf_counter() - start:.1f}s"
+        )
         sweeps = self.data_passes = int(cfg.epochs)
         burn_in = min(int(cfg.burn_in), sweeps - 1)
         if burn_in < int(cfg.burn_in):
@@ -139,15 +149,6 @@ class MatrixFactorization(RecModel):
                 )
             clock["last"] = time.perf_counter()
 
-        dim, columns = int(cfg.embedding_dim), int(cfg.rated_prior_columns)
-        priors = (
-            (
-                gibbs.rated_prior(users, items, self.n_users, self.n_items, columns, dim + 1),
-                gibbs.rated_prior(items, users, self.n_items, self.n_users, columns, dim + 1),
-            )
-            if columns
-            else (None, None)
-        )
         clock["last"] = time.perf_counter()  # sampling time: the sweeps, without the setup and validation
         posterior = gibbs.gibbs_bpmf(
             by_user,
@@ -182,9 +183,11 @@ class MatrixFactorization(RecModel):
         alpha0, lam, nu = float(cfg.implicit_alpha0), float(cfg.implicit_lam), float(cfg.implicit_nu)
         rng = np.random.default_rng(int(cfg.seed))
         items = tf.constant(rng.normal(0.0, 0.1 / np.sqrt(self.item_extra.shape[1]), self.item_extra.shape), tf.float32)
-        for _ in range(int(cfg.implicit_iterations)):
+        start, iterations = time.perf_counter(), int(cfg.implicit_iterations)
+        for iteration in range(1, iterations + 1):
             users = gibbs.solve_implicit_side(by_user, items, self.n_items, alpha0, lam, nu)
             items = gibbs.solve_implicit_side(by_item, users, self.n_users, alpha0, lam, nu)
+            log.info(f"ranking term: iALS iteration {iteration}/{iterations}  {time.perf_counter() - start:.1f}s")
         self.user_extra.assign(users)
         self.item_extra.assign(items)
 
