@@ -118,9 +118,8 @@ class MatrixFactorization(RecModel):
             linked = [pool.submit(gibbs.rated_prior, r, c, n, m, columns, dim + 1) for r, c, n, m in sides if columns]
             by_user, by_item = (future.result() for future in blocks)
             priors = (linked[0].result(), linked[1].result()) if columns else (None, None)
-        log.info(
-            f"gibbs: {len(rows):,} ratings grouped by user and by item, priors set up in {time.perf_counter() - start:.1f}s"
-        )
+        seconds = time.perf_counter() - start
+        log.info(f"gibbs: {len(rows):,} ratings grouped by user and by item, priors set up in {seconds:.1f}s")
         sweeps = self.data_passes = int(cfg.epochs)
         burn_in = min(int(cfg.burn_in), sweeps - 1)
         if burn_in < int(cfg.burn_in):
