@@ -83,6 +83,9 @@ SKIP_TOP = {
 }
 SKIP_ANY = shutil.ignore_patterns("__pycache__", "*.egg-info")
 
+# the files of data/processed (docs/contracts.md), sorted
+PROCESSED_FILES = ["items.parquet", "stats.json", "test.parquet", "train.parquet", "users.parquet", "val.parquet"]
+
 
 def _ignore(directory: str, names: list[str]) -> set[str]:
     skipped = set(SKIP_ANY(directory, names))

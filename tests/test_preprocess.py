@@ -18,6 +18,8 @@ from recpipe.errors import DataError, RecpipeError
 from recpipe.paths import Paths
 from recpipe.stages.preprocess import run
 
+from .helpers import PROCESSED_FILES
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -232,14 +234,7 @@ def test_stage_writes_the_contract_outputs_and_exact_stats(tmp_path: Path, caplo
     make_raw(tmp_path)
     run(config(), Paths(tmp_path))
     out = Paths(tmp_path).processed
-    assert sorted(p.name for p in out.iterdir()) == [
-        "items.parquet",
-        "stats.json",
-        "test.parquet",
-        "train.parquet",
-        "users.parquet",
-        "val.parquet",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == PROCESSED_FILES
     interactions_schema = pa.schema(
         [("user_id", pa.string()), ("item_id", pa.string()), ("rating", pa.float32()), ("timestamp", pa.int64())]
     )

@@ -35,7 +35,7 @@ from recpipe.data.splits import NEEDS_TIMESTAMPS
 from recpipe.engines import ray_preprocess
 from recpipe.errors import DataError, RecpipeError
 
-from .helpers import BIN, SMALL, commit, composed, copy_repo, env, run, tree_bytes
+from .helpers import BIN, PROCESSED_FILES, SMALL, commit, composed, copy_repo, env, run, tree_bytes
 
 # The synthetic pipeline both engines run; MF's gradient solver (gibbs is fit in one process), batch
 # 512 so that it takes several steps an epoch.
@@ -255,14 +255,7 @@ def test_preprocess_on_ray_data_writes_the_local_engines_bytes(ray_cluster, tmp_
         assert problem is None and stats is not None, problem
 
         assert tree_bytes(on_ray) == tree_bytes(local), split
-        assert sorted(p.name for p in on_ray.iterdir()) == [
-            "items.parquet",
-            "stats.json",
-            "test.parquet",
-            "train.parquet",
-            "users.parquet",
-            "val.parquet",
-        ]
+        assert sorted(p.name for p in on_ray.iterdir()) == PROCESSED_FILES
         # every filter did something, so the test covers each step
         dropped = stats["dropped"]
         assert min(dropped["duplicates"], dropped["min_user_interactions"], dropped["min_item_interactions"]) > 0
