@@ -136,16 +136,14 @@ class MatrixFactorization(RecModel):
 
         def on_sweep(sweep: int, posterior: Any) -> None:
             clock["sampling"] += time.perf_counter() - clock["last"]
+            progress = f"gibbs sweep {sweep}/{sweeps}  {len(rows) * sweep / clock['sampling']:,.0f} ratings/s"
             if not val.empty and (sweep % every == 0 or sweep == sweeps):
                 self._set_posterior(posterior())
                 val_rmse = metrics.rmse(self.predict_rating(*_pairs(val)).numpy(), val["rating"].to_numpy(np.float64))
                 seconds, clock["validated"] = clock["sampling"] - clock["validated"], clock["sampling"]
                 curve.append({"epoch": sweep, "loss": float("nan"), "val_rmse": val_rmse, "seconds": seconds})
-                rate = len(rows) * sweep / clock["sampling"]
-                log.info(
-                    f"gibbs sweep {sweep}/{sweeps}  val_rmse {val_rmse:.4f} (mean of {max(sweep - burn_in, 0)} "
-                    f"samples)  {rate:,.0f} ratings/s"
-                )
+                progress += f"  val_rmse {val_rmse:.4f} (mean of {max(sweep - burn_in, 0)} samples)"
+            log.info(progress)
             clock["last"] = time.perf_counter()
 
         clock["last"] = time.perf_counter()  # sampling time: the sweeps, without the setup and validation
