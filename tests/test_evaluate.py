@@ -310,6 +310,11 @@ def test_stage_writes_reports_and_logs_to_mlflow(tmp_path, caplog):
         "coverage_at_10",
     } <= set(logged.data.metrics)
     assert "recall_at_10_vs_best_baseline" not in logged.data.metrics  # detail: in detail.json
+    costs = {k: v for k, v in logged.data.metrics.items() if k.startswith("cost.")}  # seconds, MLflow only
+    assert set(costs) == {f"cost.{b}.fit_s" for b in ("popularity", "random", "ease")} | {
+        f"cost.{s}.evaluate_s" for s in ("tiny", "popularity", "random", "ease")
+    }
+    assert all(v >= 0 for v in costs.values())
     assert logged.data.params["baseline.ease.lam"] == str(summary["baseline_params"]["ease"]["lam"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "reports")}
     assert {"reports/metrics.json", "reports/detail.json", "reports/evaluation.md", "reports/plots"} <= artifacts

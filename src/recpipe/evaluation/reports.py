@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,9 @@ class Report:
     ``summary`` is evaluation.json (users, segments, cold items, baseline hyperparameters);
     ``intervals`` is ``bootstrap.compare_to_baselines`` output; ``recommended`` maps each system
     to the train popularity of every item in its top-10 lists (``report.recommended_popularity``);
-    ``per_user`` is per_user.csv (``per_user_table``).
+    ``per_user`` is per_user.csv (``per_user_table``). ``costs``: wall seconds per system and step
+    (``fit_s`` for baselines, ``evaluate_s``), logged to MLflow only: a timing in reports/ would make
+    reruns differ.
     """
 
     model_name: str
@@ -91,6 +93,7 @@ class Report:
     recommended: dict[str, np.ndarray]
     item_popularity: np.ndarray
     per_user: pd.DataFrame | None = None
+    costs: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def systems(self) -> dict[str, dict[str, float]]:
@@ -168,8 +171,10 @@ def detail(report: Report) -> dict[str, Any]:
 
 def mlflow_metrics(report: Report, seconds: float) -> dict[str, float]:
     """The MLflow metrics of ``report``: the headline set (``tracking.headline_metrics``, the
-    same numbers a run backfilled from reports/detail.json holds) and the stage's time."""
-    return tracking.headline_metrics(detail(report)) | {"time_evaluate_s": seconds}
+    same numbers a run backfilled from reports/detail.json holds), the stage's time and each
+    system's costs as ``cost.<system>.<step>_s``."""
+    costs = {f"cost.{name}.{step}": value for name, steps in report.costs.items() for step, value in steps.items()}
+    return tracking.headline_metrics(detail(report)) | {"time_evaluate_s": seconds} | costs
 
 
 def log_to_mlflow(report: Report, reports: Path, seconds: float) -> None:
