@@ -13,8 +13,7 @@ import pytest
 import tensorflow as tf
 
 from recpipe.data.processed import Processed
-from recpipe.models import build, gibbs
-from recpipe.models.ials import solve_side
+from recpipe.models import blocks, build, gibbs
 from recpipe.models.io import load_model, save_model
 from recpipe.training import fit, rmse, write_training_curve
 
@@ -29,26 +28,26 @@ def tiny_ratings(seed: int = 0, n_rows: int = 30, n_cols: int = 20, n: int = 150
 
 
 def test_row_blocks_hold_every_entry_once_and_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gibbs, "MIN_WIDTH", 2)
+    monkeypatch.setattr(blocks, "MIN_WIDTH", 2)
     rows, cols, values, _ = tiny_ratings()
-    blocks = gibbs.row_blocks(rows, cols, values, 30, 20, budget=40)
-    assert len(blocks.rows) > 3
+    grouped = blocks.row_blocks(rows, cols, values, 30, 20, budget=40)
+    assert len(grouped.rows) > 3
     seen = []
-    for r, c, v, n in zip(blocks.rows, blocks.cols, blocks.values, blocks.counts):
+    for r, c, v, n in zip(grouped.rows, grouped.cols, grouped.values, grouped.counts):
         assert int(tf.size(c)) <= 40 or r.shape[0] == 1
         for row, cs, vs, count in zip(r.numpy(), c.numpy(), v.numpy(), n.numpy()):
             assert (cs[int(count) :] == 20).all() and (vs[int(count) :] == 0).all()  # padding
             seen += [(int(row), int(col), float(val)) for col, val in zip(cs[: int(count)], vs[: int(count)])]
     expected = [(int(r), int(c), float(np.float32(v))) for r, c, v in zip(rows, cols, values)]
     assert sorted(seen) == sorted(expected)
-    concatenated = np.concatenate([r.numpy() for r in blocks.rows])
-    np.testing.assert_array_equal(concatenated[blocks.order.numpy()], np.arange(30))
+    concatenated = np.concatenate([r.numpy() for r in grouped.rows])
+    np.testing.assert_array_equal(concatenated[grouped.order.numpy()], np.arange(30))
 
 
 def test_stable_argsort_is_numpys_stable_argsort() -> None:
     keys = np.random.default_rng(0).integers(0, 200_000, 50_000)
     keys[:10] = [0, 2**32 - 1, 65535, 65536, 65536, 0, 7, 2**16 + 7, 7, 2**31]
-    np.testing.assert_array_equal(gibbs.stable_argsort(keys), np.argsort(keys, kind="stable"))
+    np.testing.assert_array_equal(blocks.stable_argsort(keys), np.argsort(keys, kind="stable"))
 
 
 def test_sample_side_draws_from_the_gaussian_conditional() -> None:
@@ -59,14 +58,14 @@ def test_sample_side_draws_from_the_gaussian_conditional() -> None:
     root = rng.normal(size=(k, k))
     prior_precision = root @ root.T + np.eye(k)
     noise = rng.normal(size=(30, k)).astype(np.float32)
-    blocks = gibbs.row_blocks(rows, cols, values, 30, 20, budget=40)
+    grouped = blocks.row_blocks(rows, cols, values, 30, 20, budget=40)
     got, sse = gibbs.sample_side(
-        blocks, tf.constant(other), tf.constant(alpha), *gibbs._f32(prior_mean[None], prior_precision, noise)
+        grouped, tf.constant(other), tf.constant(alpha), *gibbs._f32(prior_mean[None], prior_precision, noise)
     )
     got = got.numpy()
     pred = (got[rows, :-1] * other[cols, :-1]).sum(1) + got[rows, -1] + other[cols, -1]
     np.testing.assert_allclose(float(sse), ((values - pred) ** 2).sum(), rtol=1e-4)  # under the drawn vectors
-    concatenated = np.concatenate([r.numpy() for r in blocks.rows])
+    concatenated = np.concatenate([r.numpy() for r in grouped.rows])
     for row in range(30):  # Lambda_r = Lambda + alpha sum f f^T, mean Lambda_r^-1 (Lambda mu + alpha sum f t)
         mine = rows == row
         features = np.column_stack([other[cols[mine], :-1], np.ones(mine.sum())])
@@ -81,9 +80,9 @@ def test_sample_side_draws_from_the_gaussian_conditional() -> None:
 def test_squared_error_sums_the_residuals() -> None:
     rows, cols, values, rng = tiny_ratings()
     users, items = rng.normal(size=(30, 3)), rng.normal(size=(20, 3))
-    blocks = gibbs.row_blocks(rows, cols, values, 30, 20, budget=40)
+    grouped = blocks.row_blocks(rows, cols, values, 30, 20, budget=40)
     pred = (users[rows, :-1] * items[cols, :-1]).sum(1) + users[rows, -1] + items[cols, -1]
-    got = gibbs.squared_error(blocks, *gibbs._f32(users, items))
+    got = gibbs.squared_error(grouped, *gibbs._f32(users, items))
     np.testing.assert_allclose(float(got), ((values - pred) ** 2).sum(), rtol=1e-4)
 
 
@@ -104,16 +103,6 @@ def test_compress_is_the_sum_of_the_samples() -> None:
     left, right = gibbs.compress(users, items, rank=2)  # the best rank-2 approximation (Eckart-Young)
     s = np.linalg.svd(total, compute_uv=False)
     np.testing.assert_allclose(np.linalg.norm(total - left @ right.T), np.sqrt((s[2:] ** 2).sum()), rtol=1e-8)
-
-
-def test_implicit_half_step_matches_the_dense_ials_solve() -> None:
-    rows, cols, _, rng = tiny_ratings()
-    X = np.zeros((30, 20), np.float32)
-    X[rows, cols] = 1.0
-    other = tf.constant(rng.normal(size=(20, 5)), tf.float32)
-    blocks = gibbs.row_blocks(rows, cols, np.ones(len(rows)), 30, 20, budget=40)
-    got = gibbs.solve_implicit_side(blocks, other, 20, alpha0=0.3, lam=0.05, nu=1.0)
-    np.testing.assert_allclose(got, solve_side(tf.constant(X), other, 0.3, 0.05, 1.0), rtol=1e-4, atol=1e-5)
 
 
 def gibbs_cfg(**overrides: object):

@@ -16,7 +16,7 @@ from recpipe.errors import RecpipeError
 from recpipe.models import build
 from recpipe.models.blend import standardise, weight_combinations
 from recpipe.models.classic.ease import DROPPED_SCORE, EASE
-from recpipe.models.ials import solve_side
+from recpipe.models.ials import entry_blocks, solve_side
 from recpipe.models.io import load_model, save_model
 from recpipe.models.window_ease import time_ordered, window_gram
 from recpipe.sweep import objective, search_progress
@@ -41,12 +41,15 @@ def test_ials_half_step_solves_each_rows_least_squares_problem() -> None:
     X = (rng.random((7, 5)) < 0.4).astype(np.float32)
     H = rng.normal(size=(5, 3)).astype(np.float32)
     alpha0, lam, nu = 0.5, 0.1, 0.8
-    got = solve_side(tf.constant(X), tf.constant(H), alpha0, lam, nu, block=3).numpy()
-    for u in range(7):  # minimise sum_obs (1 - w.h)^2 + alpha0 sum_all (w.h)^2 + reg |w|^2 by normal equations
-        seen = H[X[u] > 0]
-        reg = lam * (X[u].sum() + alpha0 * 5) ** nu
-        A = alpha0 * H.T @ H + seen.T @ seen + reg * np.eye(3)
-        np.testing.assert_allclose(got[u], np.linalg.solve(A, seen.sum(0)), rtol=1e-4, atol=1e-5)
+    W = rng.normal(size=(7, 3)).astype(np.float32)
+    by_user, by_item = entry_blocks(sp.csr_matrix(X))
+    for matrix, grouped, other in ((X, by_user, H), (X.T, by_item, W)):  # users given items, items given users
+        got = solve_side(grouped, tf.constant(other), len(other), alpha0, lam, nu).numpy()
+        for u, row in enumerate(matrix):  # minimise sum_obs (1 - w.h)^2 + alpha0 sum_all (w.h)^2 + reg |w|^2
+            seen = other[row > 0]
+            reg = lam * (row.sum() + alpha0 * len(other)) ** nu
+            A = alpha0 * other.T @ other + seen.T @ seen + reg * np.eye(3)
+            np.testing.assert_allclose(got[u], np.linalg.solve(A, seen.sum(0)), rtol=1e-4, atol=1e-5)
 
 
 def test_ials_fits_saves_and_factorizes(toy_data: Processed, tmp_path: Path) -> None:

@@ -29,73 +29,10 @@ import numpy as np
 import scipy.sparse as sp
 import tensorflow as tf
 
+from recpipe.models.blocks import RowBlocks
 from recpipe.models.classic.gram import ColumnDots
 
-BLOCK_ENTRIES = 1 << 20  # padded ratings per block (memory: entries x d floats)
-GROWTH = 1.25  # the longest row of a block has at most this many times the shortest's entries ...
-MIN_WIDTH = 8  # ... or this many
 DENSE_PRIOR_ROWS = 8192  # rows of a linked prior's features multiplied densely (``ColumnDots``)
-
-
-@dataclass(frozen=True)
-class RowBlocks:
-    """The entries of a sparse ``n_rows`` x ``n_cols`` matrix grouped by row: rows sorted by length,
-    cut into blocks of at most ``BLOCK_ENTRIES`` padded entries whose rows differ in length by at
-    most ``GROWTH`` times (padding < 25%); every row (also rows without entries) is in one block.
-    Padding entries have column ``n_cols`` and value 0: gathered from a column table with one more,
-    all-zero row (``padded``), they add nothing to any sum, so no mask is needed."""
-
-    rows: list[tf.Tensor]  # int32 [b]: the rows of each block
-    cols: list[tf.Tensor]  # int32 [b, L]: their entries' columns (padding: n_cols)
-    values: list[tf.Tensor]  # float32 [b, L]: their entries' values (padding: 0)
-    counts: list[tf.Tensor]  # float32 [b]: each row's number of entries
-    order: tf.Tensor  # int32 [n_rows]: position of each row in the concatenated blocks
-
-
-def stable_argsort(keys: np.ndarray) -> np.ndarray:
-    """``np.argsort(keys, kind="stable")`` for non-negative integer keys < 2^32, as two radix passes
-    over 16-bit halves (numpy sorts 16-bit keys by radix sort: linear time, 2x faster at 20M)."""
-    low = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
-    return low[np.argsort((keys[low] >> 16).astype(np.uint16), kind="stable")]
-
-
-def row_blocks(
-    rows: np.ndarray,
-    cols: np.ndarray,
-    values: np.ndarray,
-    n_rows: int,
-    n_cols: int,
-    budget: int = BLOCK_ENTRIES,
-) -> RowBlocks:
-    """Group the entries (``rows[k]``, ``cols[k]``, ``values[k]``) of an ``n_rows`` x ``n_cols`` matrix by row."""
-    by_row = stable_argsort(rows)
-    cols, values = cols[by_row], values[by_row]
-    counts = np.bincount(rows, minlength=n_rows)
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    row_order = np.argsort(counts, kind="stable")
-    sorted_counts = counts[row_order]
-    blocks: tuple[list, list, list, list] = ([], [], [], [])
-    begin = 0
-    while begin < n_rows:
-        # the rows up to ``limit`` entries long, as many as fit the budget at that width (at least one)
-        limit = max(int(sorted_counts[begin]) * GROWTH, MIN_WIDTH)
-        end = int(np.searchsorted(sorted_counts, limit, side="right"))
-        end = max(begin + 1, min(end, begin + int(budget // limit)))
-        members = row_order[begin:end]
-        width = max(int(sorted_counts[end - 1]), 1)
-        valid = np.arange(width)[None, :] < counts[members][:, None]
-        at = np.where(valid, starts[members][:, None] + np.arange(width)[None, :], 0)
-        for out, array, dtype in (
-            (blocks[0], members, tf.int32),
-            (blocks[1], np.where(valid, cols[at], n_cols), tf.int32),
-            (blocks[2], np.where(valid, values[at], 0.0), tf.float32),
-            (blocks[3], counts[members], tf.float32),
-        ):
-            out.append(tf.constant(array, dtype))
-        begin = end
-    order = np.empty(n_rows, np.int32)
-    order[row_order] = np.arange(n_rows, dtype=np.int32)
-    return RowBlocks(*blocks, order=tf.constant(order))
 
 
 def padded(other: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -330,23 +267,3 @@ def gibbs_bpmf(
         if on_sweep is not None:
             on_sweep(sweep, posterior)
     return posterior()
-
-
-def solve_implicit_side(
-    blocks: RowBlocks, other: tf.Tensor, n_cols: int, alpha0: float, lam: float, nu: float
-) -> tf.Tensor:
-    """One iALS half-step on the binary matrix of ``blocks``' entries (Hu et al. 2008, in the
-    regularization of Rendle et al. 2022, see ``recpipe.models.ials``): each row's factors solve
-    ``(alpha0 Y^T Y + Y_r^T Y_r + lam (n_r + alpha0 n_cols)^nu I) x_r = Y_r^T 1`` given the
-    column factors ``other`` [n_cols, d]; only the stored entries are touched."""
-    d = other.shape[1]
-    gramian = alpha0 * tf.matmul(other, other, transpose_a=True)
-    table = tf.pad(other, [[0, 1], [0, 0]])  # row n_cols: the padding's zeros
-    solved = []
-    for cols, counts in zip(blocks.cols, blocks.counts):
-        features = tf.gather(table, cols)
-        reg = lam * tf.pow(counts + alpha0 * n_cols, nu)
-        lhs = gramian + tf.matmul(features, features, transpose_a=True) + reg[:, None, None] * tf.eye(d)
-        rhs = tf.reduce_sum(features, axis=1)[..., None]
-        solved.append(tf.linalg.cholesky_solve(tf.linalg.cholesky(lhs), rhs)[..., 0])
-    return tf.gather(tf.concat(solved, axis=0), blocks.order)

@@ -10,56 +10,81 @@ factors H, minimise
 
 (``alpha0``: the weight of every unobserved pair, ``nu``: frequency scaling of the L2 term). With
 H fixed each w_u is the solution of a d x d linear system,
-``(alpha0 H^T H + H_u^T H_u + lam_u I) w_u = H_u^T 1``, and symmetrically for the items: the
-systems of a block of users are built with one einsum and solved by one batched Cholesky.
+``(alpha0 H^T H + H_u^T H_u + lam_u I) w_u = H_u^T 1``, and symmetrically for the items. Only the
+stored entries are touched: the rows are grouped into padded blocks once (``recpipe.models.blocks``),
+so the systems of a block are one batched matmul over its entries and one batched Cholesky, never a
+dense users x items matrix (ML-25M-sized data fits).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import tensorflow as tf
 
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.models.base import register
+from recpipe.models.blocks import RowBlocks, row_blocks
 from recpipe.models.classic.base import ClosedFormModel
 
-BLOCK = 128  # rows solved together (memory: BLOCK x catalog x factors floats)
+log = logging.getLogger(__name__)
 
 
-def solve_side(X: tf.Tensor, other: tf.Tensor, alpha0: float, lam: float, nu: float, block: int = BLOCK) -> tf.Tensor:
-    """The least-squares factors of every row of the binary matrix ``X`` [n, m] given the factors
-    ``other`` [m, d] of its columns (one half-step of iALS), float32 [n, d]."""
-    n, m = X.shape
+def solve_side(blocks: RowBlocks, other: tf.Tensor, n_cols: int, alpha0: float, lam: float, nu: float) -> tf.Tensor:
+    """One half-step of iALS: the least-squares factors [n_rows, d] of every row of the binary
+    matrix whose entries ``blocks`` holds, given the factors ``other`` [n_cols, d] of its columns:
+    ``(alpha0 Y^T Y + Y_r^T Y_r + lam (n_r + alpha0 n_cols)^nu I) x_r = Y_r^T 1``."""
     d = other.shape[1]
     gramian = alpha0 * tf.matmul(other, other, transpose_a=True)
-    reg = lam * tf.pow(tf.reduce_sum(X, axis=1) + alpha0 * m, nu)
-    blocks = []
-    for start in range(0, n, block):
-        x = X[start : start + block]
-        per_row = tf.einsum("bi,id,ie->bde", x, other, other)
-        lhs = gramian + per_row + reg[start : start + block, None, None] * tf.eye(d)
-        rhs = tf.matmul(x, other)[:, :, None]
-        blocks.append(tf.linalg.cholesky_solve(tf.linalg.cholesky(lhs), rhs)[:, :, 0])
-    return tf.concat(blocks, axis=0)
+    table = tf.pad(other, [[0, 1], [0, 0]])  # row n_cols: the padding's zeros
+    solved = []
+    for cols, counts in zip(blocks.cols, blocks.counts):
+        features = tf.gather(table, cols)
+        reg = lam * tf.pow(counts + alpha0 * n_cols, nu)
+        lhs = gramian + tf.matmul(features, features, transpose_a=True) + reg[:, None, None] * tf.eye(d)
+        rhs = tf.reduce_sum(features, axis=1)[..., None]
+        solved.append(tf.linalg.cholesky_solve(tf.linalg.cholesky(lhs), rhs)[..., 0])
+    return tf.gather(tf.concat(solved, axis=0), blocks.order)
 
 
 def fit_ials(
-    X: np.ndarray, factors: int, alpha0: float, lam: float, nu: float, iterations: int, init_std: float, seed: int
+    by_user: RowBlocks,
+    by_item: RowBlocks,
+    factors: int,
+    alpha0: float,
+    lam: float,
+    nu: float,
+    iterations: int,
+    init_std: float,
+    seed: int,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """User and item factors of iALS on the binary matrix ``X`` [users, items] after
-    ``iterations`` alternating passes from N(0, init_std^2 / factors) item factors."""
+    """User and item factors of iALS on the binary matrix whose entries ``by_user`` (grouped by
+    user) and ``by_item`` (the same, by item) hold, after ``iterations`` alternating passes from
+    N(0, init_std^2 / factors) item factors."""
     if iterations < 1:
         raise RecpipeError(f"iALS iterations must be at least 1, got {iterations}")
-    X = tf.constant(X, tf.float32)
+    n_users, n_items = int(by_user.order.shape[0]), int(by_item.order.shape[0])
     rng = np.random.default_rng(seed)
-    items = tf.constant(rng.normal(0.0, init_std / np.sqrt(factors), (X.shape[1], factors)), tf.float32)
-    for _ in range(iterations):
-        users = solve_side(X, items, alpha0, lam, nu)
-        items = solve_side(tf.transpose(X), users, alpha0, lam, nu)
+    items = tf.constant(rng.normal(0.0, init_std / np.sqrt(factors), (n_items, factors)), tf.float32)
+    start = time.perf_counter()
+    for iteration in range(1, iterations + 1):
+        users = solve_side(by_user, items, n_items, alpha0, lam, nu)
+        items = solve_side(by_item, users, n_users, alpha0, lam, nu)
+        log.info(f"iALS iteration {iteration}/{iterations}  {time.perf_counter() - start:.1f}s")
     return users, items
+
+
+def entry_blocks(X: sp.csr_matrix) -> tuple[RowBlocks, RowBlocks]:
+    """The entries of ``X`` [users, items] grouped by user and by item."""
+    coo = X.tocoo()
+    rows, cols, ones = coo.row.astype(np.int64), coo.col.astype(np.int64), np.ones(coo.nnz)
+    n_rows, n_cols = X.shape
+    return row_blocks(rows, cols, ones, n_rows, n_cols), row_blocks(cols, rows, ones, n_cols, n_rows)
 
 
 @register("ials")
@@ -76,7 +101,7 @@ class IALS(ClosedFormModel):
 
     def fit_closed_form(self, data: Processed) -> dict[str, Any]:
         users, items = fit_ials(
-            data.matrix("train").toarray(),
+            *entry_blocks(data.matrix("train")),
             self.factors,
             self.alpha0,
             self.lam,

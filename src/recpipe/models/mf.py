@@ -19,8 +19,9 @@ import tensorflow as tf
 from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.evaluation import metrics
-from recpipe.models import gibbs
+from recpipe.models import gibbs, ials
 from recpipe.models.base import RecModel, register
+from recpipe.models.blocks import RowBlocks, row_blocks
 from recpipe.models.common import (
     constant,
     mean_square_norm,
@@ -53,7 +54,7 @@ class MatrixFactorization(RecModel):
     ``rated_prior_columns`` > 0 the prior mean of each user's vector depends on which items the
     user rated in train, SVD++'s implicit feedback, and each item's on which users rated it, see
     ``gibbs.LinkedPrior``), then fits the ranking factors x, y by ``implicit_iterations`` iALS
-    iterations (``gibbs.solve_implicit_side``, ``implicit_alpha0``, ``implicit_lam``,
+    iterations (``ials.fit_ials``, ``implicit_alpha0``, ``implicit_lam``,
     ``implicit_nu``) on which items each user rated: s(u, i) = x_u . y_i. The validation RMSE of
     the running average is logged every ``validate_every`` sweeps and kept as ``fit_history`` (the
     training curve).
@@ -114,7 +115,7 @@ class MatrixFactorization(RecModel):
         sides = ((users, items, self.n_users, self.n_items), (items, users, self.n_items, self.n_users))
         start = time.perf_counter()
         with ThreadPoolExecutor(2) as pool:  # the two sides' setups overlap where numpy/LAPACK free the GIL
-            blocks = [pool.submit(gibbs.row_blocks, r, c, centred, n, m) for r, c, n, m in sides]
+            blocks = [pool.submit(row_blocks, r, c, centred, n, m) for r, c, n, m in sides]
             linked = [pool.submit(gibbs.rated_prior, r, c, n, m, columns, dim + 1) for r, c, n, m in sides if columns]
             by_user, by_item = (future.result() for future in blocks)
             priors = (linked[0].result(), linked[1].result()) if columns else (None, None)
@@ -174,17 +175,20 @@ class MatrixFactorization(RecModel):
         self.user_bias.assign(posterior.user_bias.astype(np.float32))
         self.item_bias.assign(posterior.item_bias.astype(np.float32))
 
-    def _solve_implicit(self, by_user: gibbs.RowBlocks, by_item: gibbs.RowBlocks) -> None:
+    def _solve_implicit(self, by_user: RowBlocks, by_item: RowBlocks) -> None:
         """Fit the ranking factors x, y by ``implicit_iterations`` iALS iterations from seeded item factors."""
         cfg = self.cfg
-        alpha0, lam, nu = float(cfg.implicit_alpha0), float(cfg.implicit_lam), float(cfg.implicit_nu)
-        rng = np.random.default_rng(int(cfg.seed))
-        items = tf.constant(rng.normal(0.0, 0.1 / np.sqrt(self.item_extra.shape[1]), self.item_extra.shape), tf.float32)
-        start, iterations = time.perf_counter(), int(cfg.implicit_iterations)
-        for iteration in range(1, iterations + 1):
-            users = gibbs.solve_implicit_side(by_user, items, self.n_items, alpha0, lam, nu)
-            items = gibbs.solve_implicit_side(by_item, users, self.n_users, alpha0, lam, nu)
-            log.info(f"ranking term: iALS iteration {iteration}/{iterations}  {time.perf_counter() - start:.1f}s")
+        users, items = ials.fit_ials(
+            by_user,
+            by_item,
+            int(cfg.implicit_dim),
+            float(cfg.implicit_alpha0),
+            float(cfg.implicit_lam),
+            float(cfg.implicit_nu),
+            int(cfg.implicit_iterations),
+            0.1,
+            int(cfg.seed),
+        )
         self.user_extra.assign(users)
         self.item_extra.assign(items)
 
