@@ -117,6 +117,11 @@ def test_window_ease_orders_by_time_and_with_an_unbounded_window_is_ease(toy_dat
     np.testing.assert_array_equal(load_model(tmp_path / "model").score_all(users), model.score_all(users))
 
 
+def test_mult_vae_refuses_a_dense_input_larger_than_half_the_memory() -> None:
+    with pytest.raises(RecpipeError, match=r"mult_vae keeps the train matrix dense: 1,000,000 users x 2,000,000 items"):
+        build(model_cfg("mult_vae"), 1_000_000, 2_000_000)  # 7.3 TiB: refused before any weight exists
+
+
 def test_blend_weight_combinations_put_the_first_member_at_one_or_zero() -> None:
     combos = [w.tolist() for w in weight_combinations([0.0, 2.0], 3)]
     assert combos == [[1, 0, 0], [1, 0, 2], [1, 2, 0], [1, 2, 2], [0, 0, 2], [0, 2, 0], [0, 2, 2]]

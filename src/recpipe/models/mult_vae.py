@@ -13,14 +13,28 @@ an epoch sees every user once, as in the paper.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from recpipe.errors import RecpipeError
 from recpipe.models.base import RecModel, register
 from recpipe.models.common import constant, implicit_rows
+
+
+def check_dense_fits(n_users: int, n_items: int) -> None:
+    """Refuse, before allocating, a users x items float32 input that does not fit half the machine's memory."""
+    need = 4 * n_users * n_items
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > memory / 2:
+        raise RecpipeError(
+            f"model=mult_vae keeps the train matrix dense: {n_users:,} users x {n_items:,} items x 4 bytes = "
+            f"{need / 2**30:.1f} GiB, more than half of this machine's {memory / 2**30:.1f} GiB; use a sparse "
+            "model (model=ials, model=mf, model=ease) or a blend without it (model.members)"
+        )
 
 
 @register("mult_vae")
@@ -31,6 +45,7 @@ class MultVAE(RecModel):
     fitting = "gradient"
 
     def __init__(self, cfg: Any, n_users: int, n_items: int, **context: Any) -> None:
+        check_dense_fits(n_users, n_items)  # before any weight is allocated
         super().__init__(name="mult_vae")
         self.n_items, self.latent = n_items, int(cfg.latent)
         self.dropout, self.l2 = float(cfg.dropout), float(cfg.l2)
