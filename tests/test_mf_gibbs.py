@@ -30,7 +30,7 @@ def tiny_ratings(seed: int = 0, n_rows: int = 30, n_cols: int = 20, n: int = 150
 def test_row_blocks_hold_every_entry_once_and_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blocks, "MIN_WIDTH", 2)
     rows, cols, values, _ = tiny_ratings()
-    grouped = blocks.row_blocks(rows, cols, values, 30, 20, budget=40)
+    grouped = blocks.row_blocks(blocks.by_row(rows, cols, values, 30, 20), budget=40)
     assert len(grouped.rows) > 3
     seen = []
     for r, c, v, n in zip(grouped.rows, grouped.cols, grouped.values, grouped.counts):
@@ -42,6 +42,14 @@ def test_row_blocks_hold_every_entry_once_and_every_row(monkeypatch: pytest.Monk
     assert sorted(seen) == sorted(expected)
     concatenated = np.concatenate([r.numpy() for r in grouped.rows])
     np.testing.assert_array_equal(concatenated[grouped.order.numpy()], np.arange(30))
+
+
+def test_by_row_keeps_every_entry_in_its_order_within_the_row() -> None:
+    rows, cols, values = np.array([2, 0, 2, 2, 0]), np.array([1, 3, 1, 0, 2]), np.arange(5.0)
+    matrix = blocks.by_row(rows, cols, values, 4, 4)  # (2, 1) twice: kept twice, not summed
+    np.testing.assert_array_equal(matrix.indptr, [0, 2, 2, 5, 5])
+    np.testing.assert_array_equal(matrix.indices, [3, 2, 1, 1, 0])
+    np.testing.assert_array_equal(matrix.data, [1.0, 4.0, 0.0, 2.0, 3.0])
 
 
 def test_stable_argsort_is_numpys_stable_argsort() -> None:
@@ -58,7 +66,7 @@ def test_sample_side_draws_from_the_gaussian_conditional() -> None:
     root = rng.normal(size=(k, k))
     prior_precision = root @ root.T + np.eye(k)
     noise = rng.normal(size=(30, k)).astype(np.float32)
-    grouped = blocks.row_blocks(rows, cols, values, 30, 20, budget=40)
+    grouped = blocks.row_blocks(blocks.by_row(rows, cols, values, 30, 20), budget=40)
     got, sse = gibbs.sample_side(
         grouped, tf.constant(other), tf.constant(alpha), *gibbs._f32(prior_mean[None], prior_precision, noise)
     )
@@ -80,7 +88,7 @@ def test_sample_side_draws_from_the_gaussian_conditional() -> None:
 def test_squared_error_sums_the_residuals() -> None:
     rows, cols, values, rng = tiny_ratings()
     users, items = rng.normal(size=(30, 3)), rng.normal(size=(20, 3))
-    grouped = blocks.row_blocks(rows, cols, values, 30, 20, budget=40)
+    grouped = blocks.row_blocks(blocks.by_row(rows, cols, values, 30, 20), budget=40)
     pred = (users[rows, :-1] * items[cols, :-1]).sum(1) + users[rows, -1] + items[cols, -1]
     got = gibbs.squared_error(grouped, *gibbs._f32(users, items))
     np.testing.assert_allclose(float(got), ((values - pred) ** 2).sum(), rtol=1e-4)
@@ -157,7 +165,7 @@ def test_gibbs_mf_without_ranking_term_scores_by_predicted_rating(
 
 def test_linked_prior_draws_the_ridge_posterior_of_the_link() -> None:
     rows, cols, _, rng = tiny_ratings(n_rows=8, n_cols=5, n=20)
-    prior = gibbs.rated_prior(rows, cols, 8, 5, max_features=4, k=2)
+    prior = gibbs.rated_prior(blocks.by_row(rows, cols, np.ones(len(rows)), 8, 5), max_features=4, k=2)
     assert prior.features.shape == (8, 4)  # the 4 most frequent columns, rows scaled by 1/sqrt(count)
     x = prior.features.toarray()
     counts = np.bincount(rows, minlength=8)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import tensorflow as tf
 
 BLOCK_ENTRIES = 1 << 20  # padded ratings per block (memory: entries x d floats)
@@ -40,19 +41,19 @@ def stable_argsort(keys: np.ndarray) -> np.ndarray:
     return low[np.argsort((keys[low] >> 16).astype(np.uint16), kind="stable")]
 
 
-def row_blocks(
-    rows: np.ndarray,
-    cols: np.ndarray,
-    values: np.ndarray,
-    n_rows: int,
-    n_cols: int,
-    budget: int = BLOCK_ENTRIES,
-) -> RowBlocks:
-    """Group the entries (``rows[k]``, ``cols[k]``, ``values[k]``) of an ``n_rows`` x ``n_cols`` matrix by row."""
-    by_row = stable_argsort(rows)
-    cols, values = cols[by_row], values[by_row]
-    counts = np.bincount(rows, minlength=n_rows)
-    starts = np.concatenate([[0], np.cumsum(counts)])
+def by_row(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: int, n_cols: int) -> sp.csr_matrix:
+    """The entries (``rows[k]``, ``cols[k]``, ``values[k]``) of an ``n_rows`` x ``n_cols`` matrix as
+    CSR, in their given order within each row (a stable sort; repeated entries are kept, not summed)."""
+    order = stable_argsort(rows)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_rows))])
+    return sp.csr_matrix((values[order], cols[order], indptr), shape=(n_rows, n_cols))
+
+
+def row_blocks(matrix: sp.csr_matrix, budget: int = BLOCK_ENTRIES) -> RowBlocks:
+    """Group the stored entries of ``matrix`` (CSR) by row into ``RowBlocks``."""
+    n_rows, n_cols = matrix.shape
+    cols, values, starts = matrix.indices, matrix.data, matrix.indptr
+    counts = np.diff(starts)
     row_order = np.argsort(counts, kind="stable")
     sorted_counts = counts[row_order]
     blocks: tuple[list, list, list, list] = ([], [], [], [])

@@ -81,10 +81,7 @@ def fit_ials(
 
 def entry_blocks(X: sp.csr_matrix) -> tuple[RowBlocks, RowBlocks]:
     """The entries of ``X`` [users, items] grouped by user and by item."""
-    coo = X.tocoo()
-    rows, cols, ones = coo.row.astype(np.int64), coo.col.astype(np.int64), np.ones(coo.nnz)
-    n_rows, n_cols = X.shape
-    return row_blocks(rows, cols, ones, n_rows, n_cols), row_blocks(cols, rows, ones, n_cols, n_rows)
+    return row_blocks(X), row_blocks(X.T.tocsr())
 
 
 @register("ials")

@@ -21,7 +21,7 @@ from recpipe.errors import RecpipeError
 from recpipe.evaluation import metrics
 from recpipe.models import gibbs, ials
 from recpipe.models.base import RecModel, register
-from recpipe.models.blocks import RowBlocks, row_blocks
+from recpipe.models.blocks import RowBlocks, by_row, row_blocks
 from recpipe.models.common import (
     constant,
     mean_square_norm,
@@ -112,11 +112,12 @@ class MatrixFactorization(RecModel):
         users, items = rows["user_idx"].to_numpy(np.int64), rows["item_idx"].to_numpy(np.int64)
         centred = rows["rating"].to_numpy(np.float64) - float(self.global_mean.numpy())
         dim, columns = int(cfg.embedding_dim), int(cfg.rated_prior_columns)
-        sides = ((users, items, self.n_users, self.n_items), (items, users, self.n_items, self.n_users))
         start = time.perf_counter()
+        ratings = by_row(users, items, centred, self.n_users, self.n_items)
+        matrices = (ratings, ratings.T.tocsr())  # by user, by item
         with ThreadPoolExecutor(2) as pool:  # the two sides' setups overlap where numpy/LAPACK free the GIL
-            blocks = [pool.submit(row_blocks, r, c, centred, n, m) for r, c, n, m in sides]
-            linked = [pool.submit(gibbs.rated_prior, r, c, n, m, columns, dim + 1) for r, c, n, m in sides if columns]
+            blocks = [pool.submit(row_blocks, matrix) for matrix in matrices]
+            linked = [pool.submit(gibbs.rated_prior, matrix, columns, dim + 1) for matrix in matrices if columns]
             by_user, by_item = (future.result() for future in blocks)
             priors = (linked[0].result(), linked[1].result()) if columns else (None, None)
         seconds = time.perf_counter() - start
