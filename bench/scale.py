@@ -18,8 +18,9 @@ folder and exits 1.
 Defaults (each one only when the user gives no value for its key and the composed config has it):
 ``model=mf`` (the default blend has members dense in users x items), ``model.epochs=3`` as in
 issue 12's measurement (MF's default gibbs solver: 3 sweeps), ``evaluate.max_users=20000`` (a
-seeded sample of test users; the report states its effect on the intervals), ``export.index=scann``
-and a ScaNN index sized by ``--items`` (``scann_settings``). For gradient-trained models
+seeded sample of test users; the report states its effect on the intervals), and for a factorized
+model (mf, ials, two_tower, content: candidate vectors) ``export.index=scann`` with an index sized
+by ``--items`` (``scann_settings``; other models export brute force). For gradient-trained models
 (``model.solver=gradient``, ncf, two_tower ...) a larger ``model.batch_size`` (e.g. 65536) lowers
 the cost per rating: each Adam step updates whole embedding tables. MF's gibbs solver has no batches.
 """
@@ -44,8 +45,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "preprocess", "train", "evaluate", "export")
-# Defaults in override order: config group choices first, then values (see the module docstring).
-DEFAULTS = ("model=mf", "export.index=scann", "model.epochs=3", "evaluate.max_users=20000")
+# Defaults (see the module docstring and ``bench_overrides``)
+MODEL = "model=mf"
+SETTINGS = ("model.epochs=3", "evaluate.max_users=20000")
 K = 10
 LOG_LINES = 5
 _TIMES = re.compile(r"(fit baseline|evaluated) (\S+) in ([\d.]+) s")
@@ -71,16 +73,38 @@ def positive_int(text: str) -> int:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line; N, options and overrides in any order."""
+    """The command line: N, options and overrides in any order (an override has ``=`` or starts with ``~``)."""
     parser = argparse.ArgumentParser(
-        prog="bench/scale.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="bench/scale.py",
+        usage="%(prog)s [N] [--users U] [--items I] [--keep DIR] [overrides ...]",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("n", nargs="?", type=positive_int, default=25_000_000, help="interactions (default 25000000)")
-    parser.add_argument("--users", type=positive_int, default=162_000, help="synthetic users (default 162000)")
-    parser.add_argument("--items", type=positive_int, default=59_000, help="synthetic items (default 59000)")
-    parser.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
-    parser.add_argument("overrides", nargs="*", help="more Hydra overrides (they win over the defaults above)")
-    return parser.parse_intermixed_args(argv)
+    parser.add_argument(
+        "--users", type=positive_int, default=162_000, metavar="U", help="synthetic users (default 162000)"
+    )
+    parser.add_argument(
+        "--items", type=positive_int, default=59_000, metavar="I", help="synthetic items (default 59000)"
+    )
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="run in this folder and keep it (default: a temporary one)"
+    )
+    parser.add_argument(
+        "words",
+        nargs="*",
+        metavar="N | override",
+        help="N: interactions (default 25000000); overrides: Hydra overrides (they win over the defaults above)",
+    )
+    args = parser.parse_intermixed_args(argv)
+    args.overrides = [w for w in args.words if "=" in w or w.startswith("~")]
+    numbers = [w for w in args.words if w not in args.overrides]
+    if len(numbers) > 1:
+        parser.error(f"one N expected, got {' '.join(numbers)} (an override looks like key=value)")
+    try:
+        args.n = positive_int(numbers[0]) if numbers else 25_000_000
+    except argparse.ArgumentTypeError as e:
+        parser.error(f"argument N: {e}")
+    return args
 
 
 def override_key(override: str) -> str:
@@ -102,9 +126,17 @@ def scann_settings(items: int) -> tuple[str, ...]:
     )
 
 
+def factorized(model_name: str) -> bool:
+    """Whether model ``model_name`` has candidate vectors (what ``export.index=scann`` indexes)."""
+    from recpipe.models import RecModel, get
+
+    return get(model_name).candidate_vectors is not RecModel.candidate_vectors
+
+
 def bench_overrides(n: int, users: int, items: int, overrides: Sequence[str]) -> list[str]:
-    """All overrides of the run: the data size, the defaults (``DEFAULTS``, ``scann_settings``) whose
-    key the user does not set and the config composed with the user's choices has, then ``overrides``.
+    """All overrides of the run: the data size, ``model=mf``, ``SETTINGS`` that the config composed
+    with the user's choices has, ``export.index=scann`` for a factorized model and then
+    ``scann_settings``, each default only when the user does not set its key; then ``overrides``.
     Raises RecpipeError when conf/ does not compose with them."""
     from omegaconf import OmegaConf
 
@@ -112,16 +144,17 @@ def bench_overrides(n: int, users: int, items: int, overrides: Sequence[str]) ->
 
     data = ["data=synthetic", f"data.n_users={users}", f"data.n_items={items}", f"data.n_interactions={n}"]
     given = {override_key(o) for o in overrides}
-    defaults = [o for o in (*DEFAULTS, *scann_settings(items)) if override_key(o) not in given]
-    choices = [o for o in defaults if "." not in override_key(o)]
-    cfg = compose([*data, *choices, *overrides], REPO / "conf")
+    model = [] if "model" in given else [MODEL]
+    cfg = compose([*data, *model, *overrides], REPO / "conf")
     missing = object()
-    values = [
-        o
-        for o in defaults
-        if o not in choices and OmegaConf.select(cfg, override_key(o), default=missing) is not missing
-    ]
-    return [*data, *choices, *values, *overrides]
+    defaults = [o for o in SETTINGS if OmegaConf.select(cfg, override_key(o), default=missing) is not missing]
+    index = cfg.export.index
+    if "export.index" not in given and factorized(cfg.model.name):
+        index = "scann"
+        defaults.append("export.index=scann")
+    if index == "scann":
+        defaults += scann_settings(items)
+    return [*data, *model, *(o for o in defaults if override_key(o) not in given), *overrides]
 
 
 def stage_env(work: Path) -> dict[str, str]:
