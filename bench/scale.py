@@ -279,7 +279,7 @@ def system_times(log: Path) -> list[str]:
     times = _TIMES.findall(log.read_text(errors="replace"))
     return [
         f"{label}: " + "; ".join(f"{name} {float(s):.0f} s" for what, name, s in times if what == kind)
-        for kind, label in (("fit baseline", "fit"), ("evaluated", "ranking"))
+        for kind, label in (("fit baseline", "fit"), ("evaluated", "evaluated"))
     ]
 
 

@@ -203,6 +203,6 @@ def test_a_tiny_run_in_a_relative_folder_with_its_own_store(tmp_path: Path) -> N
     work = tmp_path / "work"
     assert not user_store.exists() and (work / "mlflow.db").is_file() and (work / "params.yaml").is_file()
     assert "| export |" in done.stdout and "| **total** |" in done.stdout
-    assert "ranking: popularity" in done.stdout
+    assert "evaluated: popularity" in done.stdout
     assert "ease (baseline): " in done.stdout and "dropped interaction share 0.000" in done.stdout
     assert "brute_force export: recall@10 vs exact 1.000" in done.stdout
