@@ -264,9 +264,9 @@ def item_caps(work: Path) -> list[str]:
     the share of train interactions dropped, for the model (train stage) and each baseline."""
     info = json.loads((work / "reports/evaluation.json").read_text())
     summary = json.loads((work / "models/train/train_summary.json").read_text())
-    found = [*capped(summary.get("fitted_params") or {}, f"{summary['model']} (model)")]
-    for name, params in info.get("baseline_params", {}).items():
-        found += capped(params, f"{name} (baseline)")
+    found = [(f"{name} (model)", p) for name, p in capped(summary.get("fitted_params") or {}, summary["model"])]
+    for baseline, params in info.get("baseline_params", {}).items():
+        found += [(f"{name} (baseline)", p) for name, p in capped(params, baseline)]
     return [
         f"{name}: {p['items_kept']:,} of {info['items']:,} items kept (max_items {p['max_items']:,}), "
         f"dropped interaction share {p['dropped_interaction_share']:.3f}"
@@ -281,6 +281,11 @@ def system_times(log: Path) -> list[str]:
         f"{label}: " + "; ".join(f"{name} {float(s):.0f} s" for what, name, s in times if what == kind)
         for kind, label in (("fit baseline", "fit"), ("evaluated", "evaluated"))
     ]
+
+
+def export_label(index: str) -> str:
+    """How the query check names the export: by its ``export.index``."""
+    return {"scann": "ScaNN export", "brute_force": "brute-force export (exact)"}.get(index, f"{index} export")
 
 
 def table(rows: Sequence[tuple[str, float, float, str]]) -> str:
@@ -344,11 +349,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{table(rows)}\n")
     print("evaluate, per system (seconds):", *costs, sep="\n  ")
     print("item caps:", *(caps or ["none (no model with max_items)"]), sep="\n  ")
-    label = "ScaNN export" if check["index"] == "scann" else f"{check['index']} export"
     print(
-        f"{label}: recall@{K} vs exact {check['recall']:.3f} (an item tied with the exact {K}th score counts "
-        f"as a hit); latency one user p50 {check['p50_ms']:.1f} ms, p99 {check['p99_ms']:.1f} ms; batches of 256: "
-        f"{check['batched_ms']:.2f} ms per user"
+        f"{export_label(check['index'])}: recall@{K} vs exact {check['recall']:.3f} (an item tied with the exact "
+        f"{K}th score counts as a hit); latency one user p50 {check['p50_ms']:.1f} ms, "
+        f"p99 {check['p99_ms']:.1f} ms; batches of 256: {check['batched_ms']:.2f} ms per user"
     )
     return 0
 

@@ -5,9 +5,7 @@ run checks what a user sees then."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
+import json
 import tempfile
 from pathlib import Path
 
@@ -158,14 +156,6 @@ def test_stages_get_their_own_mlflow_store(tmp_path: Path, monkeypatch: pytest.M
     assert "MLFLOW_REGISTRY_URI" not in env and env["TF_USE_LEGACY_KERAS"] == "1"
 
 
-def run_scale(*argv: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """bench/scale.py run by this interpreter without an activated venv (PATH without it), temporary
-    folders in ``cwd``."""
-    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(sys.executable).parent != Path(p))
-    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"} | {"PATH": path, "TMPDIR": str(cwd), **env}
-    return subprocess.run([sys.executable, str(SCRIPT), *argv], cwd=cwd, env=env, capture_output=True, text=True)
-
-
 @pytest.fixture
 def temp_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Temporary folders (``tempfile``) of an in-process ``scale.main`` go to ``tmp_path``."""
@@ -181,28 +171,44 @@ def test_bad_sizes_leave_nothing_behind(temp_dirs: Path, capsys: pytest.CaptureF
 
 
 @pytest.mark.integration
-def test_a_failing_stage_keeps_the_folder_and_shows_why(temp_dirs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("keep", [[], ["--keep", "work"]])
+def test_a_failing_stage_keeps_the_folder_and_shows_why(
+    keep: list[str], temp_dirs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user_store = temp_dirs / "user.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{user_store}")
+    monkeypatch.chdir(temp_dirs)  # a relative --keep is resolved (the stages run inside the folder)
     # 50 users x 20 items cannot hold 2000 distinct interactions: ingest fails
-    assert scale.main(["--users", "50", "2000", "--items", "20", "model.embedding_dim=4"]) == 1
+    assert scale.main(["--users", "50", *keep, "2000", "--items", "20", "model.embedding_dim=4"]) == 1
     out = capsys.readouterr().out
     assert "recpipe ingest failed (exit 2)" in out and "no stage finished" in out
     assert "data.n_interactions=2000 is more than 50 users can have" in out
     (work,) = temp_dirs.iterdir()
     assert f"the work folder is kept: {work}" in out
     assert (work / "params.yaml").is_file() and (work / "ingest.log").is_file()
+    assert (work / "mlflow.db").is_file() and not user_store.exists()  # the stage's run went to the folder's store
 
 
-@pytest.mark.integration
-def test_a_tiny_run_in_a_relative_folder_with_its_own_store(tmp_path: Path) -> None:
-    user_store = tmp_path / "user.db"
-    done = run_scale(
-        "--users", "30", "--keep", "work", "300", "model=popularity", "--items", "20", "evaluate.baselines=[ease]",
-        cwd=tmp_path, MLFLOW_TRACKING_URI=f"sqlite:///{user_store}",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    work = tmp_path / "work"
-    assert not user_store.exists() and (work / "mlflow.db").is_file() and (work / "params.yaml").is_file()
-    assert "| export |" in done.stdout and "| **total** |" in done.stdout
-    assert "evaluated: popularity" in done.stdout
-    assert "ease (baseline): " in done.stdout and "dropped interaction share 0.000" in done.stdout
-    assert "brute_force export: recall@10 vs exact 1.000" in done.stdout
+def test_capped_finds_blend_members() -> None:
+    ease = {"items_kept": 5, "max_items": 5, "dropped_interaction_share": 0.25}
+    params = {"weights": {"ease": 1.0}, "members": {"ease": ease, "ials": {"factors": 8}}}
+    assert list(scale.capped(params, "blend")) == [("blend.members.ease", ease)]
+
+
+def test_what_the_run_recorded(tmp_path: Path) -> None:
+    ease = {"items_kept": 8000, "max_items": 8000, "dropped_interaction_share": 0.12345, "lam": 400.0}
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "models/train").mkdir(parents=True)
+    evaluation = {"items": 59000, "baseline_params": {"ease": ease, "item_knn": {"k": 100}}}
+    (tmp_path / "reports/evaluation.json").write_text(json.dumps(evaluation))
+    summary = {"model": "blend", "fitted_params": {"window_ease": ease | {"items_kept": 59000}}}
+    (tmp_path / "models/train/train_summary.json").write_text(json.dumps(summary))
+    assert scale.item_caps(tmp_path) == [
+        "blend.window_ease (model): 59,000 of 59,000 items kept (max_items 8,000), dropped interaction share 0.123",
+        "ease (baseline): 8,000 of 59,000 items kept (max_items 8,000), dropped interaction share 0.123",
+    ]
+    log = "fit baseline popularity in 0.1 s\nEASE lambda: 40%|\rfit baseline ease in 50.4 s\nevaluated mf in 6.0 s\n"
+    (tmp_path / "evaluate.log").write_text(log)
+    assert scale.system_times(tmp_path / "evaluate.log") == ["fit: popularity 0 s; ease 50 s", "evaluated: mf 6 s"]
+    assert scale.export_label("scann") == "ScaNN export"
+    assert scale.export_label("brute_force") == "brute-force export (exact)"
