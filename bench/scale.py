@@ -58,7 +58,7 @@ class StageFailed(Exception):
 
     def __init__(self, stage: str, code: int, log: Path) -> None:
         super().__init__(f"recpipe {stage} failed (exit {code})")
-        self.stage, self.code, self.log = stage, code, log
+        self.log = log
 
 
 def positive_int(text: str) -> int:
