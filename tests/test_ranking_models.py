@@ -15,7 +15,7 @@ from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.models import build
 from recpipe.models.blend import standardise, weight_combinations
-from recpipe.models.classic.ease import DROPPED_SCORE, EASE
+from recpipe.models.classic.ease import EASE
 from recpipe.models.ials import solve_side
 from recpipe.models.io import load_model, save_model
 from recpipe.models.window_ease import time_ordered, window_gram
@@ -143,8 +143,9 @@ def test_blend_weights_come_from_validation_and_survive_save_and_load(toy_data: 
 
 def test_standardise_leaves_dropped_scores_out_and_ranks_them_last() -> None:
     kept = np.array([1.0, 2.0, 3.0, 6.0], np.float32)
-    rows = tf.constant([[*kept, DROPPED_SCORE, DROPPED_SCORE], [*kept, 0.0, 4.0]], tf.float32)
-    z = standardise(rows).numpy()
+    rows = tf.constant([[*kept, -1e30, 0.5], [*kept, 0.0, 4.0]], tf.float32)
+    z = standardise(rows[:1], tf.constant([False] * 4 + [True] * 2)).numpy()
+    z = np.concatenate([z, standardise(rows[1:]).numpy()])
     assert np.isfinite(z).all()
     np.testing.assert_allclose(z[0, :4], (kept - kept.mean()) / kept.std(), rtol=1e-5)
     assert (z[0, 4:] < z[0, :4].min()).all()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import importlib.metadata
 import io
+import logging
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,7 +23,6 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from recpipe.data.download import fetch
-from recpipe.data.validate import check_rows
 from recpipe.data.raw import (
     NO_GENRE,
     RawData,
@@ -30,11 +30,13 @@ from recpipe.data.raw import (
     int32_or_null,
     interactions_frame,
     items_frame,
+    numbers,
     reading,
     sha256_file,
     split_genres,
     split_title_year,
 )
+from recpipe.data.validate import check_rows
 from recpipe.errors import DataError, RecpipeError
 from recpipe.terminal import printable
 
@@ -93,6 +95,7 @@ ML1M_OCCUPATIONS = (
     "writer",
 )
 
+log = logging.getLogger(__name__)
 Tables = tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]
 Scale = Sequence[float] | None  # data.rating_scale: [lowest, highest]
 # What to do about a bad value in a release file: GroupLens publishes none, so the file was changed or damaged.
@@ -232,6 +235,7 @@ class Release:
         """Open file ``name`` of the release for binary reading."""
         member = self.find(name)
         self.opened.append(member)
+        log.info(f"ingest: reading {self.where(name)}")
         if self.path.is_dir():
             with reading(self.where(name)), open(self.path / member, "rb") as f:
                 yield f
@@ -348,9 +352,7 @@ def _require(table: pd.DataFrame, columns: Sequence[str], file: str) -> None:
         raise DataError(file, "the file has no rows", hint="Re-download or re-extract the release")
 
 
-def release_interactions(
-    data: pd.DataFrame, columns: Sequence[str], file: str, scale: Scale
-) -> pd.DataFrame:
+def release_interactions(data: pd.DataFrame, columns: Sequence[str], file: str, scale: Scale) -> pd.DataFrame:
     """The interactions of a release's ratings file, read as text into ``data``, whose ``columns`` are
     user, item, rating and timestamp.
 
@@ -358,13 +360,14 @@ def release_interactions(
     ``scale`` (``data.rating_scale``; None: any finite number) raises a DataError naming ``file``, the
     column and the first such row (rows count from 0, after the header). Checks are vectorised.
     """
+    log.info(f"ingest: checking {len(data):,} rows of {file}")
     for column in columns:
         values = data[column]
         blank = values.isna().to_numpy() | (values.str.strip() == "").to_numpy(dtype=bool, na_value=False)
         check_rows(data, blank, file, column, "missing value (an empty cell or a short row)", RELEASE_HINT)
     user, item, rating, timestamp = columns
-    values = pd.to_numeric(data[rating], errors="coerce")
-    v = values.to_numpy(dtype="float64", na_value=np.nan)
+    values = numbers(data[rating])
+    v = values.to_numpy()
     check_rows(data, np.isnan(v), file, rating, "rating is not a number", RELEASE_HINT)
     if scale is None:
         check_rows(data, ~np.isfinite(v), file, rating, "rating is not a finite number", RELEASE_HINT)
