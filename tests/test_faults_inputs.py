@@ -377,3 +377,13 @@ def test_bad_release_values_are_refused_at_ingest(tmp_path, file, line, column, 
     assert f"column '{column}': {problem}" in result.err and "first at row 2" in result.err, result.err
     assert "data=files" not in result.err and "re-download" in result.err
     assert [line for line in result.err.splitlines() if "row 2" in line] == [result.err.strip().splitlines()[-1]]
+
+
+def test_ingest_reports_progress_for_each_step(tmp_path):
+    """Reading each file, checking the ratings and writing data/raw each get a line as they start."""
+    path = release_zip(tmp_path / "ml-25m.zip", "ml-25m", zipfile.ZIP_DEFLATED)
+    result = cli(["ingest"], grouplens_project(tmp_path, "ml-25m", path))
+    assert result.code == 0, result.text
+    steps = [line.split(" ", 2)[1] for line in result.err.splitlines() if line.startswith("ingest: ")]
+    assert steps == ["reading", "reading", "reading", "checking", "read", "grouplens"], result.err
+    assert "ml-25m.zip:ml-25m/ratings.csv" in result.err and "writing data/raw" in result.err
