@@ -144,11 +144,11 @@ def test_blend_weights_come_from_validation_and_survive_save_and_load(toy_data: 
 def test_standardise_leaves_dropped_scores_out_and_ranks_them_last() -> None:
     kept = np.array([1.0, 2.0, 3.0, 6.0], np.float32)
     rows = tf.constant([[*kept, -1e30, 0.5], [*kept, 0.0, 4.0]], tf.float32)
-    z = standardise(rows[:1], tf.constant([False] * 4 + [True] * 2)).numpy()
+    z = standardise(rows[:1], tf.constant([-1.0] * 4 + [0.5, 0.0])).numpy()
     z = np.concatenate([z, standardise(rows[1:]).numpy()])
     assert np.isfinite(z).all()
     np.testing.assert_allclose(z[0, :4], (kept - kept.mean()) / kept.std(), rtol=1e-5)
-    assert (z[0, 4:] < z[0, :4].min()).all()
+    assert (z[0, 4:] < z[0, :4].min()).all() and z[0, 5] > z[0, 4]  # below the kept ones, most popular first
     full = np.array([*kept, 0.0, 4.0])
     np.testing.assert_allclose(z[1], (full - full.mean()) / full.std(), rtol=1e-5)
     mean, var = tf.nn.moments(rows[1:], axes=[1], keepdims=True)  # no dropped entries: as before, bit for bit

@@ -263,12 +263,8 @@ class EASEModel(ClosedFormModel):
         kept = {"max_items": self.max_items, "items_kept": len(ease.keep)}
         return params | kept | {"dropped_interaction_share": round(ease.dropped_share, 6)}
 
-    def dropped_items(self) -> tf.Tensor:
-        """[n_items] bool: the items beyond ``max_items``, scored by ``below_kept``."""
-        return self.dropped_rank >= 0
-
     def score_all(self, user_idx: tf.Tensor) -> tf.Tensor:
         kept = tf.matmul(self.train_items.rows(user_idx), self.item_weights)
         kept_min = tf.reduce_min(kept, axis=1, keepdims=True)
         padded = tf.gather(tf.concat([kept, kept_min], axis=1), self.item_column, axis=1)
-        return tf.where(self.dropped_items()[None, :], below_kept(kept_min, self.dropped_rank), padded)
+        return tf.where(self.dropped_rank[None, :] >= 0, below_kept(kept_min, self.dropped_rank), padded)
