@@ -141,6 +141,22 @@ def test_blend_weights_come_from_validation_and_survive_save_and_load(toy_data: 
     np.testing.assert_allclose(load_model(tmp_path / "model").score_all(users), model.score_all(users), rtol=1e-6)
 
 
+def test_blend_with_a_capped_ease_member_ranks_its_dropped_items_last_by_popularity(
+    toy_data: Processed, tmp_path: Path
+) -> None:
+    members = {"ease": {"name": "ease", "lam": 50.0, "max_items": 10}, "pop": {"name": "popularity"}}
+    cfg = OmegaConf.create({"name": "blend", "members": members, "weight_grid": [0.0], "seed": 0})
+    model = build(cfg, toy_data.n_users, toy_data.n_items)
+    fit(model, toy_data, cfg, seed=0)  # the grid leaves only (1, 0): the EASE member alone
+    save_model(model, cfg, toy_data.n_users, toy_data.n_items, tmp_path / "model")
+    scores = load_model(tmp_path / "model").score_all(tf.range(toy_data.n_users)).numpy()
+    dropped = model.members[0].dropped_rank.numpy()
+    assert np.isfinite(scores).all() and (dropped >= 0).sum() == toy_data.n_items - 10
+    assert (scores[:, dropped >= 0].max(axis=1) < scores[:, dropped < 0].min(axis=1)).all()
+    by_popularity = np.flatnonzero(dropped >= 0)[np.argsort(dropped[dropped >= 0])]
+    assert (np.diff(scores[:, by_popularity], axis=1) < 0).all()
+
+
 def test_standardise_leaves_dropped_scores_out_and_ranks_them_last() -> None:
     kept = np.array([1.0, 2.0, 3.0, 6.0], np.float32)
     rows = tf.constant([[*kept, -1e30, 0.5], [*kept, 0.0, 4.0]], tf.float32)
