@@ -17,7 +17,7 @@ from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.evaluation.ranking import rank_metrics
 from recpipe.models.classic import CLASSIC_MODELS, fit_classic, gram, knn
-from recpipe.models.classic.ease import DROPPED_SCORE, EASE, tune_ease
+from recpipe.models.classic.ease import EASE, tune_ease
 from recpipe.models.classic.knn import CosineKNN
 from recpipe.models.classic.random import hash_uniform
 from recpipe.models.io import load_model, save_model
@@ -173,7 +173,10 @@ def test_ease_keeps_the_most_popular_items():
     np.testing.assert_array_equal(model.B, alone.B)
     scores = model.score(np.arange(40))
     np.testing.assert_allclose(scores[:, model.keep], alone.score(np.arange(40)))
-    assert (np.delete(scores, model.keep, axis=1) == DROPPED_SCORE).all()  # ranked after every kept item
+    dropped = np.delete(scores, model.keep, axis=1)  # finite, below every kept item, most popular first
+    assert np.isfinite(dropped).all() and (dropped.max(axis=1) < scores[:, model.keep].min(axis=1)).all()
+    by_popularity = np.delete(np.arange(12), model.keep)[np.argsort(-np.delete(counts, model.keep), kind="stable")]
+    assert (np.argsort(-scores[:, by_popularity], axis=1, kind="stable") == np.arange(7)).all()
     assert model.dropped_share == pytest.approx(1 - counts[model.keep].sum() / counts.sum())
 
 

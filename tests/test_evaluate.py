@@ -320,3 +320,24 @@ def test_stage_writes_reports_and_logs_to_mlflow(tmp_path, caplog):
     assert {"reports/metrics.json", "reports/detail.json", "reports/evaluation.md", "reports/plots"} <= artifacts
     out = caplog.text
     assert "tiny" in out and "popularity" in out and "ndcg_at_10" in out
+
+
+def test_a_tiny_user_sample_is_evaluated_with_a_warning(data, caplog):
+    """evaluate.max_users=3: the sample's users only, in the summary and per_user table, and a warning."""
+    caplog.set_level("INFO", logger="recpipe")
+    ev = OmegaConf.create(
+        {
+            "ks": [10],
+            "batch_size": 32,
+            "max_users": 3,
+            "baselines": ["popularity"],
+            "baseline_models": baseline_configs(0),
+            "light_user_threshold": 15,
+            "bootstrap": {"metrics": ["ndcg_at_10"], "n_resamples": 20, "level": 0.9},
+        }
+    )
+    report = systems.evaluate_systems(TinyMF(data.n_users, data.n_items), "tiny", data, ev, 0, None)
+    sample = report.summary["user_sample"]
+    assert sample["evaluated_users"] == 3 and sample["too_few_users"]
+    assert report.per_user is not None and len(report.per_user) == 3
+    assert "evaluate.max_users=3: 3 of" in caplog.text and "fewer than 100" in caplog.text

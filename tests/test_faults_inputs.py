@@ -349,3 +349,41 @@ def test_damaged_inputs_as_subprocesses(tmp_path):
     result = run_recpipe(["ingest"], grouplens_project(tmp_path, "ml-1m", path))
     assert_clean_failure(result, "ml-1m.zip:ml-1m/ratings.dat: cannot read the file")
     assert outputs(tmp_path) == before
+
+
+# (file, line replacing the 3rd data row (row 2), column named, problem): every one refused at ingest
+BAD_RELEASE_ROWS = [
+    ("ratings.csv", "2,10,four,881250951", "rating", "rating is not a number"),
+    ("ratings.csv", "2,10", "rating", "missing value (an empty cell or a short row)"),
+    ("ratings.csv", ",10,5,881250951", "userId", "missing value"),
+    ("ratings.csv", "2, ,5,881250951", "movieId", "missing value"),
+    ("ratings.csv", "2,10,7.5,881250951", "rating", "rating outside data.rating_scale [0.5, 5]"),
+    ("ratings.csv", "2,10,-1,881250951", "rating", "rating outside data.rating_scale [0.5, 5]"),
+    ("movies.csv", "10,Heat (1995),Thriller", "movieId", "repeated movie id"),
+]
+
+
+@pytest.mark.parametrize(("file", "line", "column", "problem"), BAD_RELEASE_ROWS)
+def test_bad_release_values_are_refused_at_ingest(tmp_path, file, line, column, problem):
+    """A GroupLens CSV release with one bad row: exit 2 naming the file, column and row; data/raw untouched."""
+    folder = tmp_path / "release" / "ml-25m"
+    folder.mkdir(parents=True)
+    for name, text in LAYOUTS["ml-25m"].items():
+        lines = text.splitlines()
+        if name == file:
+            lines[3] = line  # after the header: row 2
+        (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = ingest_checked(grouplens_project(tmp_path, "ml-25m", tmp_path / "release"), folder / file, must_fail=True)
+    assert f"column '{column}': {problem}" in result.err and "first at row 2" in result.err, result.err
+    assert "data=files" not in result.err and "re-download" in result.err
+    assert [line for line in result.err.splitlines() if "row 2" in line] == [result.err.strip().splitlines()[-1]]
+
+
+def test_ingest_reports_progress_for_each_step(tmp_path):
+    """Reading each file, checking the ratings and writing data/raw each get a line as they start."""
+    path = release_zip(tmp_path / "ml-25m.zip", "ml-25m", zipfile.ZIP_DEFLATED)
+    result = cli(["ingest"], grouplens_project(tmp_path, "ml-25m", path))
+    assert result.code == 0, result.text
+    steps = [line.split(" ", 2)[1] for line in result.err.splitlines() if line.startswith("ingest: ")]
+    assert steps == ["reading", "reading", "reading", "checking", "read", "grouplens"], result.err
+    assert "ml-25m.zip:ml-25m/ratings.csv" in result.err and "writing data/raw" in result.err

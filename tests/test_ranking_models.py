@@ -15,7 +15,7 @@ from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.models import build
 from recpipe.models.blend import standardise, weight_combinations
-from recpipe.models.classic.ease import DROPPED_SCORE, EASE
+from recpipe.models.classic.ease import EASE
 from recpipe.models.ials import entry_blocks, solve_side
 from recpipe.models.io import load_model, save_model
 from recpipe.models.window_ease import time_ordered, window_gram
@@ -149,13 +149,30 @@ def test_blend_weights_come_from_validation_and_survive_save_and_load(toy_data: 
     np.testing.assert_allclose(load_model(tmp_path / "model").score_all(users), model.score_all(users), rtol=1e-6)
 
 
+def test_blend_with_a_capped_ease_member_ranks_its_dropped_items_last_by_popularity(
+    toy_data: Processed, tmp_path: Path
+) -> None:
+    members = {"ease": {"name": "ease", "lam": 50.0, "max_items": 10}, "pop": {"name": "popularity"}}
+    cfg = OmegaConf.create({"name": "blend", "members": members, "weight_grid": [0.0], "seed": 0})
+    model = build(cfg, toy_data.n_users, toy_data.n_items)
+    fit(model, toy_data, cfg, seed=0)  # the grid leaves only (1, 0): the EASE member alone
+    save_model(model, cfg, toy_data.n_users, toy_data.n_items, tmp_path / "model")
+    scores = load_model(tmp_path / "model").score_all(tf.range(toy_data.n_users)).numpy()
+    dropped = model.members[0].dropped_rank.numpy()
+    assert np.isfinite(scores).all() and (dropped >= 0).sum() == toy_data.n_items - 10
+    assert (scores[:, dropped >= 0].max(axis=1) < scores[:, dropped < 0].min(axis=1)).all()
+    by_popularity = np.flatnonzero(dropped >= 0)[np.argsort(dropped[dropped >= 0])]
+    assert (np.diff(scores[:, by_popularity], axis=1) < 0).all()
+
+
 def test_standardise_leaves_dropped_scores_out_and_ranks_them_last() -> None:
     kept = np.array([1.0, 2.0, 3.0, 6.0], np.float32)
-    rows = tf.constant([[*kept, DROPPED_SCORE, DROPPED_SCORE], [*kept, 0.0, 4.0]], tf.float32)
-    z = standardise(rows).numpy()
+    rows = tf.constant([[*kept, -1e30, 0.5], [*kept, 0.0, 4.0]], tf.float32)
+    z = standardise(rows[:1], tf.constant([-1.0] * 4 + [0.5, 0.0])).numpy()
+    z = np.concatenate([z, standardise(rows[1:]).numpy()])
     assert np.isfinite(z).all()
     np.testing.assert_allclose(z[0, :4], (kept - kept.mean()) / kept.std(), rtol=1e-5)
-    assert (z[0, 4:] < z[0, :4].min()).all()
+    assert (z[0, 4:] < z[0, :4].min()).all() and z[0, 5] > z[0, 4]  # below the kept ones, most popular first
     full = np.array([*kept, 0.0, 4.0])
     np.testing.assert_allclose(z[1], (full - full.mean()) / full.std(), rtol=1e-5)
     mean, var = tf.nn.moments(rows[1:], axes=[1], keepdims=True)  # no dropped entries: as before, bit for bit

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from recpipe.errors import RecpipeError
-from recpipe.evaluation.bootstrap import compare_to_baselines
+from recpipe.evaluation.bootstrap import compare_to_baselines, sample_effect
 from recpipe.evaluation.render import (
     plot_metric_vs_k,
     plot_popularity,
@@ -178,3 +178,15 @@ def test_summary_sections_segments_cold_items_and_baseline_params():
     assert "- ease: lam=400; val_ndcg_at_10: 100 → 0.2500, 400 → 0.2653" in md
     # without a summary: no such sections
     assert "## By user segment" not in render_markdown("mf", metrics, baselines, {})
+
+
+@pytest.mark.parametrize(("evaluated", "warned"), [(1, True), (99, True), (100, False), (2000, False)])
+def test_sampled_users_note_gives_the_expected_widening_and_warns_on_tiny_samples(evaluated, warned):
+    sample = sample_effect(evaluated, 3000)
+    assert sample["too_few_users"] is warned
+    md = render_markdown("mf", {"ndcg_at_10": 0.3}, {}, {}, {"user_sample": sample})
+    note = md.split("## Sampled users\n\n", 1)[1].split("\n", 1)[0]
+    width = f"{(3000 / evaluated) ** 0.5:.2f}x"
+    assert f"sample of {evaluated} of the 3000 test users" in note and f"expected to be about {width}" in note
+    assert "expected, not measured" in note and ("**Warning:** fewer than 100" in note) is warned
+    assert not sample_effect(50, 50)["too_few_users"]  # every test user evaluated: no sample, no warning

@@ -60,7 +60,8 @@ STAGES: tuple[Stage, ...] = (
         "recpipe.stages.evaluate",
         "reports",
         ("data", "model", "seed", "evaluate", "mlflow"),
-        "Score the full catalog for every test user, for the model and the baselines; writes "
+        "Score the full catalog for every test user (or a seeded sample of evaluate.max_users of them), "
+        "for the model and the baselines; writes "
         "reports/: metrics.json and baselines.json (headline metrics), detail.json (every metric, with "
         "per-segment and cold-item ones), intervals.json (bootstrap), evaluation.md and plots/.",
     ),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import importlib.metadata
 import io
+import logging
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,11 +30,13 @@ from recpipe.data.raw import (
     int32_or_null,
     interactions_frame,
     items_frame,
+    numbers,
     reading,
     sha256_file,
     split_genres,
     split_title_year,
 )
+from recpipe.data.validate import check_rows
 from recpipe.errors import DataError, RecpipeError
 from recpipe.terminal import printable
 
@@ -92,7 +95,11 @@ ML1M_OCCUPATIONS = (
     "writer",
 )
 
+log = logging.getLogger(__name__)
 Tables = tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]
+Scale = Sequence[float] | None  # data.rating_scale: [lowest, highest]
+# What to do about a bad value in a release file: GroupLens publishes none, so the file was changed or damaged.
+RELEASE_HINT = "GroupLens releases have none: re-download or re-extract the release"
 
 
 # --- ML-100K from the recbole wheel -----------------------------------------------------------
@@ -228,6 +235,7 @@ class Release:
         """Open file ``name`` of the release for binary reading."""
         member = self.find(name)
         self.opened.append(member)
+        log.info(f"ingest: reading {self.where(name)}")
         if self.path.is_dir():
             with reading(self.where(name)), open(self.path / member, "rb") as f:
                 yield f
@@ -267,15 +275,16 @@ class Release:
         return str(self.path / member) if self.path.is_dir() else f"{self.path}:{member}"
 
 
-def _ml100k(rel: Release) -> Tables:
+def _ml100k(rel: Release, scale: Scale) -> Tables:
     data = rel.read_table("u.data", ["user", "item", "rating", "timestamp"], "\t")
     item = rel.read_table("u.item", ["item", "title", "date", "video_date", "url", *ML100K_GENRES], "|", "latin-1")
     user = rel.read_table("u.user", ["user", "age", "gender", "occupation", "zip"], "|")
     title, year = split_title_year(item["title"])
     flags = genre_flags(item[list(ML100K_GENRES)], rel.where("u.item"))
     genres = [[g for g, on in zip(ML100K_GENRES, row) if on and g not in NO_GENRE] for row in flags]
+    check_item_ids(item, "item", rel.where("u.item"))
     return (
-        interactions_frame(data["user"], data["item"], data["rating"], data["timestamp"], file=rel.where("u.data")),
+        release_interactions(data, ("user", "item", "rating", "timestamp"), rel.where("u.data"), scale),
         items_frame(item["item"], title, year, pd.Series(genres, dtype=object)),
         users_frame(user["user"], user["age"], user["gender"], user["occupation"], user["zip"]),
     )
@@ -298,34 +307,32 @@ def genre_flags(table: pd.DataFrame, file: str) -> np.ndarray:
     return values.to_numpy(dtype=np.int8).astype(bool)
 
 
-def _ml1m(rel: Release) -> Tables:
+def _ml1m(rel: Release, scale: Scale) -> Tables:
     data = rel.read_table("ratings.dat", ["user", "item", "rating", "timestamp"], "::")
     movies = rel.read_table("movies.dat", ["item", "title", "genres"], "::", "latin-1")
     user = rel.read_table("users.dat", ["user", "gender", "age", "occupation", "zip"], "::")
     title, year = split_title_year(movies["title"])
     codes = pd.to_numeric(user["occupation"], errors="coerce")
     occupation = codes.map(lambda c: ML1M_OCCUPATIONS[int(c)] if 0 <= c < len(ML1M_OCCUPATIONS) else str(c))
+    check_item_ids(movies, "item", rel.where("movies.dat"))
     return (
-        interactions_frame(
-            data["user"], data["item"], data["rating"], data["timestamp"], file=rel.where("ratings.dat")
-        ),
+        release_interactions(data, ("user", "item", "rating", "timestamp"), rel.where("ratings.dat"), scale),
         items_frame(movies["item"], title, year, split_genres(movies["genres"], "|")),
         users_frame(user["user"], user["age"], user["gender"], occupation, user["zip"]),
     )
 
 
-def _csv_release(rel: Release) -> Tables:
+def _csv_release(rel: Release, scale: Scale) -> Tables:
     with rel.open("ratings.csv") as f:
-        data = pd.read_csv(f, dtype=str)  # ratings and timestamps are checked by interactions_frame
+        data = pd.read_csv(f, dtype=str)  # checked by release_interactions
     with rel.open("movies.csv") as f:
         movies = pd.read_csv(f, dtype=str, keep_default_na=False, encoding="utf-8")
     _require(data, ("userId", "movieId", "rating", "timestamp"), rel.where("ratings.csv"))
     _require(movies, ("movieId", "title", "genres"), rel.where("movies.csv"))
+    check_item_ids(movies, "movieId", rel.where("movies.csv"))
     title, year = split_title_year(movies["title"])
     return (
-        interactions_frame(
-            data["userId"], data["movieId"], data["rating"], data["timestamp"], file=rel.where("ratings.csv")
-        ),
+        release_interactions(data, ("userId", "movieId", "rating", "timestamp"), rel.where("ratings.csv"), scale),
         items_frame(movies["movieId"], title, year, split_genres(movies["genres"], "|")),
         None,
     )
@@ -345,7 +352,47 @@ def _require(table: pd.DataFrame, columns: Sequence[str], file: str) -> None:
         raise DataError(file, "the file has no rows", hint="Re-download or re-extract the release")
 
 
-LAYOUTS: dict[str, Callable[[Release], Tables]] = {
+def release_interactions(data: pd.DataFrame, columns: Sequence[str], file: str, scale: Scale) -> pd.DataFrame:
+    """The interactions of a release's ratings file, read as text into ``data``, whose ``columns`` are
+    user, item, rating and timestamp.
+
+    A missing or blank value (an empty cell, a short row), a rating that is no number or lies outside
+    ``scale`` (``data.rating_scale``; None: any finite number) raises a DataError naming ``file``, the
+    column and the first such row (rows count from 0, after the header). Checks are vectorised.
+    """
+    log.info(f"ingest: checking {len(data):,} rows of {file}")
+    for column in columns:
+        values = data[column]
+        blank = values.isna().to_numpy() | (values.str.strip() == "").to_numpy(dtype=bool, na_value=False)
+        check_rows(data, blank, file, column, "missing value (an empty cell or a short row)", RELEASE_HINT)
+    user, item, rating, timestamp = columns
+    values = numbers(data[rating])
+    v = values.to_numpy()
+    check_rows(data, np.isnan(v), file, rating, "rating is not a number", RELEASE_HINT)
+    if scale is None:
+        check_rows(data, ~np.isfinite(v), file, rating, "rating is not a finite number", RELEASE_HINT)
+    else:
+        lo, hi = (float(x) for x in scale)
+        check_rows(
+            data,
+            ~((v >= lo) & (v <= hi)),
+            file,
+            rating,
+            f"rating outside data.rating_scale [{lo:g}, {hi:g}]",
+            f"{RELEASE_HINT}; if this release has another scale, set data.rating_scale",
+        )
+    return interactions_frame(data[user], data[item], values, data[timestamp], file=file)
+
+
+def check_item_ids(table: pd.DataFrame, column: str, file: str) -> None:
+    """A release's item ids (``table[column]``, text) are present and unique, else a DataError naming the row."""
+    ids = table[column]
+    blank = ids.isna().to_numpy() | (ids.str.strip() == "").to_numpy(dtype=bool, na_value=False)
+    check_rows(table, blank, file, column, "missing movie id", RELEASE_HINT)
+    check_rows(table, ids.duplicated().to_numpy(), file, column, "repeated movie id", RELEASE_HINT)
+
+
+LAYOUTS: dict[str, Callable[[Release, Scale], Tables]] = {
     "ml-100k": _ml100k,
     "ml-1m": _ml1m,
     **dict.fromkeys(("ml-latest-small", "ml-latest", "ml-20m", "ml-25m", "ml-32m"), _csv_release),
@@ -376,6 +423,6 @@ def load_grouplens(cfg: DictConfig) -> RawData:
         path = fetch(cfg.url, cfg.cache_dir, sha256=sha256)
         origin = {"url": cfg.url, "path": str(path)}
     release = Release(path)
-    interactions, items, users = layout(release)
+    interactions, items, users = layout(release, cfg.get("rating_scale"))
     source = {"source": "grouplens", "name": cfg.name, **origin, "sha256": release.checksums()}
     return RawData(interactions=interactions, items=items, users=users, source=source)

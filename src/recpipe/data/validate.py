@@ -72,7 +72,7 @@ def validate_table(table: pa.Table, file: str, required: Sequence[str], *, sourc
     id_col = required[0]
     frame = table.to_pandas()
     ids = _check_ids(frame[id_col], frame, file, id_col, hint)
-    _check(frame, ids.duplicated(keep="first").to_numpy(), file, id_col, "repeated id", hint)
+    check_rows(frame, ids.duplicated(keep="first").to_numpy(), file, id_col, "repeated id", hint)
     return table.set_column(table.column_names.index(id_col), id_col, pa.array(ids.to_numpy(object), pa.string()))
 
 
@@ -91,8 +91,8 @@ def _require_columns(present: Sequence[str], required: Sequence[str], file: str,
         )
 
 
-def _check(df: pd.DataFrame, bad: np.ndarray, file: str, column: str, problem: str, hint: str | None) -> None:
-    """Raise a DataError if ``bad`` flags any row of ``df``, showing the first one."""
+def check_rows(df: pd.DataFrame, bad: np.ndarray, file: str, column: str, problem: str, hint: str | None) -> None:
+    """Raise a DataError if ``bad`` flags any row of ``df``, showing the first one (row = position in ``df``)."""
     if not bad.any():
         return
     row = int(np.flatnonzero(bad)[0])
@@ -121,7 +121,7 @@ def _check_ids(ids: pd.Series, df: pd.DataFrame, file: str, column: str, hint: s
         ids = ids.astype("str").astype("category")
     codes = ids.cat.codes.to_numpy()
     blank = np.append(ids.cat.categories.str.strip() == "", False)  # code -1 (null) picks the False
-    _check(df, (codes < 0) | blank[codes], file, column, "missing id (null or empty)", _join(NA_ID_HINT, hint))
+    check_rows(df, (codes < 0) | blank[codes], file, column, "missing id (null or empty)", _join(NA_ID_HINT, hint))
     return ids
 
 
@@ -131,8 +131,8 @@ def _check_ratings(df: pd.DataFrame, file: str, rating_scale: Sequence[float] | 
     values = pd.to_numeric(raw, errors="coerce").astype("float64")
     given = raw.notna().to_numpy()
     null = values.isna().to_numpy()
-    _check(df, given & null, file, "rating", "not a number", hint)
-    _check(
+    check_rows(df, given & null, file, "rating", "not a number", hint)
+    check_rows(
         df,
         null & (not null.all()),
         file,
@@ -141,10 +141,10 @@ def _check_ratings(df: pd.DataFrame, file: str, rating_scale: Sequence[float] | 
         hint,
     )
     v = values.to_numpy()
-    _check(df, ~null & ~np.isfinite(v), file, "rating", "not a finite number", hint)
+    check_rows(df, ~null & ~np.isfinite(v), file, "rating", "not a finite number", hint)
     if rating_scale is not None:
         lo, hi = (float(x) for x in rating_scale)
-        _check(
+        check_rows(
             df,
             ~null & ((v < lo) | (v > hi)),
             file,
@@ -162,13 +162,13 @@ def _check_timestamps(df: pd.DataFrame, file: str, require_timestamps: str | Non
     given = raw.notna().to_numpy()
     null = values.isna().to_numpy()
     problem = "not an integer number of seconds"
-    _check(df, given & null, file, "timestamp", problem, hint)
+    check_rows(df, given & null, file, "timestamp", problem, hint)
     v = values.to_numpy(dtype="float64", na_value=np.nan)
     if values.dtype.kind == "f":
-        _check(df, ~null & (v != np.floor(v)), file, "timestamp", problem, hint)
-    _check(df, ~null & (v < 0), file, "timestamp", "negative timestamp", hint)
+        check_rows(df, ~null & (v != np.floor(v)), file, "timestamp", problem, hint)
+    check_rows(df, ~null & (v < 0), file, "timestamp", "negative timestamp", hint)
     if require_timestamps:
-        _check(
+        check_rows(
             df,
             null,
             file,

@@ -23,15 +23,23 @@ _CHUNK_ELEMENTS = 1 << 22
 _EMPTY = "bootstrap over an empty set of users (no test user has a test item?)"
 
 
+# A user sample (evaluate.max_users) smaller than this is too small for its bootstrap intervals and
+# significance tests to mean much: the interval of a mean over n users is a resampling of n values
+# (over 1 user it has zero width), and its coverage holds only for n in the hundreds.
+MIN_SAMPLE_USERS = 100
+
+
 def sample_effect(evaluated: int, of: int) -> dict[str, Any]:
     """What evaluating a sample of ``evaluated`` of ``of`` test users does to the intervals: a
-    bootstrap interval of a mean narrows as 1 / sqrt(users), so those over the sample are about
-    ``sqrt(of / evaluated)`` times as wide as over every user (``interval_width_vs_all_users``)."""
+    bootstrap interval of a mean narrows as 1 / sqrt(users), so those over the sample are expected to
+    be about ``sqrt(of / evaluated)`` times as wide as over every user (``interval_width_vs_all_users``,
+    a formula, not a measurement). ``too_few_users``: a sample of fewer than ``MIN_SAMPLE_USERS``."""
     return {
         "evaluated_users": evaluated,
         "test_users": of,
         "share": round(evaluated / of, 6) if of else 1.0,
         "interval_width_vs_all_users": round(float(np.sqrt(of / evaluated)), 4) if evaluated else 1.0,
+        "too_few_users": evaluated < min(of, MIN_SAMPLE_USERS),
     }
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from recpipe.errors import RecpipeError
+from recpipe.evaluation.bootstrap import MIN_SAMPLE_USERS
 from recpipe.evaluation.registry import (
     BEYOND_ACCURACY_K,
     BEYOND_METRICS,
@@ -146,6 +147,23 @@ def render_markdown(
     return "\n".join(out)
 
 
+def sample_note(sample: Mapping[str, Any]) -> str:
+    """The report's paragraph on a user sample (``bootstrap.sample_effect``), with a warning when it is too small."""
+    note = (
+        f"Evaluated on a seeded sample of {sample['evaluated_users']} of the {sample['test_users']} test users "
+        "(evaluate.max_users): the means and intervals are over the sample. A bootstrap interval narrows as "
+        "1/sqrt(users), so these are expected to be about "
+        f"{sample['interval_width_vs_all_users']:.2f}x as wide as over all test users (the square root of "
+        "test users / evaluated users; expected, not measured)."
+    )
+    if sample.get("too_few_users"):
+        note += (
+            f" **Warning:** fewer than {MIN_SAMPLE_USERS} evaluated users: the intervals and significance "
+            "tests say little (over 1 user an interval has zero width); raise evaluate.max_users."
+        )
+    return note
+
+
 def _summary_sections(
     model_name: str, systems: Mapping[str, Mapping[str, float]], summary: Mapping[str, Any]
 ) -> list[str]:
@@ -154,14 +172,7 @@ def _summary_sections(
     out: list[str] = []
     sample = summary.get("user_sample", {})
     if sample.get("evaluated_users", 0) < sample.get("test_users", 0):
-        out += [
-            "## Sampled users",
-            "",
-            f"Evaluated on a seeded sample of {sample['evaluated_users']} of the {sample['test_users']} test users "
-            f"(evaluate.max_users): the intervals are over the sample, about "
-            f"{sample['interval_width_vs_all_users']:.2f}x as wide as over all test users.",
-            "",
-        ]
+        out += ["## Sampled users", "", sample_note(sample), ""]
     segments = summary.get("segments", {})
     rows = [segment_key(seg, m) for seg in segments for m in (*MAIN_METRICS, *BEYOND_METRICS)]
     rows = [r for r in rows if r in model]

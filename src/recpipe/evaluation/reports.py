@@ -143,7 +143,7 @@ def write_reports(dest: Path, report: Report) -> None:
 
 def per_user_table(result: RankingEval, user_ids: pd.Series, metrics: Sequence[str]) -> pd.DataFrame:
     """reports/per_user.csv: ``user_id`` and the model's value of each of ``metrics`` (those it has)
-    for every test user, in user index order (NaN: undefined for that user)."""
+    for every evaluated test user (the sample, with evaluate.max_users), in user index order (NaN: undefined)."""
     wanted = [m for m in dict.fromkeys(metrics) if m in result.per_user]
     return pd.DataFrame(
         {

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from recpipe.data.processed import Processed
 from recpipe.evaluation import metrics as M
-from recpipe.evaluation.bootstrap import compare_to_baselines, sample_effect
+from recpipe.evaluation.bootstrap import MIN_SAMPLE_USERS, compare_to_baselines, sample_effect
 from recpipe.evaluation.cold import cold_items_of, cold_metrics, cold_users
 from recpipe.evaluation.headline import PROMOTION_METRIC
 from recpipe.evaluation.ranking import EvalSet, RankingEval, ScoreFn, evaluate_ranking, users_with_truth
@@ -137,10 +137,16 @@ def evaluate_systems(
         level=float(boot.level),
     )
     users = results[model_name].users
+    sample = sample_effect(len(users), evalset.all_users)
+    if sample["too_few_users"]:
+        log.warning(
+            f"evaluate.max_users={ev.get('max_users')}: {len(users)} of {evalset.all_users} test users evaluated, "
+            f"fewer than {MIN_SAMPLE_USERS}: the bootstrap intervals and significance tests say little"
+        )
     summary = {
         "model": model_name,
         "test_users": len(users),
-        "user_sample": sample_effect(len(users), evalset.all_users),
+        "user_sample": sample,
         "items": data.n_items,
         "segments": describe_segments(segments, users, light_below),
         "cold_items": {"items": len(cold), "users": len(cold_users(evalset.truth, cold))},

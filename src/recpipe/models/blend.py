@@ -24,22 +24,24 @@ from recpipe.errors import RecpipeError
 from recpipe.evaluation.ranking import rank_metrics, users_with_truth
 from recpipe.evaluation.registry import TABLE_K, metric_key
 from recpipe.models.base import RecModel, build, register
-from recpipe.models.classic.ease import DROPPED_SCORE
 
 log = logging.getLogger(__name__)
 
 TUNE_METRIC = metric_key("ndcg", TABLE_K)
 
 
-def standardise(scores: tf.Tensor) -> tf.Tensor:
+def standardise(scores: tf.Tensor, dropped_rank: tf.Tensor | None = None) -> tf.Tensor:
     """Each row of ``scores`` [b, n] shifted and scaled to mean 0 and standard deviation 1.
 
-    Entries at ``DROPPED_SCORE`` (EASE's items beyond ``max_items``) are left out of the mean and
-    variance and placed 1 below the row's lowest standardised kept entry, so they still rank last
-    and do not overflow the variance. Rows without such entries are standardised exactly as
+    ``dropped_rank`` ([n]: -1, or for EASE's items beyond ``max_items`` their popularity rank in [0, 1),
+    ``EASEModel.dropped_rank``): those items, whose scores are only an order below the kept ones, are
+    left out of the mean and variance and placed 1 to 2 below the row's lowest standardised kept entry,
+    most popular first, so they still rank last. Without such items rows are standardised exactly as
     ``tf.nn.moments`` does (bit for bit).
     """
-    valid = scores > DROPPED_SCORE
+    if dropped_rank is None:
+        dropped_rank = -tf.ones(tf.shape(scores)[1:], scores.dtype)
+    valid = tf.broadcast_to(dropped_rank[None, :] < 0, tf.shape(scores))
     all_valid = tf.reduce_all(valid, axis=1, keepdims=True)
     weights = tf.cast(valid, scores.dtype)
     safe = tf.where(valid, scores, tf.zeros_like(scores))
@@ -50,7 +52,12 @@ def standardise(scores: tf.Tensor) -> tf.Tensor:
     z = (scores - mean) * tf.math.rsqrt(var + 1e-12)
     lowest = tf.reduce_min(tf.where(valid, z, tf.fill(tf.shape(z), np.inf)), axis=1, keepdims=True)
     below = tf.where(tf.math.is_finite(lowest), lowest, 0.0) - 1.0
-    return tf.where(valid, z, below)
+    return tf.where(valid, z, below - dropped_rank[None, :])
+
+
+def dropped_ranks(model: RecModel) -> tf.Tensor | None:
+    """``model``'s ``dropped_rank`` (EASE's items beyond ``max_items``), or None when it has none."""
+    return getattr(model, "dropped_rank", None)
 
 
 def weight_combinations(grid: list[float], n: int) -> list[np.ndarray]:
@@ -98,7 +105,9 @@ class Blend(RecModel):
         """The weights of ``weight_grid`` with the best validation ndcg_at_10 (first member: 1 or 0)."""
         exclude, truth = data.matrix("train"), data.matrix("val")
         users = users_with_truth(truth)  # sorted: a user's row is found by searchsorted
-        stacked = np.stack([standardise(m.score_all(tf.constant(users))).numpy() for m in self.members])
+        stacked = np.stack(
+            [standardise(m.score_all(tf.constant(users)), dropped_ranks(m)).numpy() for m in self.members]
+        )
         best_weights, best_value = np.ones(len(self.members), np.float32), -np.inf
         for weights in weight_combinations(self.weight_grid, len(self.members)):
             blended = np.tensordot(weights, stacked, axes=1)
@@ -115,5 +124,8 @@ class Blend(RecModel):
         return best_weights, best_value
 
     def score_all(self, user_idx: tf.Tensor) -> tf.Tensor:
-        parts = [w * standardise(m.score_all(user_idx)) for w, m in zip(tf.unstack(self.member_weights), self.members)]
+        parts = [
+            w * standardise(m.score_all(user_idx), dropped_ranks(m))
+            for w, m in zip(tf.unstack(self.member_weights), self.members)
+        ]
         return tf.add_n(parts)

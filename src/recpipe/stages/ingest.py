@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from omegaconf import DictConfig
 
@@ -17,11 +18,17 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig, paths: Paths) -> None:
     """Load ``cfg.data``'s source and write data/raw/ (Parquet tables and source.json) atomically."""
     check_inputs_declared(cfg.data)
+    start = time.perf_counter()
+    log.info(f"ingest: reading data={cfg.data.source}" + (f" {cfg.data.name}" if cfg.data.get("name") else ""))
     raw = load_source(cfg.data)
+    log.info(
+        f"ingest: read {len(raw.interactions):,} interactions in {time.perf_counter() - start:.1f} s; "
+        f"writing {paths.raw}"
+    )
     s = write_raw(raw, paths.raw)
     label = " ".join(str(raw.source[k]) for k in ("source", "name") if k in raw.source)
     log.info(
         f"ingest: {label}: {s['interactions']:,} interactions, {s['users']:,} users, "
-        f"{s['items']:,} items -> {paths.raw}"
+        f"{s['items']:,} items -> {paths.raw} ({time.perf_counter() - start:.1f} s)"
     )
     log_metrics({f"raw_{k}": v for k, v in s.items()})

@@ -30,8 +30,11 @@ log = logging.getLogger(__name__)
 TUNE_METRIC = metric_key("ndcg", TABLE_K)
 # items EASE keeps (the most popular) when nothing is configured: a dense float32 matrix of 256 MB
 MAX_ITEMS = 8_000
-# score of the items EASE leaves out: ranked after every kept item, still recommendable
-DROPPED_SCORE = float(np.finfo(np.float32).min)
+
+
+def popularity_order(X: sp.csr_matrix) -> np.ndarray:
+    """Column indices of ``X`` by number of nonzeros, most first (ties: lower index)."""
+    return np.argsort(-np.bincount(X.indices, minlength=X.shape[1]), kind="stable")
 
 
 def kept_items(X: sp.csr_matrix, max_items: int) -> np.ndarray:
@@ -42,8 +45,28 @@ def kept_items(X: sp.csr_matrix, max_items: int) -> np.ndarray:
         raise RecpipeError(f"EASE max_items must be at least 1, got {max_items}")
     if n <= max_items:
         return np.arange(n)
-    counts = np.bincount(X.indices, minlength=n)
-    return np.sort(np.argsort(-counts, kind="stable")[:max_items])
+    return np.sort(popularity_order(X)[:max_items])
+
+
+def dropped_ranks(X: sp.csr_matrix, keep: np.ndarray) -> np.ndarray:
+    """Per column of ``X``: -1 for the ``keep`` items; for the others, their popularity rank among
+    themselves as a fraction in [0, 1) (0: the most popular), for ``below_kept``."""
+    ranks = np.full(X.shape[1], -1.0, dtype=np.float32)
+    kept = np.zeros(X.shape[1], dtype=bool)
+    kept[keep] = True
+    order = popularity_order(X)
+    dropped = order[~kept[order]]
+    ranks[dropped] = np.arange(len(dropped), dtype=np.float32) / max(len(dropped), 1)
+    return ranks
+
+
+def below_kept(kept_min: Any, ranks: Any) -> Any:
+    """Scores of the items EASE leaves out: finite, below the user's lowest kept score ``kept_min``
+    ([b, 1]) by 1 to 2 times ``max(1, |kept_min|)``, in popularity order (``ranks``, [n] in [0, 1)).
+    Works on numpy arrays and tf tensors alike."""
+    step = abs(kept_min)
+    step = np.maximum(step, 1.0) if isinstance(step, np.ndarray) else tf.maximum(step, 1.0)
+    return kept_min - step * (1.0 + ranks[None, :])
 
 
 def gram(X: sp.csr_matrix) -> np.ndarray:
@@ -111,7 +134,7 @@ def singular(model: str, lam: float) -> RecpipeError:
 class EASE(Fitted):
     """``G = X^T X + lam I``, ``P = G^-1``, ``B = -P / diag(P)`` (column-wise), ``diag(B) = 0``;
     ``score(u) = X_u B``, in float32. B is a dense matrix over the ``max_items`` most popular items
-    (``keep``); the other items get ``DROPPED_SCORE``, so they rank after every kept item.
+    (``keep``); the other items get finite scores below every kept item's, most popular first (``below_kept``).
     ``dropped_share`` is the share of the train interactions on those items.
     """
 
@@ -130,13 +153,19 @@ class EASE(Fitted):
             raise singular(self.model, self.lam)
         B[np.diag_indices(len(keep))] = 0.0
         self.X, self.keep, self.B = X, keep, B
+        self.dropped_ranks = dropped_ranks(X, keep)
         self.dropped_share = 1.0 - X[:, keep].nnz / max(X.nnz, 1)
         return self
 
     def score(self, user_idx: np.ndarray) -> np.ndarray:
         X = self._train()
-        out = np.full((len(user_idx), X.shape[1]), DROPPED_SCORE, dtype=np.float32)
-        out[:, self.keep] = X[np.asarray(user_idx)][:, self.keep] @ self.B
+        kept = np.asarray(X[np.asarray(user_idx)][:, self.keep] @ self.B, dtype=np.float32)
+        if len(self.keep) == X.shape[1]:
+            return kept
+        dropped = self.dropped_ranks >= 0
+        out = np.empty((len(user_idx), X.shape[1]), dtype=np.float32)
+        out[:, self.keep] = kept
+        out[:, dropped] = below_kept(kept.min(axis=1, keepdims=True), self.dropped_ranks[dropped])
         return out
 
 
@@ -201,6 +230,8 @@ class EASEModel(ClosedFormModel):
         self.item_weights = tf.Variable(tf.zeros([kept, kept]), trainable=False, name="item_weights")
         # each item's column in item_weights; the dropped items point to the extra column ``kept``
         self.item_column = tf.Variable(tf.zeros([n_items], tf.int32), trainable=False, name="item_column")
+        # -1 for kept items; the dropped items' popularity rank in [0, 1) (``dropped_ranks``)
+        self.dropped_rank = tf.Variable(-tf.ones([n_items]), trainable=False, name="dropped_rank")
 
     def kept_gram(self, data: Processed) -> tuple[np.ndarray, np.ndarray]:
         """The kept items and the item-item matrix EASE inverts (here the gram of the train matrix)."""
@@ -228,10 +259,12 @@ class EASEModel(ClosedFormModel):
         self.train_items.assign(ease._train()[:, ease.keep])
         self.item_weights.assign(ease.B)
         self.item_column.assign(column)
+        self.dropped_rank.assign(ease.dropped_ranks)
         kept = {"max_items": self.max_items, "items_kept": len(ease.keep)}
         return params | kept | {"dropped_interaction_share": round(ease.dropped_share, 6)}
 
     def score_all(self, user_idx: tf.Tensor) -> tf.Tensor:
         kept = tf.matmul(self.train_items.rows(user_idx), self.item_weights)
-        dropped = tf.fill([tf.shape(user_idx)[0], 1], DROPPED_SCORE)
-        return tf.gather(tf.concat([kept, dropped], axis=1), self.item_column, axis=1)
+        kept_min = tf.reduce_min(kept, axis=1, keepdims=True)
+        padded = tf.gather(tf.concat([kept, kept_min], axis=1), self.item_column, axis=1)
+        return tf.where(self.dropped_rank[None, :] >= 0, below_kept(kept_min, self.dropped_rank), padded)
