@@ -212,3 +212,13 @@ def test_what_the_run_recorded(tmp_path: Path) -> None:
     assert scale.system_times(tmp_path / "evaluate.log") == ["fit: popularity 0 s; ease 50 s", "evaluated: mf 6 s"]
     assert scale.export_label("scann") == "ScaNN export"
     assert scale.export_label("brute_force") == "brute-force export (exact)"
+
+
+def test_train_throughput_names_the_whole_fit_and_the_sweeps(tmp_path: Path) -> None:
+    (tmp_path / "models/train").mkdir(parents=True)
+    (tmp_path / "models/train/train_summary.json").write_text(json.dumps({"examples_per_second": 1_177_143.3}))
+    log = "gibbs sweep 1/3  2,628,585 ratings/s\ngibbs sweep 3/3  2,953,925 ratings/s  val_rmse 0.8325\n"
+    (tmp_path / "train.log").write_text(log)
+    assert scale.throughput("train", tmp_path, 0) == "1.18 M ratings/s over the whole fit (2.95 M/s in the sweeps)"
+    (tmp_path / "train.log").write_text("epoch 1/3 ...\n")  # a gradient-trained model: no sweeps
+    assert scale.throughput("train", tmp_path, 0) == "1.18 M ratings/s over the whole fit"
