@@ -224,13 +224,16 @@ def query_check(work: Path, n_users: int = 2000, seed: int = 0) -> dict[str, Any
     data = load_processed(work / "data/processed")
     model = load_model(work / "models/train/model")
     export = load_export(work / "models/export")
-    users = np.sort(np.random.default_rng(seed).choice(data.n_users, size=min(n_users, data.n_users), replace=False))
+    picked = np.random.default_rng(seed).choice(data.n_users, size=min(n_users, data.n_users), replace=False)
+    users = np.sort(picked).astype(np.int32)  # the models' user index dtype
     ids = data.users["user_id"].astype(str).to_numpy()
     item_index = {str(i): n for n, i in enumerate(data.items["item_id"].astype(str))}
     row = {ids[u]: r for r, u in enumerate(users)}
     got = recommend(export, list(ids[users]), K)
     approx = np.full((len(users), K), -1, dtype=np.int64)
-    approx[got["user_id"].map(row).to_numpy(), got["rank"].to_numpy() - 1] = got["item_id"].map(item_index).to_numpy()
+    if len(got):  # users the export has no answer for keep -1 (misses)
+        at = got["user_id"].map(row).to_numpy(np.int64), got["rank"].to_numpy(np.int64) - 1
+        approx[at] = got["item_id"].map(item_index).to_numpy(np.int64)
     seen = data.matrix("train", "val")
     recalls = []
     for s in range(0, len(users), 256):
@@ -348,6 +351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nstages that finished:\n{table(rows)}" if rows else "\nno stage finished")
         print(f"\nthe work folder is kept: {work}")
         return 1
+    except BaseException:  # anything else (the query check, Ctrl-C): keep the run for a look
+        keep = True
+        print(f"\nthe work folder is kept: {work}", file=sys.stderr)
+        raise
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -119,6 +119,7 @@ def evaluate_systems(
         t = time.perf_counter()
         fitted |= fit_baselines([name], data, ev.baseline_models, scored_users)
         costs[name] = {"fit_s": time.perf_counter() - t}
+        log.info(f"fit baseline {name} in {costs[name]['fit_s']:.1f} s")
     results: dict[str, RankingEval] = {}
     for name, system in [(model_name, model), *((b, m) for b, (m, _) in fitted.items())]:
         t = time.perf_counter()

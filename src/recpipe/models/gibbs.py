@@ -161,7 +161,8 @@ def rated_prior(matrix: sp.csr_matrix, max_features: int, k: int) -> LinkedPrior
     indptr = np.concatenate([[0], np.cumsum(np.bincount(row_of, minlength=n_rows))])
     features = sp.csr_matrix((norm[row_of], position[cols[use]], indptr), shape=(n_rows, kept.size))
     # x^T x as ColumnDots does kNN's co-occurrences: the rows with most entries as one dense
-    # TensorFlow product, the rest sparse (2x faster than scipy alone at 20M entries)
+    # TensorFlow product, the rest sparse (2x faster than scipy alone at 20M entries); float32 sums,
+    # deterministic, within float32 rounding of the float64 product
     gram = ColumnDots(features, dense_rows=DENSE_PRIOR_ROWS).block(np.arange(kept.size)).numpy()
     eigvals, eigvecs = np.linalg.eigh(gram.astype(np.float64))
     return LinkedPrior(features, np.maximum(eigvals, 0.0), eigvecs, np.zeros((kept.size, k)))
@@ -253,7 +254,8 @@ def gibbs_bpmf(
         return Posterior(total[0], total[1] / kept, bias_sum[0] / kept, bias_sum[1] / kept, kept)
 
     def noise_precision(sse: tf.Tensor) -> tf.Tensor:  # alpha given the squared error (Gamma(1, 1) prior)
-        return tf.constant(rng.gamma(1.0 + n_ratings / 2, 1.0 / (1.0 + float(sse) / 2)), tf.float32)
+        # the expanded float32 sum can round below 0 when the fit is (nearly) exact
+        return tf.constant(rng.gamma(1.0 + n_ratings / 2, 1.0 / (1.0 + max(float(sse), 0.0) / 2)), tf.float32)
 
     # alpha is drawn before each half-sweep, from the squared error the previous one computed
     sse = squared_error(user_blocks, users, items)

@@ -14,6 +14,7 @@ an epoch sees every user once, as in the paper.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,15 +26,28 @@ from recpipe.models.base import RecModel, register
 from recpipe.models.common import constant, implicit_rows
 
 
-def check_dense_fits(n_users: int, n_items: int) -> None:
-    """Refuse, before allocating, a users x items float32 input that does not fit half the machine's memory."""
-    need = 4 * n_users * n_items
+def available_memory() -> int:
+    """Bytes of memory this process may use: physical memory, or the cgroup's limit if lower."""
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > memory / 2:
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            value = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit():
+            memory = min(memory, int(value))
+    return memory
+
+
+def check_dense_fits(n_users: int, n_items: int) -> None:
+    """Refuse, before allocating, a users x items float32 input whose copies (the variable, the
+    array it is filled from, the tensor converted from it) do not fit the memory available."""
+    need, memory = 3 * 4 * n_users * n_items, available_memory()
+    if need > memory:
         raise RecpipeError(
-            f"model=mult_vae keeps the train matrix dense: {n_users:,} users x {n_items:,} items x 4 bytes = "
-            f"{need / 2**30:.1f} GiB, more than half of this machine's {memory / 2**30:.1f} GiB; use a sparse "
-            "model (model=ials, model=mf, model=ease) or a blend without it (model.members)"
+            f"model=mult_vae keeps the train matrix dense: {n_users:,} users x {n_items:,} items x 4 bytes, "
+            f"3 copies while it is filled = {need / 2**30:.1f} GiB, more than the {memory / 2**30:.1f} GiB "
+            "available; use a sparse model (model=ials, model=mf, model=ease) or a blend without it (model.members)"
         )
 
 

@@ -7,8 +7,6 @@ model's config, composed from conf/model/<name>.yaml by conf/config.yaml's defau
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,8 +18,6 @@ from recpipe.data.processed import Processed
 from recpipe.errors import RecpipeError
 from recpipe.models.base import build
 from recpipe.models.classic.base import ClosedFormModel
-
-log = logging.getLogger(__name__)
 
 CLASSIC_MODELS = ("popularity", "random", "item_knn", "user_knn", "ease")
 
@@ -63,7 +59,5 @@ def fit_baselines(
                 f"evaluate.baselines lists {name!r} but evaluate.baseline_models has no {name!r}; add "
                 f"`- model@evaluate.baseline_models.{name}: {name}` to the defaults of conf/config.yaml"
             )
-        start = time.perf_counter()
         fitted[name] = fit_classic(name, data, configs[name], users)
-        log.info(f"fit baseline {name} in {time.perf_counter() - start:.1f} s")
     return fitted

@@ -7,7 +7,9 @@ cosine kNN and EASE's Gram matrix. A sparse product alone is slow when a few row
 users): its cost is the sum of the squared row counts and its output is nearly dense. So the
 ``dense_rows`` rows with the most nonzeros (those with at least ``n_cols / DENSE_SHARE`` of them)
 are multiplied as a dense matrix with TensorFlow (BLAS, multi-threaded) and the rest with scipy.
-The counts are sums of ones, exact in float32 (up to 2^24), so the split never changes a result.
+For 0/1 matrices the counts are sums of ones, exact in float32 (up to 2^24), so the split never
+changes a result; other values (``gibbs.rated_prior``) are float32 sums, deterministic for given
+``dense_rows``.
 ``blocks`` yields the blocks in order, computing the next block's scipy part in a background
 thread while the caller works on the current one (scipy holds the GIL; TensorFlow does not).
 """
