@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "preprocess", "train", "evaluate", "export")
@@ -50,6 +51,7 @@ MODEL = "model=mf"
 SETTINGS = ("model.epochs=3", "evaluate.max_users=20000")
 K = 10
 LOG_LINES = 5
+MARKER = ".recpipe_scale"  # marks a folder as a bench run's: --keep may reuse it
 _TIMES = re.compile(r"(fit baseline|evaluated) (\S+) in ([\d.]+) s")
 
 
@@ -133,17 +135,21 @@ def factorized(model_name: str) -> bool:
     return get(model_name).candidate_vectors is not RecModel.candidate_vectors
 
 
-def bench_overrides(n: int, users: int, items: int, overrides: Sequence[str]) -> list[str]:
+def bench_overrides(n: int, users: int, items: int, overrides: Sequence[str], catalog: int | None = None) -> list[str]:
     """All overrides of the run: the data size, ``model=mf``, ``SETTINGS`` that the config composed
     with the user's choices has, ``export.index=scann`` for a factorized model and then
-    ``scann_settings``, each default only when the user does not set its key; then ``overrides``.
-    Raises RecpipeError when conf/ does not compose with them."""
+    ``scann_settings`` for ``catalog`` items (default ``items``; the catalog left after preprocess
+    can be smaller), each default only when the user does not set its key; then ``overrides``.
+    Raises RecpipeError when conf/ does not compose with them or ``overrides`` size the data."""
     from omegaconf import OmegaConf
 
     from recpipe.config import compose
+    from recpipe.errors import RecpipeError
 
     data = ["data=synthetic", f"data.n_users={users}", f"data.n_items={items}", f"data.n_interactions={n}"]
     given = {override_key(o) for o in overrides}
+    if sized := sorted(given & {override_key(o) for o in data}):
+        raise RecpipeError(f"{', '.join(sized)}: the benchmark's data is data=synthetic, sized by N, --users, --items")
     model = [] if "model" in given else [MODEL]
     cfg = compose([*data, *model, *overrides], REPO / "conf")
     missing = object()
@@ -153,7 +159,7 @@ def bench_overrides(n: int, users: int, items: int, overrides: Sequence[str]) ->
         index = "scann"
         defaults.append("export.index=scann")
     if index == "scann":
-        defaults += scann_settings(items)
+        defaults += scann_settings(catalog or items)
     return [*data, *model, *(o for o in defaults if override_key(o) not in given), *overrides]
 
 
@@ -305,6 +311,31 @@ def table(rows: Sequence[tuple[str, float, float, str]]) -> str:
     return "\n".join(lines)
 
 
+def unusable_keep(path: Path) -> str | None:
+    """Why ``--keep path`` cannot hold a run (it would overwrite a file or a project), or None."""
+    if path.exists() and not path.is_dir():
+        return "is a file"
+    if path.is_dir() and any(path.iterdir()) and not (path / MARKER).exists():
+        return "is a folder with other files (a project?); give a new or empty folder, or one of an earlier run"
+    return None
+
+
+def catalog_size(work: Path) -> int:
+    """The number of items in ``work``'s data/processed (the catalog the model ranks)."""
+    return pq.ParquetFile(work / "data/processed/items.parquet").metadata.num_rows
+
+
+def write_params(work: Path, env: Mapping[str, str], overrides: Sequence[str]) -> bool:
+    """``recpipe compose`` the run's params.yaml into ``work``; False (its error printed) if it fails."""
+    compose = [sys.executable, "-m", "recpipe", "compose", "--config-dir", str(REPO / "conf")]
+    done = subprocess.run(
+        [*compose, "--output", str(work / "params.yaml"), *overrides], cwd=work, env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        print(*last_lines(done.stdout + done.stderr, 1), file=sys.stderr)
+    return done.returncode == 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
@@ -316,29 +347,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(e).split("Config search path")[0].split())  # Hydra's lines as one
         print(f"bench/scale.py: error: {message}", file=sys.stderr)
         return 2
+    if args.keep and (problem := unusable_keep(args.keep)):
+        print(f"bench/scale.py: error: --keep {args.keep}: {problem}", file=sys.stderr)
+        return 2
     work = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="recpipe_scale_"))
     work.mkdir(parents=True, exist_ok=True)
+    (work / MARKER).touch()
     env = stage_env(work)
     keep = args.keep is not None
     rows: list[tuple[str, float, float, str]] = []
     try:
-        compose = [sys.executable, "-m", "recpipe", "compose", "--config-dir", str(REPO / "conf")]
-        done = subprocess.run(
-            [*compose, "--output", str(work / "params.yaml"), *overrides],
-            cwd=work,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            print(*last_lines(done.stdout + done.stderr, 1), file=sys.stderr)
-            return done.returncode
+        if not write_params(work, env, overrides):
+            return 2
         print(f"{args.n:,} interactions, {args.users:,} users, {args.items:,} items in {work}", flush=True)
         print("overrides: " + " ".join(overrides), flush=True)
         for stage in STAGES:
             wall, rss = run_stage(stage, work, env)
             rows.append((stage, wall, rss, throughput(stage, work, args.n)))
             print(f"  {stage}: {wall:.0f} s, {rss:.1f} GiB", flush=True)
+            if stage == "preprocess" and (catalog := catalog_size(work)) != args.items:
+                # ScaNN sized for the catalog preprocess left (a sparse run keeps fewer items)
+                overrides = bench_overrides(args.n, args.users, args.items, args.overrides, catalog)
+                if not write_params(work, env, overrides):
+                    return 2
         check = query_check(work)
         costs, caps = system_times(work / "evaluate.log"), item_caps(work)
     except StageFailed as e:

@@ -164,9 +164,11 @@ def temp_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.mark.integration
-def test_bad_sizes_leave_nothing_behind(temp_dirs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_errors_leave_nothing_behind(temp_dirs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert scale.main(["100", "--users", "10", "--items", "5", "model.epochs=0"]) == 2
+    assert "model.epochs" in capsys.readouterr().err
     assert scale.main(["100", "--users", "10", "--items", "5", "data.n_items=0"]) == 2
-    assert "data.n_items: expected a positive integer, got 0" in capsys.readouterr().err
+    assert "sized by N, --users, --items" in capsys.readouterr().err
     assert list(temp_dirs.iterdir()) == []
 
 
@@ -222,3 +224,34 @@ def test_train_throughput_names_the_whole_fit_and_the_sweeps(tmp_path: Path) -> 
     assert scale.throughput("train", tmp_path, 0) == "1.18 M ratings/s over the whole fit (2.95 M/s in the sweeps)"
     (tmp_path / "train.log").write_text("epoch 1/3 ...\n")  # a gradient-trained model: no sweeps
     assert scale.throughput("train", tmp_path, 0) == "1.18 M ratings/s over the whole fit"
+
+
+def test_scann_is_sized_for_the_catalog_preprocess_left() -> None:
+    assert set(scale.scann_settings(12)) <= set(scale.bench_overrides(3000, 60, 40, [], catalog=12))
+
+
+def test_the_data_is_sized_by_the_arguments_only() -> None:
+    from recpipe.errors import RecpipeError
+
+    for override in ("data.n_interactions=1200", "data=grouplens", "data.n_users=5"):
+        with pytest.raises(RecpipeError, match=r"data=synthetic, sized by N, --users, --items"):
+            scale.bench_overrides(3000, 60, 40, [override])
+
+
+def test_keep_refuses_a_file_and_a_folder_of_other_files(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    assert scale.unusable_keep(tmp_path / "afile") == "is a file"
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text("seed: 0\n")
+    assert "a new or empty folder" in (scale.unusable_keep(project) or "")
+    (project / scale.MARKER).touch()  # an earlier run's folder may be reused
+    assert scale.unusable_keep(project) is None
+    assert scale.unusable_keep(tmp_path / "new") is None and scale.unusable_keep(tmp_path / "project" / "x") is None
+
+
+def test_keep_into_a_project_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    assert scale.main(["--users", "60", "--items", "40", "--keep", str(tmp_path), "600"]) == 2
+    assert "a new or empty folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
