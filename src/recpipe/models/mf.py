@@ -113,6 +113,7 @@ class MatrixFactorization(RecModel):
         centred = rows["rating"].to_numpy(np.float64) - float(self.global_mean.numpy())
         dim, columns = int(cfg.embedding_dim), int(cfg.rated_prior_columns)
         start = time.perf_counter()
+        log.info(f"gibbs: grouping {len(rows):,} ratings by user and by item, setting up the priors")
         ratings = by_row(users, items, centred, self.n_users, self.n_items)
         matrices = (ratings, ratings.T.tocsr())  # by user, by item
         with ThreadPoolExecutor(2) as pool:  # the two sides' setups overlap where numpy/LAPACK free the GIL
@@ -121,7 +122,7 @@ class MatrixFactorization(RecModel):
             by_user, by_item = (future.result() for future in blocks)
             priors = (linked[0].result(), linked[1].result()) if columns else (None, None)
         seconds = time.perf_counter() - start
-        log.info(f"gibbs: {len(rows):,} ratings grouped by user and by item, priors set up in {seconds:.1f}s")
+        log.info(f"gibbs: set up in {seconds:.1f}s")
         sweeps = self.data_passes = int(cfg.epochs)
         burn_in = min(int(cfg.burn_in), sweeps - 1)
         if burn_in < int(cfg.burn_in):
