@@ -362,9 +362,8 @@ def release_interactions(data: pd.DataFrame, columns: Sequence[str], file: str, 
     """
     log.info(f"ingest: checking {len(data):,} rows of {file}")
     for column in columns:
-        values = data[column]
-        blank = values.isna().to_numpy() | (values.str.strip() == "").to_numpy(dtype=bool, na_value=False)
-        check_rows(data, blank, file, column, "missing value (an empty cell or a short row)", RELEASE_HINT)
+        problem = "missing value (an empty cell or a short row)"
+        check_rows(data, blank(data[column]), file, column, problem, RELEASE_HINT)
     user, item, rating, timestamp = columns
     values = numbers(data[rating])
     v = values.to_numpy()
@@ -386,10 +385,13 @@ def release_interactions(data: pd.DataFrame, columns: Sequence[str], file: str, 
 
 def check_item_ids(table: pd.DataFrame, column: str, file: str) -> None:
     """A release's item ids (``table[column]``, text) are present and unique, else a DataError naming the row."""
-    ids = table[column]
-    blank = ids.isna().to_numpy() | (ids.str.strip() == "").to_numpy(dtype=bool, na_value=False)
-    check_rows(table, blank, file, column, "missing movie id", RELEASE_HINT)
-    check_rows(table, ids.duplicated().to_numpy(), file, column, "repeated movie id", RELEASE_HINT)
+    check_rows(table, blank(table[column]), file, column, "missing movie id", RELEASE_HINT)
+    check_rows(table, table[column].duplicated().to_numpy(), file, column, "repeated movie id", RELEASE_HINT)
+
+
+def blank(values: pd.Series) -> np.ndarray:
+    """Which text ``values`` are missing or only whitespace."""
+    return values.isna().to_numpy() | (values.str.strip() == "").to_numpy(dtype=bool, na_value=False)
 
 
 LAYOUTS: dict[str, Callable[[Release, Scale], Tables]] = {
