@@ -55,7 +55,7 @@ def standardise(scores: tf.Tensor, dropped_rank: tf.Tensor | None = None) -> tf.
     return tf.where(valid, z, below - dropped_rank[None, :])
 
 
-def dropped_ranks(model: RecModel) -> tf.Tensor | None:
+def member_dropped_rank(model: RecModel) -> tf.Tensor | None:
     """``model``'s ``dropped_rank`` (EASE's items beyond ``max_items``), or None when it has none."""
     return getattr(model, "dropped_rank", None)
 
@@ -106,7 +106,7 @@ class Blend(RecModel):
         exclude, truth = data.matrix("train"), data.matrix("val")
         users = users_with_truth(truth)  # sorted: a user's row is found by searchsorted
         stacked = np.stack(
-            [standardise(m.score_all(tf.constant(users)), dropped_ranks(m)).numpy() for m in self.members]
+            [standardise(m.score_all(tf.constant(users)), member_dropped_rank(m)).numpy() for m in self.members]
         )
         best_weights, best_value = np.ones(len(self.members), np.float32), -np.inf
         for weights in weight_combinations(self.weight_grid, len(self.members)):
@@ -125,7 +125,7 @@ class Blend(RecModel):
 
     def score_all(self, user_idx: tf.Tensor) -> tf.Tensor:
         parts = [
-            w * standardise(m.score_all(user_idx), dropped_ranks(m))
+            w * standardise(m.score_all(user_idx), member_dropped_rank(m))
             for w, m in zip(tf.unstack(self.member_weights), self.members)
         ]
         return tf.add_n(parts)
